@@ -1,0 +1,283 @@
+"""Frozen configurations built from papermill parameters, validated before any training.
+
+* :class:`ExperimentConfig`  one task's sweep: data, model, optimizer, goals, batch
+  sizes, the learning-rate grid centred at ε_central(B) = ε*/(1 + B*/B)^α (App. A.3).
+* :class:`RunConfig`         one training run: the experiment's fixed fields plus one
+  batch size B and one learning rate ε. Its hash is the run's folder name.
+
+Profiles (``smoke`` | ``cpu`` | ``paper``) are presets: :func:`make_experiment` starts
+from a preset and overrides every field the caller passes (``None`` keeps the preset).
+Unknown keys and wrong types raise :class:`ConfigError` with the fix in the message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from gns_utils.results import config_hash
+
+PROFILES = ("smoke", "cpu", "paper")
+OPTIMIZERS = ("sgd", "momentum", "adam")
+METRICS = ("error", "loss")
+DOMAINS = ("image", "language", "autoencoder")
+
+
+class ConfigError(ValueError):
+    """A parameter is unknown, of the wrong type or out of range."""
+
+
+def _frozen_mapping(value: Mapping[str, Any] | None) -> types.MappingProxyType:
+    return types.MappingProxyType(dict(value or {}))
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """One task: what to train and how to sweep it.
+
+    Attributes:
+        task: results sub-folder name, e.g. ``"fashion_mnist_mlp_sgd"``.
+        domain: ``image`` | ``language`` | ``autoencoder``.
+        dataset: dataset name understood by :mod:`gns_utils.problems`.
+        data_kwargs: dataset options (subset size, tokenizer, sequence length ...).
+        model: registry name in :mod:`gns_utils.models`.
+        model_kwargs: keyword arguments of the model.
+        optimizer: ``sgd`` | ``momentum`` (0.9) | ``adam``.
+        optimizer_kwargs: extra optimizer arguments (e.g. ``betas`` for Adam).
+        metric: goal metric on the training set, ``error`` or ``loss`` (lower is better).
+        goals: goal levels of ``metric``, from easiest to hardest.
+        batch_sizes: batch sizes B to sweep, in examples (sequences for language models).
+        lr_star: ε* of the grid centre ε_central(B) = ε*/(1 + B*/B)^α.
+        lr_b_star: B* of the grid centre.
+        lr_alpha: α of the grid centre (1 for SGD / momentum, 0.5–1 for Adam).
+        lr_grid_size: learning rates per batch size.
+        lr_grid_spacing: factor between neighbouring rates.
+        max_widen: extra rates tried per side when the best rate is on the grid's edge.
+        budget_examples: examples a run may use before it stops (``budget_exhausted``).
+        n_micro: micro-batches per step for the noise-scale monitor (>= 2).
+        eval_examples: fixed training subset on which goals are evaluated.
+        evals_per_decade: evaluations per decade of steps (log-spaced schedule).
+        grad_clip: gradient-norm clipping threshold, or None.
+        b_noise_examples: examples used by the Hessian B_noise at goal checkpoints (0 = off).
+        seed: random seed (weights, sampling, dropout).
+        device: ``auto`` (CUDA when present) | ``cpu`` | ``cuda`` | ``cuda:N`` | ``mps``.
+        profile: the preset this config came from.
+    """
+
+    task: str
+    domain: str
+    dataset: str
+    model: str
+    optimizer: str
+    metric: str
+    goals: tuple[float, ...]
+    batch_sizes: tuple[int, ...]
+    lr_star: float
+    lr_b_star: float
+    budget_examples: int
+    data_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    model_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    optimizer_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    lr_alpha: float = 1.0
+    lr_grid_size: int = 3
+    lr_grid_spacing: float = 2.0
+    max_widen: int = 2
+    n_micro: int = 2
+    eval_examples: int = 4096
+    evals_per_decade: int = 30
+    grad_clip: float | None = None
+    b_noise_examples: int = 0
+    seed: int = 0
+    device: str = "auto"
+    profile: str = "cpu"
+
+    def __post_init__(self) -> None:
+        for name in ("data_kwargs", "model_kwargs", "optimizer_kwargs"):
+            object.__setattr__(self, name, _frozen_mapping(getattr(self, name)))
+        object.__setattr__(self, "goals", tuple(float(g) for g in self.goals))
+        object.__setattr__(self, "batch_sizes", tuple(int(b) for b in self.batch_sizes))
+        _check_experiment(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-Python copy (for JSON)."""
+        return _asdict(self)
+
+    def run(self, batch_size: int, lr: float, **changes: Any) -> "RunConfig":
+        """The :class:`RunConfig` of one (B, ε) point of this experiment.
+
+        Sweep runs do not measure B_noise (``b_noise_examples=0``) unless ``changes`` asks;
+        only the reference run does (see :mod:`gns_utils.pipeline`).
+        """
+        base = {f.name: getattr(self, f.name) for f in dataclasses.fields(RunConfig) if hasattr(self, f.name)}
+        base.update(batch_size=int(batch_size), lr=float(lr), b_noise_examples=0)
+        base.update(changes)
+        return RunConfig(**base)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One training run at batch size B and constant learning rate ε.
+
+    Fields have the meaning given in :class:`ExperimentConfig`. ``device`` and
+    ``profile`` do not enter :attr:`run_id` (they do not change what is computed).
+    """
+
+    task: str
+    domain: str
+    dataset: str
+    model: str
+    optimizer: str
+    metric: str
+    goals: tuple[float, ...]
+    batch_size: int
+    lr: float
+    budget_examples: int
+    data_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    model_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    optimizer_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    n_micro: int = 2
+    eval_examples: int = 4096
+    evals_per_decade: int = 30
+    grad_clip: float | None = None
+    b_noise_examples: int = 0
+    seed: int = 0
+    device: str = "auto"
+    profile: str = "cpu"
+
+    def __post_init__(self) -> None:
+        for name in ("data_kwargs", "model_kwargs", "optimizer_kwargs"):
+            object.__setattr__(self, name, _frozen_mapping(getattr(self, name)))
+        object.__setattr__(self, "goals", tuple(float(g) for g in self.goals))
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ConfigError(f"lr must be a positive finite number, got {self.lr}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return _asdict(self)
+
+    @property
+    def run_id(self) -> str:
+        """Hash of every field that changes the computation."""
+        identity = {k: v for k, v in self.to_dict().items() if k not in ("device", "profile")}
+        return config_hash(identity)
+
+
+def _asdict(cfg: Any) -> dict[str, Any]:
+    out = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        out[f.name] = dict(value) if isinstance(value, Mapping) else (list(value) if isinstance(value, tuple) else value)
+    return out
+
+
+def _check_experiment(cfg: ExperimentConfig) -> None:
+    problems = []
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", cfg.task):
+        problems.append(f"task {cfg.task!r} must use letters, digits, '_', '-', '.' only (it names a folder)")
+    for name, choices in (("domain", DOMAINS), ("optimizer", OPTIMIZERS), ("metric", METRICS), ("profile", PROFILES)):
+        if getattr(cfg, name) not in choices:
+            problems.append(f"{name} must be one of {choices}, got {getattr(cfg, name)!r}")
+    if not cfg.goals:
+        problems.append("goals must name at least one goal level")
+    elif any(b >= a for a, b in zip(cfg.goals, cfg.goals[1:])):
+        problems.append(f"goals must decrease from easiest to hardest (lower is better), got {cfg.goals}")
+    if len(cfg.batch_sizes) < 3:
+        problems.append(f"batch_sizes needs at least 3 sizes for the (2.11) fit, got {cfg.batch_sizes}")
+    if any(b < 1 or b & (b - 1) for b in cfg.batch_sizes):
+        problems.append(f"batch_sizes must be powers of two, got {cfg.batch_sizes}")
+    if list(cfg.batch_sizes) != sorted(set(cfg.batch_sizes)):
+        problems.append(f"batch_sizes must be increasing and distinct, got {cfg.batch_sizes}")
+    for name in ("lr_star", "lr_b_star", "lr_alpha"):
+        if not getattr(cfg, name) > 0:
+            problems.append(f"{name} must be > 0, got {getattr(cfg, name)}")
+    if cfg.lr_grid_size < 1 or cfg.lr_grid_spacing <= 1:
+        problems.append("lr_grid_size must be >= 1 and lr_grid_spacing > 1")
+    if cfg.budget_examples < max(cfg.batch_sizes, default=1):
+        problems.append(f"budget_examples ({cfg.budget_examples}) is smaller than the largest batch size")
+    if cfg.n_micro < 2:
+        problems.append(f"n_micro must be >= 2 to measure the noise scale, got {cfg.n_micro}")
+    if cfg.batch_sizes and min(cfg.batch_sizes) % cfg.n_micro:
+        problems.append(f"the smallest batch size {min(cfg.batch_sizes)} must be divisible by n_micro={cfg.n_micro}")
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", cfg.device):
+        problems.append(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {cfg.device!r}")
+    if cfg.grad_clip is not None and not cfg.grad_clip > 0:
+        problems.append(f"grad_clip must be > 0 or None, got {cfg.grad_clip}")
+    if problems:
+        raise ConfigError("invalid experiment configuration:\n  - " + "\n  - ".join(problems))
+
+
+def _check_type(name: str, value: Any, hint: Any) -> None:
+    """Raise ConfigError when ``value`` does not fit the annotation ``hint``."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for arg in args:
+            try:
+                _check_type(name, value, arg)
+                return
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(f"{name}: expected {_type_name(hint)}, got {type(value).__name__} {value!r}")
+    if hint is type(None):
+        ok = value is None
+    elif hint is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif hint is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif hint in (str, bool):
+        ok = isinstance(value, hint)
+    elif origin is tuple:
+        ok = isinstance(value, (list, tuple))
+        if ok:
+            for item in value:
+                _check_type(f"{name}[]", item, args[0])
+    elif origin in (Mapping, dict) or hint is Mapping:
+        ok = isinstance(value, Mapping)
+    else:
+        ok = True
+    if not ok:
+        raise ConfigError(f"{name}: expected {_type_name(hint)}, got {type(value).__name__} {value!r}")
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def make_experiment(preset: Mapping[str, Any], overrides: Mapping[str, Any] | None = None) -> ExperimentConfig:
+    """Build an :class:`ExperimentConfig` from a preset and user overrides.
+
+    Args:
+        preset: a profile's full set of fields (see :mod:`gns_utils.profiles`).
+        overrides: fields to replace; a value of ``None`` keeps the preset's value, and a
+            dict for a dict field (``data_kwargs``, ``model_kwargs`` ...) updates the preset's
+            dict key by key (again skipping ``None`` values).
+
+    Raises:
+        ConfigError: an unknown key (with the list of known ones), a wrong type, or a
+            value out of range — before any data is loaded or any model trained.
+    """
+    hints = typing.get_type_hints(ExperimentConfig)
+    merged = dict(preset)
+    for key, value in (overrides or {}).items():
+        if key not in hints:
+            raise ConfigError(f"unknown parameter {key!r}; known parameters: {sorted(hints)}")
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = {**merged[key], **{k: v for k, v in value.items() if v is not None}}
+        elif value is not None:
+            merged[key] = value
+    missing = [k for k, f in ExperimentConfig.__dataclass_fields__.items()
+               if k not in merged and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ConfigError(f"missing parameters {missing}")
+    for key, value in merged.items():
+        if key not in hints:
+            raise ConfigError(f"unknown parameter {key!r}; known parameters: {sorted(hints)}")
+        _check_type(key, value, hints[key])
+    return ExperimentConfig(**merged)

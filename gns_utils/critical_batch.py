@@ -1,0 +1,549 @@
+"""Steps to a goal and the critical batch size B_crit (McCandlish et al. 2018, App. A.2).
+
+Symbols (the paper's notation):
+
+* ``B``       batch size (images, tokens or frames per optimizer step).
+* ``S``       optimizer steps a run at batch ``B`` needs to reach a goal (a training
+              loss or error level); ``E = B·S`` the examples it processes.
+* ``S_min``   fewest steps that reach the goal (the ``B → ∞`` limit).
+* ``E_min``   fewest examples that reach the goal (the ``B → 0`` limit).
+* ``B_crit``  the critical batch size ``E_min / S_min`` (eq. 2.12).
+
+The steps / examples tradeoff is (eq. 2.11)::
+
+    (S/S_min − 1)(E/E_min − 1) = 1,   i.e.   S(B) = S_min (1 + B_crit/B),
+                                             E(B) = E_min (1 + B/B_crit),
+
+so at ``B = B_crit`` a run takes ``2·S_min`` steps and ``2·E_min`` examples.
+
+Pipeline (Appendix A.2, A.3):
+
+1. :func:`steps_to_target` smooths each training curve (bias-corrected EMA) and finds
+   the first step at which it reaches each goal.
+2. :func:`best_runs` keeps, per goal and batch size, the fastest run of the
+   learning-rate grid and flags grids whose best rate lies on an edge.
+3. :func:`fit_tradeoff` fits eq. 2.11 in log space, giving ``S_min``, ``E_min`` and
+   ``B_crit`` with a standard error and confidence interval (covariance or bootstrap);
+   when the batch sizes cannot constrain ``B_crit`` it returns a flagged bound.
+4. :func:`fit_tradeoff_by_goal` / :func:`b_crit_by_goal` repeat the fit per goal, so
+   one sees ``B_crit`` grow as the loss falls.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from scipy import optimize, signal, stats
+
+__all__ = [
+    "DEFAULT_SMOOTHING",
+    "MAX_LOG_STDERR",
+    "TradeoffFit",
+    "b_crit_by_goal",
+    "best_runs",
+    "ema",
+    "fit_tradeoff",
+    "fit_tradeoff_by_goal",
+    "steps_to_target",
+]
+
+#: Default EMA decay per *logged point* for :func:`steps_to_target`. It is the
+#: default of TensorBoard's (also bias-corrected) smoothing slider. For i.i.d.
+#: fluctuations it cuts the variance to (1−a)/(1+a) = 1/4 (the standard deviation
+#: halves) while the smoothed curve lags the raw one by only a/(1−a) = 1.5 logging
+#: intervals. A larger decay (0.9: lag 9 intervals) would bias ``S`` upwards most for
+#: the short, large-batch runs and so bias ``B_crit`` downwards.
+DEFAULT_SMOOTHING: float = 0.6
+
+#: Standard error of ``log B_crit`` beyond which the fit "explodes": ``B_crit`` is
+#: then unconstrained by the data (one standard error spans a factor of e^2.3 = 10).
+MAX_LOG_STDERR: float = float(np.log(10.0))
+
+Bound = Literal["none", "lower", "upper"]
+
+
+# --------------------------------------------------------------------------- curves
+def ema(values: np.ndarray, smoothing: float) -> np.ndarray:
+    """Bias-corrected exponential moving average of a series.
+
+    ``m_t = a·m_{t−1} + (1−a)·x_t`` with ``m_0 = 0`` and the Adam-style correction
+    ``m̂_t = m_t / (1 − a^t)``, so the first point is not pulled towards zero.
+
+    Args:
+        values: the series ``x_1 … x_n``; a non-finite value (a diverged loss) makes
+            every later smoothed value non-finite as well.
+        smoothing: the decay ``a`` in ``[0, 1)``; ``0`` returns the series unchanged.
+
+    Returns:
+        The smoothed series ``m̂``, same length, float.
+    """
+    a = float(smoothing)
+    if not 0.0 <= a < 1.0:
+        raise ValueError(f"smoothing must be in [0, 1), got {smoothing!r}")
+    x = np.asarray(values, dtype=float)
+    if a == 0.0 or x.size == 0:
+        return x.copy()
+    m = signal.lfilter([1.0 - a], [1.0, -a], x)
+    t = np.arange(1, x.size + 1)
+    return m / (1.0 - a**t)
+
+
+def _validate_curve(steps: np.ndarray, values: np.ndarray, direction: str) -> None:
+    if direction not in ("below", "above"):
+        raise ValueError(f"direction must be 'below' or 'above', got {direction!r}")
+    if steps.ndim != 1 or values.ndim != 1:
+        raise ValueError("steps and values must be one-dimensional")
+    if steps.shape != values.shape:
+        raise ValueError(f"steps and values must have the same length, got {steps.size} and {values.size}")
+    if steps.size == 0:
+        raise ValueError("steps and values are empty")
+    if not np.all(np.isfinite(steps)):
+        raise ValueError("steps must be finite")
+    if np.any(np.diff(steps) <= 0):
+        raise ValueError("steps must be strictly increasing")
+
+
+def steps_to_target(
+    steps: Sequence[float] | np.ndarray,
+    values: Sequence[float] | np.ndarray,
+    targets: float | Sequence[float] | np.ndarray,
+    smoothing: float = DEFAULT_SMOOTHING,
+    direction: Literal["below", "above"] = "below",
+) -> np.ndarray:
+    """First step at which a smoothed training curve reaches each goal (App. A.2).
+
+    The curve is smoothed with :func:`ema` (decay ``smoothing`` per logged point; the
+    default :data:`DEFAULT_SMOOTHING` = 0.6 halves i.i.d. noise while lagging 1.5
+    logging intervals). For each target the crossing is linearly interpolated between
+    the last logged point that had not reached it and the first one that has; a target
+    reached at the first logged point gives ``steps[0]``.
+
+    Args:
+        steps: logged step numbers, strictly increasing.
+        values: the metric at those steps (training loss, error, score ...). Non-finite
+            values (divergence) never count as reaching a goal, nor do later points.
+        targets: one goal or several; vectorised.
+        smoothing: EMA decay in ``[0, 1)``; ``0`` means no smoothing.
+        direction: ``"below"`` for losses / errors (reach = value ≤ target),
+            ``"above"`` for accuracies / scores (reach = value ≥ target).
+
+    Returns:
+        Float array with one entry per target (shape of ``np.atleast_1d(targets)``):
+        the interpolated step, NaN when the smoothed curve never reaches the target.
+
+    Raises:
+        ValueError: mismatched lengths, empty or non-increasing steps, a bad
+            ``direction`` or ``smoothing``.
+    """
+    s = np.asarray(steps, dtype=float)
+    y_raw = np.asarray(values, dtype=float)
+    _validate_curve(s, y_raw, direction)
+    t = np.atleast_1d(np.asarray(targets, dtype=float))
+    y = ema(y_raw, smoothing)
+    sign = 1.0 if direction == "below" else -1.0
+    # Work with "below" only: z = sign·y must fall to sign·target.
+    z = sign * y
+    bad = ~np.isfinite(z)
+    if bad.any():  # divergence: this point and every later one never count
+        z[np.argmax(bad) :] = np.inf
+    zt = sign * t
+    running_min = np.minimum.accumulate(z)
+    # running_min is non-increasing, so -running_min is sorted ascending.
+    idx = np.searchsorted(-running_min, -zt, side="left")
+    out = np.full(t.shape, np.nan)
+    reached = (idx < z.size) & np.isfinite(zt)
+    i = idx[reached]
+    first = i == 0
+    res = np.empty(i.shape)
+    res[first] = s[0]
+    j = i[~first]
+    z0, z1 = z[j - 1], z[j]
+    frac = (z0 - zt[reached][~first]) / (z0 - z1)
+    res[~first] = s[j - 1] + frac * (s[j] - s[j - 1])
+    out[reached] = res
+    return out.reshape(np.shape(np.atleast_1d(targets)))
+
+
+# --------------------------------------------------------------------------- best runs
+_REQUIRED = ("batch_size", "lr", "goal", "steps")
+
+
+def best_runs(runs: pd.DataFrame, keep_unreached: bool = False) -> pd.DataFrame:
+    """The fastest run per (goal, batch size) of a learning-rate sweep (App. A.3).
+
+    Args:
+        runs: tidy long frame, one row per (run, goal), with columns ``batch_size``,
+            ``lr``, ``goal``, ``steps`` (steps to the goal, NaN = not reached) and any
+            extra columns (``run_id``, ``status`` ...), which are carried along from the
+            winning row.
+        keep_unreached: if False (default) a (goal, batch size) where no run reached
+            the goal is dropped; if True it is kept with NaN ``lr``, ``steps`` and
+            ``examples`` (carried columns NaN too).
+
+    Returns:
+        One row per (goal, batch size): ``goal, batch_size, lr, steps, examples``
+        (``= batch_size·steps``, i.e. ``E``), ``n_lr`` (distinct rates tried at that
+        batch size, over the whole frame), ``lr_on_edge`` (True when the best rate is
+        the smallest or largest rate tried at that batch size, including when only one
+        rate was tried: widen the grid), then the carried columns. Goals keep their
+        order of first appearance in ``runs`` (list them in training order: the first
+        goal is "start of training"); batch sizes ascend within a goal. Ties in
+        ``steps`` go to the smaller learning rate.
+
+    Raises:
+        ValueError: a required column is missing.
+    """
+    missing = [c for c in _REQUIRED if c not in runs.columns]
+    if missing:
+        raise ValueError(f"runs is missing required column(s) {missing}; it needs {list(_REQUIRED)}")
+    extra = [c for c in runs.columns if c not in _REQUIRED]
+    grid = runs.groupby("batch_size")["lr"].agg(lr_min="min", lr_max="max", n_lr="nunique")
+    goal_order = {g: k for k, g in enumerate(pd.unique(runs["goal"]))}
+
+    reached = runs[np.isfinite(runs["steps"].to_numpy(dtype=float))]
+    ordered = reached.sort_values(["steps", "lr"], kind="mergesort")
+    best = ordered.drop_duplicates(["goal", "batch_size"], keep="first")
+    if keep_unreached:
+        keys = runs[["goal", "batch_size"]].drop_duplicates()
+        best = keys.merge(best, on=["goal", "batch_size"], how="left")
+    best = best.assign(_order=best["goal"].map(goal_order)).sort_values(["_order", "batch_size"], kind="mergesort")
+    best = best.drop(columns="_order").join(grid, on="batch_size")
+    best["examples"] = best["batch_size"] * best["steps"]
+    lr = best["lr"]
+    best["lr_on_edge"] = lr.notna() & ((lr <= best["lr_min"]) | (lr >= best["lr_max"]))
+    best["n_lr"] = best["n_lr"].astype(int)
+    columns = ["goal", "batch_size", "lr", "steps", "examples", "n_lr", "lr_on_edge", *extra]
+    return best[columns].reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------- the fit
+@dataclass(frozen=True, eq=False)
+class TradeoffFit:
+    """Result of fitting eq. 2.11, ``S(B) = S_min (1 + B_crit/B)``, for one goal.
+
+    Attributes:
+        s_min: ``S_min``, fewest steps (an upper bound on it when ``bound == "lower"``).
+        e_min: ``E_min``, fewest examples; ``b_crit == e_min / s_min`` exactly.
+        b_crit: ``B_crit`` (eq. 2.12). If ``bound == "upper"`` it is the smallest batch
+            size tested and ``B_crit ≤ b_crit``; if ``"lower"`` the largest batch size
+            tested and ``B_crit ≥ b_crit``.
+        b_crit_stderr: standard error of ``B_crit`` (delta method on ``log B_crit``, or
+            the bootstrap SD); NaN for a bound.
+        ci_low, ci_high: confidence interval for ``B_crit`` (t-distribution on
+            ``log B_crit``, hence asymmetric; or bootstrap percentiles); NaN for a bound.
+        confidence: the level of the interval.
+        log_b_crit_stderr: standard error of ``log B_crit`` from the covariance.
+        b_crit_fit: the unflagged least-squares ``B_crit`` (a diagnostic only: not an
+            estimate when ``bound != "none"``).
+        residuals: ``log S − log S_fit`` at each point used (natural log).
+        r2: ``1 − SS_res/SS_tot`` of ``log S``.
+        rmse: root-mean-square of the log residuals.
+        n_points: points used (finite, after dropping NaN).
+        bound: ``"none"``, ``"lower"`` (linear regime, ``B_crit`` above the range) or
+            ``"upper"`` (saturated, ``B_crit`` below the range).
+        method: ``"covariance"`` or ``"bootstrap"``.
+        n_bootstrap: successful bootstrap refits (0 for the covariance method).
+        batch_sizes, steps_data: the points used.
+    """
+
+    s_min: float
+    e_min: float
+    b_crit: float
+    b_crit_stderr: float
+    ci_low: float
+    ci_high: float
+    confidence: float
+    log_b_crit_stderr: float
+    b_crit_fit: float
+    residuals: np.ndarray = field(repr=False)
+    r2: float
+    rmse: float
+    n_points: int
+    bound: Bound
+    method: str
+    n_bootstrap: int
+    batch_sizes: np.ndarray = field(repr=False)
+    steps_data: np.ndarray = field(repr=False)
+
+    def steps(self, batch_size: float | np.ndarray) -> float | np.ndarray:
+        """``S(B) = S_min (1 + B_crit/B)`` (eq. 2.11)."""
+        b = np.asarray(batch_size, dtype=float)
+        return self.s_min * (1.0 + self.b_crit / b)
+
+    def examples(self, batch_size: float | np.ndarray) -> float | np.ndarray:
+        """``E(B) = B·S(B) = E_min (1 + B/B_crit)`` (eq. 2.11)."""
+        b = np.asarray(batch_size, dtype=float)
+        return self.e_min * (1.0 + b / self.b_crit)
+
+
+def _clean_points(batch_sizes: Any, steps: Any) -> tuple[np.ndarray, np.ndarray]:
+    b = np.asarray(batch_sizes, dtype=float).ravel()
+    s = np.asarray(steps, dtype=float).ravel()
+    if b.size != s.size:
+        raise ValueError(f"batch_sizes and steps have mismatched lengths {b.size} and {s.size}")
+    keep = ~(np.isnan(b) | np.isnan(s))
+    b, s = b[keep], s[keep]
+    if np.any(~np.isfinite(b)) or np.any(~np.isfinite(s)):
+        raise ValueError("batch_sizes and steps must be finite (NaN points are dropped, inf is an error)")
+    if np.any(b <= 0) or np.any(s <= 0):
+        raise ValueError("batch_sizes and steps must be positive")
+    if b.size < 3:
+        raise ValueError(f"need at least 3 finite points to fit eq. 2.11, got {b.size}")
+    if np.unique(b).size < 2:
+        raise ValueError("need at least 2 distinct batch sizes to fit eq. 2.11")
+    return b, s
+
+
+def _model_log_steps(theta: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``log S = log S_min + log(1 + B_crit/B)`` with ``theta = (log S_min, log B_crit)``."""
+    return theta[0] + np.logaddexp(0.0, theta[1] - np.log(b))
+
+
+def _jacobian(theta: np.ndarray, b: np.ndarray) -> np.ndarray:
+    d_logbc = 1.0 / (1.0 + np.exp(np.log(b) - theta[1]))  # B_crit / (B + B_crit)
+    return np.column_stack([np.ones_like(b), d_logbc])
+
+
+def _least_squares(b: np.ndarray, s: np.ndarray, starts: Sequence[float] | None = None) -> np.ndarray:
+    """Least-squares ``(log S_min, log B_crit)``, best of several starting ``log B_crit``.
+
+    ``log B_crit`` is kept within ±20 of the tested ``log B`` range so that a run-away
+    fit (saturated or linear data) stops; :func:`_decide_bound` then flags it.
+    """
+    log_b, log_s = np.log(b), np.log(s)
+    lo, hi = log_b.min() - 20.0, log_b.max() + 20.0
+    if starts is None:
+        starts = np.linspace(log_b.min() - 1.0, log_b.max() + 1.0, 5)
+    best, best_cost = None, np.inf
+    for lbc in np.clip(starts, lo, hi):
+        ls0 = np.mean(log_s - np.logaddexp(0.0, lbc - log_b))
+        res = optimize.least_squares(
+            lambda th: _model_log_steps(th, b) - log_s,
+            x0=np.array([ls0, lbc]),
+            jac=lambda th: _jacobian(th, b),
+            bounds=([-np.inf, lo], [np.inf, hi]),
+            method="trf",
+            x_scale=1.0,
+        )
+        if res.cost < best_cost:
+            best, best_cost = res.x, res.cost
+    return best
+
+
+def _log_b_crit_stderr(theta: np.ndarray, b: np.ndarray, resid: np.ndarray) -> float:
+    """Standard error of ``log B_crit`` from ``s² (JᵀJ)⁻¹`` (dof = n − 2)."""
+    dof = b.size - 2
+    if dof <= 0:
+        return float("nan")
+    jac = _jacobian(theta, b)
+    s2 = float(resid @ resid) / dof
+    jtj = jac.T @ jac
+    if np.linalg.cond(jtj) > 1e12:
+        return float("inf")
+    cov = s2 * np.linalg.inv(jtj)
+    return float(np.sqrt(max(cov[1, 1], 0.0)))
+
+
+def _decide_bound(b_crit: float, log_se: float, b: np.ndarray, max_log_stderr: float) -> Bound:
+    """Flag B_crit outside the tested range, or with an exploded error, as a bound."""
+    b_lo, b_hi = float(b.min()), float(b.max())
+    if b_crit < b_lo:
+        return "upper"
+    if b_crit > b_hi:
+        return "lower"
+    if not np.isfinite(log_se) or log_se > max_log_stderr:
+        # Unconstrained inside the range: the nearer edge (in log B) says which regime.
+        return "upper" if np.log(b_crit) < 0.5 * (np.log(b_lo) + np.log(b_hi)) else "lower"
+    return "none"
+
+
+def _bootstrap(
+    b: np.ndarray, s: np.ndarray, n_boot: int, seed: int, confidence: float, log_b_crit: float
+) -> tuple[float, float, float, int]:
+    """Percentile CI and SD of B_crit over resampled points (with replacement).
+
+    Each refit starts from the full-data ``log B_crit`` (the profiled objective is
+    smooth and single-welled in practice). Resamples with fewer than 2 distinct batch
+    sizes are skipped.
+    """
+    rng = np.random.default_rng(seed)
+    starts = [log_b_crit]
+    estimates = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, b.size, b.size)
+        if np.unique(b[idx]).size < 2:
+            continue
+        estimates.append(np.exp(_least_squares(b[idx], s[idx], starts)[1]))
+    est = np.asarray(estimates)
+    if est.size < 2:
+        return float("nan"), float("nan"), float("nan"), int(est.size)
+    alpha = 1.0 - confidence
+    low, high = np.quantile(est, [alpha / 2, 1 - alpha / 2])
+    return float(np.std(est, ddof=1)), float(low), float(high), int(est.size)
+
+
+def fit_tradeoff(
+    batch_sizes: Sequence[float] | np.ndarray,
+    steps: Sequence[float] | np.ndarray,
+    bootstrap: int = 0,
+    seed: int = 0,
+    confidence: float = 0.95,
+    max_log_stderr: float = MAX_LOG_STDERR,
+) -> TradeoffFit:
+    """Fit ``S(B) = S_min (1 + B_crit/B)`` (eq. 2.11, 2.12) in log space.
+
+    Least squares on ``log S`` with parameters ``(log S_min, log B_crit)``, so both stay
+    positive; ``E_min = S_min·B_crit`` and ``B_crit = E_min/S_min`` (eq. 2.12).
+
+    Uncertainty: by default from the fit's covariance ``s²(JᵀJ)⁻¹``: the delta method
+    gives ``stderr(B_crit) = B_crit·stderr(log B_crit)`` and the interval is
+    ``exp(log B_crit ± t_{n−2}·stderr(log B_crit))`` (asymmetric). With
+    ``bootstrap > 0`` the points are resampled with replacement that many times and
+    refitted: stderr = bootstrap SD, interval = percentiles.
+
+    Bounds: if the fitted ``B_crit`` is below the smallest batch size (all points
+    saturated, ``S`` flat in ``B``) the result has ``bound="upper"`` and ``b_crit`` =
+    the **smallest** batch size; if above the largest (all points in the linear regime,
+    ``E`` flat) ``bound="lower"`` and ``b_crit`` = the **largest** batch size. The same
+    happens when ``B_crit`` falls inside the range but ``stderr(log B_crit)`` exceeds
+    ``max_log_stderr`` (or is infinite), choosing the edge nearer in ``log B``. A
+    warning is emitted, the stderr and interval are NaN, and ``S_min``/``E_min`` keep
+    ``b_crit = e_min/s_min``: for "upper" ``s_min`` is fitted (well constrained) and
+    ``e_min = s_min·b_crit``; for "lower" ``e_min`` (the constrained product) is fitted
+    and ``s_min = e_min/b_crit``.
+
+    Args:
+        batch_sizes: ``B`` of each point.
+        steps: ``S`` to the goal at each ``B``; NaN points (goal not reached) dropped.
+        bootstrap: number of bootstrap resamples; 0 uses the covariance.
+        seed: seed of the bootstrap generator.
+        confidence: level of the interval, in (0, 1).
+        max_log_stderr: see "Bounds" above (default ``log 10``).
+
+    Returns:
+        A :class:`TradeoffFit`.
+
+    Raises:
+        ValueError: mismatched lengths, fewer than 3 finite points, fewer than 2
+            distinct batch sizes, non-positive or infinite values, bad ``confidence``.
+    """
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
+    if bootstrap < 0:
+        raise ValueError(f"bootstrap must be >= 0, got {bootstrap!r}")
+    b, s = _clean_points(batch_sizes, steps)
+    theta = _least_squares(b, s)
+    resid = np.log(s) - _model_log_steps(theta, b)
+    log_se = _log_b_crit_stderr(theta, b, resid)
+    b_fit = float(np.exp(theta[1]))
+    s_min = float(np.exp(theta[0]))
+    ss_tot = float(np.sum((np.log(s) - np.log(s).mean()) ** 2))
+    r2 = 1.0 - float(resid @ resid) / ss_tot if ss_tot > 0 else float("nan")
+    rmse = float(np.sqrt(np.mean(resid**2)))
+    bound = _decide_bound(b_fit, log_se, b, max_log_stderr)
+
+    common = dict(
+        confidence=confidence, log_b_crit_stderr=log_se, b_crit_fit=b_fit, residuals=resid,
+        r2=r2, rmse=rmse, n_points=int(b.size), batch_sizes=b, steps_data=s,
+    )
+    if bound != "none":
+        edge = float(b.min()) if bound == "upper" else float(b.max())
+        if bound == "upper":
+            s_bound, e_bound = s_min, s_min * edge
+        else:
+            e_bound = s_min * b_fit
+            s_bound = e_bound / edge
+        kind = "saturated: B_crit <= smallest batch" if bound == "upper" else "linear regime: B_crit >= largest batch"
+        warnings.warn(
+            f"B_crit is not constrained by batch sizes {b.min():g}..{b.max():g} ({kind} = {edge:g}; "
+            f"least-squares value {b_fit:.3g}, stderr(log B_crit) {log_se:.3g}); returning a bound",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return TradeoffFit(
+            s_min=s_bound, e_min=e_bound, b_crit=edge, b_crit_stderr=float("nan"),
+            ci_low=float("nan"), ci_high=float("nan"), bound=bound, method="none", n_bootstrap=0, **common,
+        )
+
+    if bootstrap > 0:
+        stderr, ci_low, ci_high, n_ok = _bootstrap(b, s, bootstrap, seed, confidence, float(theta[1]))
+        method = "bootstrap"
+    else:
+        tq = stats.t.ppf(0.5 + confidence / 2, b.size - 2)
+        stderr = b_fit * log_se
+        ci_low, ci_high = float(np.exp(theta[1] - tq * log_se)), float(np.exp(theta[1] + tq * log_se))
+        method, n_ok = "covariance", 0
+    return TradeoffFit(
+        s_min=s_min, e_min=s_min * b_fit, b_crit=b_fit, b_crit_stderr=float(stderr),
+        ci_low=ci_low, ci_high=ci_high, bound="none", method=method, n_bootstrap=n_ok, **common,
+    )
+
+
+# --------------------------------------------------------------------------- per goal
+_TABLE_COLUMNS = [
+    "goal", "b_crit", "b_crit_stderr", "ci_low", "ci_high", "s_min", "e_min",
+    "n_points", "bound", "r2", "n_lr_edge",
+]
+
+
+def fit_tradeoff_by_goal(
+    best: pd.DataFrame, bootstrap: int = 0, seed: int = 0, confidence: float = 0.95
+) -> dict[Any, TradeoffFit | None]:
+    """:func:`fit_tradeoff` for each goal of a :func:`best_runs` frame.
+
+    Args:
+        best: output of :func:`best_runs` (columns ``goal``, ``batch_size``, ``steps``).
+        bootstrap, seed, confidence: passed to :func:`fit_tradeoff` (same seed per goal).
+
+    Returns:
+        ``{goal: TradeoffFit}`` in the frame's goal order; ``None`` for a goal with fewer
+        than 3 finite points or fewer than 2 distinct batch sizes.
+    """
+    fits: dict[Any, TradeoffFit | None] = {}
+    for goal, group in best.groupby("goal", sort=False):
+        ok = group[np.isfinite(group["steps"].to_numpy(dtype=float))]
+        if len(ok) < 3 or ok["batch_size"].nunique() < 2:
+            fits[goal] = None
+            continue
+        fits[goal] = fit_tradeoff(ok["batch_size"], ok["steps"], bootstrap=bootstrap, seed=seed, confidence=confidence)
+    return fits
+
+
+def b_crit_by_goal(
+    best: pd.DataFrame, bootstrap: int = 0, seed: int = 0, confidence: float = 0.95
+) -> pd.DataFrame:
+    """``B_crit`` per goal: how the critical batch size grows as training proceeds.
+
+    The first goal (in the order of ``best``) is "start of training", the last the
+    "full run" (Table 1's two columns).
+
+    Args:
+        best: output of :func:`best_runs`.
+        bootstrap, seed, confidence: passed to :func:`fit_tradeoff`.
+
+    Returns:
+        One row per goal: ``goal, b_crit, b_crit_stderr, ci_low, ci_high, s_min, e_min,
+        n_points, bound, r2, n_lr_edge`` (batch sizes whose best rate was on the grid
+        edge, if ``best`` has ``lr_on_edge``). Goals with too few points get NaN values
+        and ``bound="insufficient"``; bound warnings of the fits propagate.
+    """
+    fits = fit_tradeoff_by_goal(best, bootstrap=bootstrap, seed=seed, confidence=confidence)
+    rows = []
+    for goal, fit in fits.items():
+        group = best[best["goal"] == goal]
+        finite = np.isfinite(group["steps"].to_numpy(dtype=float))
+        n_edge = int(group.loc[finite, "lr_on_edge"].sum()) if "lr_on_edge" in group else 0
+        if fit is None:
+            rows.append(dict(goal=goal, b_crit=np.nan, b_crit_stderr=np.nan, ci_low=np.nan, ci_high=np.nan,
+                             s_min=np.nan, e_min=np.nan, n_points=int(finite.sum()), bound="insufficient",
+                             r2=np.nan, n_lr_edge=n_edge))
+            continue
+        rows.append(dict(goal=goal, b_crit=fit.b_crit, b_crit_stderr=fit.b_crit_stderr, ci_low=fit.ci_low,
+                         ci_high=fit.ci_high, s_min=fit.s_min, e_min=fit.e_min, n_points=fit.n_points,
+                         bound=fit.bound, r2=fit.r2, n_lr_edge=n_edge))
+    return pd.DataFrame(rows, columns=_TABLE_COLUMNS)

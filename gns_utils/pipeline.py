@@ -1,0 +1,175 @@
+"""One call per task for the domain notebooks: sweep, reference run, summary.
+
+:func:`run_experiment` is everything a domain notebook computes for one task:
+
+1. load the data once (:func:`gns_utils.problems.make_problem`);
+2. run or resume the batch-size × learning-rate sweep (:func:`gns_utils.sweep.run_sweep`);
+3. fit (2.11) per goal for B_crit with errors (:func:`gns_utils.critical_batch.b_crit_by_goal`);
+4. re-run the reference run (the best-tuned run nearest B_crit) with the Hessian
+   B_noise (2.8) measured at each goal, when the config asks for it; the re-run
+   follows the same trajectory (same seed, B_noise is measured in eval mode);
+5. write ``<results_dir>/<task>/summary.json`` (:func:`gns_utils.report.summarize_task`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from gns_utils.config import ExperimentConfig
+from gns_utils.critical_batch import b_crit_by_goal, best_runs
+from gns_utils.problems import make_problem
+from gns_utils.report import reference_run, summarize_task
+from gns_utils.results import load_metrics, task_dir
+from gns_utils.sweep import run_or_load, run_sweep
+
+
+@dataclass
+class TaskResult:
+    """What a notebook plots for one task.
+
+    Attributes:
+        cfg: the experiment.
+        summary: the task summary written to disk.
+        table: long run table (one row per run and goal).
+        best: fastest run per (goal, batch size) — the points of the (2.11) fits.
+        by_goal: B_crit per goal with errors.
+        curves: metrics of the best run at each batch size (training curves, Fig 6).
+        noise: the reference run's metrics: B_simple over training.
+        b_noise: B_noise at the reference run's goal checkpoints (may be empty).
+        figure_dir: where this task's figures go.
+    """
+
+    cfg: ExperimentConfig
+    summary: dict[str, Any]
+    table: pd.DataFrame
+    best: pd.DataFrame
+    by_goal: pd.DataFrame
+    curves: pd.DataFrame
+    noise: pd.DataFrame
+    b_noise: pd.DataFrame
+    figure_dir: Path
+
+
+def run_experiment(cfg: ExperimentConfig, results_dir: str | Path, progress: bool = True,
+                   problem: Any = None) -> TaskResult:
+    """Sweep, fit, measure and summarise one task (resuming whatever already ran)."""
+    problem = problem if problem is not None else make_problem(cfg)
+    table = run_sweep(cfg, results_dir, problem=problem, progress=progress)
+    best = best_runs(table)
+    if best.dropna(subset=["steps"]).empty:
+        raise RuntimeError(
+            f"task {cfg.task}: no run reached any goal {cfg.goals}; raise budget_examples or choose easier goals")
+    by_goal = b_crit_by_goal(best)
+    last = by_goal.dropna(subset=["b_crit"])
+    ref = reference_run(best, float(last["b_crit"].iloc[-1]) if len(last) else np.nan)
+    ref_id = ref["run_id"]
+    if cfg.b_noise_examples and cfg.domain == "image":
+        ref_cfg = cfg.run(int(ref["batch_examples"]), float(ref["lr"]), b_noise_examples=cfg.b_noise_examples)
+        summary, _ = run_or_load(problem, ref_cfg, results_dir, progress)
+        if summary["status"] != "failed":
+            ref_id = summary["run_id"]
+    summary = summarize_task(cfg, table, by_goal, results_dir, reference_run_id=ref_id)
+    best_ids = best.dropna(subset=["steps"]).sort_values("goal").drop_duplicates("batch_size")["run_id"]
+    curves = load_metrics(results_dir, cfg.task, best_ids)
+    if len(curves):
+        units = curves["examples"] / curves["step"].where(curves["step"] > 0)
+        curves["batch_units"] = units.groupby(curves["run_id"]).transform("max")
+    noise = load_metrics(results_dir, cfg.task, [ref_id])
+    b_noise_file = task_dir(results_dir, cfg.task) / "runs" / ref_id / "b_noise.csv"
+    b_noise = pd.read_csv(b_noise_file) if b_noise_file.exists() else pd.DataFrame()
+    return TaskResult(cfg, summary, table, best, by_goal, curves, noise, b_noise,
+                      task_dir(results_dir, cfg.task) / "figures")
+
+
+@dataclass(frozen=True)
+class WidthStudy:
+    """The model-size study of the paper's Fig 8: one experiment at several LSTM widths.
+
+    Attributes:
+        base: the language-model experiment whose data, optimizer and goals are reused.
+        widths: LSTM widths (``model_kwargs["hidden"]``).
+        task: results folder of the study (``<base task>_widths``).
+    """
+
+    base: ExperimentConfig
+    widths: tuple[int, ...]
+
+    @property
+    def task(self) -> str:
+        return f"{self.base.task}_widths"
+
+
+#: Widths of the study per profile (the paper compared three LSTM sizes).
+DEFAULT_WIDTHS = {"smoke": (16, 32), "cpu": (64, 128, 256), "paper": (512, 1024, 2048)}
+
+
+def width_study_config(base: ExperimentConfig, widths: list[int] | None = None) -> WidthStudy:
+    """Validate the widths of the Fig 8 study (None = the profile's default).
+
+    Raises:
+        ValueError: widths that are not at least two distinct positive integers.
+    """
+    chosen = tuple(widths) if widths is not None else DEFAULT_WIDTHS[base.profile]
+    if len(set(chosen)) < 2 or any(not isinstance(w, int) or isinstance(w, bool) or w < 1 for w in chosen):
+        raise ValueError(f"widths must be at least two distinct positive integers, got {widths!r}")
+    return WidthStudy(base, tuple(sorted(chosen)))
+
+
+def run_width_study(study: WidthStudy, result: TaskResult, results_dir: str | Path, problem: Any,
+                    progress: bool = True) -> pd.DataFrame:
+    """Train each width at the reference run's batch size and learning rate, to the budget.
+
+    Every width runs until the last goal or the budget, logging B_simple, so the
+    curves can be compared against loss and against tokens processed.
+
+    Returns:
+        The runs' metrics, tidy, with a ``hidden`` column.
+    """
+    ref = result.summary["reference_run"]
+    units = problem.units_per_example
+    frames = []
+    for width in study.widths:
+        run_cfg = study.base.run(int(round(ref["batch_size"] / units)), ref["lr"], task=study.task,
+                                 model_kwargs={**study.base.model_kwargs, "hidden": width})
+        run_or_load(problem, run_cfg, results_dir, progress)
+        frame = load_metrics(results_dir, study.task, [run_cfg.run_id])
+        frame["hidden"] = width
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
+def width_study_verdict(frame: pd.DataFrame, n_levels: int = 8) -> dict[str, Any]:
+    """Does B_simple depend on the loss reached rather than on the width (the paper's Fig 8)?
+
+    Compares the spread across widths of log10 B_simple at common loss levels with the
+    spread at common token counts (both over the range every width covers).
+
+    Returns:
+        ``spread_vs_loss``, ``spread_vs_tokens`` (mean standard deviation of log10 B_simple
+        across widths) and ``held`` (the loss spread is the smaller) with a sentence.
+    """
+    data = frame.dropna(subset=["b_simple_ema"])
+    data = data[(data["step"] > 0) & (data["b_simple_ema"] > 0)]
+    spreads = {}
+    for x in ("loss", "examples"):
+        groups = [g.sort_values(x) for _, g in data.groupby("hidden")]
+        lo = max(g[x].min() for g in groups)
+        hi = min(g[x].max() for g in groups)
+        if not lo < hi:
+            spreads[x] = float("nan")
+            continue
+        grid = np.geomspace(lo, hi, n_levels) if x == "examples" else np.linspace(lo, hi, n_levels)
+        curves = np.array([np.interp(grid, g[x].to_numpy(float), np.log10(g["b_simple_ema"].to_numpy(float)))
+                           for g in groups])
+        spreads[x] = float(curves.std(axis=0).mean())
+    held = bool(spreads["loss"] < spreads["examples"])
+    sentence = (f"Spread of log10 B_simple across widths: {spreads['loss']:.3f} at equal loss, "
+                f"{spreads['examples']:.3f} at equal tokens processed — the paper's finding (curves coincide "
+                f"against loss, differ against tokens) {'held' if held else 'did not hold'} here.")
+    return {"spread_vs_loss": spreads["loss"], "spread_vs_tokens": spreads["examples"], "held": held,
+            "sentence": sentence}

@@ -1,0 +1,187 @@
+"""What is trained: data on the device, a model factory, the loss and the goal metric.
+
+A *problem* bundles everything a run needs that does not change between batch sizes
+and learning rates, so a sweep loads its dataset once. Each problem knows its batch
+units: images for classifiers and autoencoders, tokens for language models (the
+paper's units for B, B_crit and B_simple).
+
+Every problem implements:
+
+* ``n_train``              examples (sequences for language models) to sample from.
+* ``units_per_example``    1, or the sequence length for language models.
+* ``build_model()``        a fresh model on the device.
+* ``batch(idx)``           the examples with indices ``idx`` (a device tensor).
+* ``loss(model, batch)``   mean loss per unit (image or token), a scalar tensor.
+* ``evaluate(model)``      ``{"loss": ..., "error": ...}`` on a fixed training subset.
+* ``hessian_batch()``      ``(loss_fn, inputs, targets)`` for the Hessian B_noise, or None.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gns_utils.models import build_model
+
+Batch = tuple[torch.Tensor, ...]
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` → CUDA when present, else CPU; otherwise the named device."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device!r} asked for, but torch sees no CUDA device; use device='cpu' or 'auto'")
+    return torch.device(device)
+
+
+def _fixed_subset(n: int, size: int, seed: int = 1234) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randperm(n, generator=gen)[: min(size, n)]
+
+
+class _Problem:
+    """Shared mechanics: tensors on the device, a fixed evaluation subset, chunked eval."""
+
+    units_per_example = 1
+    eval_chunk = 2048
+
+    def __init__(self, tensors: Batch, model: str, model_kwargs: Mapping[str, Any], eval_examples: int,
+                 device: torch.device) -> None:
+        self.device = device
+        self.tensors = tuple(t.to(device) for t in tensors)
+        self.n_train = len(self.tensors[0])
+        self.model_name = model
+        self.model_kwargs = dict(model_kwargs)
+        self.eval_idx = _fixed_subset(self.n_train, eval_examples).to(device)
+
+    def build_model(self) -> nn.Module:
+        return build_model(self.model_name, **self.model_kwargs).to(self.device)
+
+    def batch(self, idx: torch.Tensor) -> Batch:
+        return tuple(t[idx] for t in self.tensors)
+
+    def units(self, batch: Batch) -> int:
+        return len(batch[0]) * self.units_per_example
+
+    def hessian_batch(self, n: int) -> tuple[Callable, torch.Tensor, torch.Tensor] | None:
+        return None
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        """Mean loss (and error where defined) on the fixed training subset, eval mode."""
+        was_training = model.training
+        model.eval()
+        totals: dict[str, float] = {}
+        count = 0
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(0)  # stochastic models (VAE) evaluate on fixed noise
+            for chunk in self.eval_idx.split(self.eval_chunk):
+                batch = self.batch(chunk)
+                for key, value in self._eval_sums(model, batch).items():
+                    totals[key] = totals.get(key, 0.0) + float(value)
+                count += len(chunk)
+        model.train(was_training)
+        return {k: v / (count * (self.units_per_example if k != "error" else 1)) for k, v in totals.items()}
+
+    def _eval_sums(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+
+class ClassificationProblem(_Problem):
+    """Image classification; loss = cross-entropy, error = 1 − accuracy."""
+
+    def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        x, y = batch
+        return F.cross_entropy(model(x), y)
+
+    def _eval_sums(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
+        x, y = batch
+        logits = model(x)
+        return {"loss": F.cross_entropy(logits, y, reduction="sum"), "error": (logits.argmax(1) != y).sum()}
+
+    def hessian_batch(self, n: int) -> tuple[Callable, torch.Tensor, torch.Tensor]:
+        idx = self.eval_idx[:n]
+        return F.cross_entropy, self.tensors[0][idx], self.tensors[1][idx]
+
+
+class LanguageModelProblem(_Problem):
+    """Next-token prediction on sequences [n, L+1]; batch units are tokens (L per sequence)."""
+
+    eval_chunk = 256
+
+    def __init__(self, sequences: torch.Tensor, model: str, model_kwargs: Mapping[str, Any],
+                 eval_examples: int, device: torch.device) -> None:
+        super().__init__((sequences,), model, model_kwargs, eval_examples, device)
+        self.units_per_example = sequences.shape[1] - 1
+
+    def _logits(self, model: nn.Module, seq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = model(seq[:, :-1])
+        return logits.reshape(-1, logits.shape[-1]), seq[:, 1:].reshape(-1)
+
+    def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        return F.cross_entropy(*self._logits(model, batch[0]))
+
+    def _eval_sums(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
+        return {"loss": F.cross_entropy(*self._logits(model, batch[0]), reduction="sum")}
+
+
+class AutoencoderProblem(_Problem):
+    """Autoencoder / VAE on images in [0, 1].
+
+    Loss per image: Bernoulli reconstruction negative log-likelihood summed over pixels
+    (binary cross-entropy with logits), plus the KL term for a VAE (negative ELBO, nats).
+    """
+
+    def _per_image(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        logits, mu, logvar = model(x)
+        nll = F.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(1).sum(1)
+        if mu is None:
+            return nll
+        kl = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(1)
+        return nll + kl
+
+    def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        return self._per_image(model, batch[0]).mean()
+
+    def _eval_sums(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
+        return {"loss": self._per_image(model, batch[0]).sum()}
+
+
+def make_problem(cfg: Any, device: torch.device | str | None = None) -> _Problem:
+    """Load the data named by an experiment / run config and wrap it as a problem.
+
+    Raises:
+        gns_utils.data.DatasetNotFoundError: the dataset is not on this machine (the
+            message says where it looked and the command that gets it).
+    """
+    from gns_utils import data as gdata
+
+    device = resolve_device(device or cfg.device) if not isinstance(device, torch.device) else device
+    kw = dict(cfg.data_kwargs)
+    if cfg.domain == "language":
+        from gns_utils import text
+
+        sequences = text.load_sequences(cfg.dataset, **kw)
+        model_kwargs = {"vocab_size": int(sequences.max()) + 1, **cfg.model_kwargs}
+        if "vocab_size" in kw:
+            model_kwargs["vocab_size"] = max(int(kw["vocab_size"]), model_kwargs["vocab_size"])
+        return LanguageModelProblem(sequences, cfg.model, model_kwargs, cfg.eval_examples, device)
+    images = gdata.load_images(cfg.dataset, **kw)
+    if cfg.domain == "image":
+        model_kwargs = dict(cfg.model_kwargs)
+        if cfg.model == "mlp":
+            model_kwargs.setdefault("in_features", int(images.x[0].numel()))
+        elif cfg.model in ("paper_cnn",):
+            model_kwargs.setdefault("in_channels", images.x.shape[1])
+            model_kwargs.setdefault("image_size", images.x.shape[-1])
+        elif cfg.model == "resnet32":
+            model_kwargs.setdefault("in_channels", images.x.shape[1])
+        return ClassificationProblem((images.x, images.y), cfg.model, model_kwargs, cfg.eval_examples, device)
+    if cfg.domain == "autoencoder":
+        model_kwargs = {"in_channels": images.x.shape[1], "image_size": images.x.shape[-1], **cfg.model_kwargs}
+        return AutoencoderProblem((images.x,), cfg.model, model_kwargs, cfg.eval_examples, device)
+    raise ValueError(f"unknown domain {cfg.domain!r}")

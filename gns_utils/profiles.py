@@ -1,0 +1,144 @@
+"""Presets of every experiment at each profile: ``smoke``, ``cpu`` and ``paper``.
+
+* ``smoke``  seconds, on tiny subsets; the test suite runs every notebook with it.
+* ``cpu``    the default: real offline datasets, sized so that the whole
+             ``make reproduce`` finishes within an hour on a 2-core machine.
+* ``paper``  the paper's datasets and models (GPU and internet): MNIST, SVHN,
+             CIFAR-10, Billion Word.
+
+Each preset is a complete :class:`gns_utils.config.ExperimentConfig` as a dict;
+notebooks override single fields with their parameters.
+"""
+
+from __future__ import annotations
+
+from copy import deepcopy
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gns_utils.config import ExperimentConfig
+
+# --------------------------------------------------------------------------------------
+# Image classification (notebook 01). Goals: training error levels.
+_IMAGE_SMOKE = dict(
+    task="smoke_image", domain="image", dataset="digits", data_kwargs={}, model="mlp",
+    model_kwargs={"hidden": [32]}, optimizer="sgd", metric="error", goals=[0.5, 0.2],
+    batch_sizes=[8, 16, 32], lr_star=0.5, lr_b_star=16.0, lr_grid_size=2, max_widen=0,
+    budget_examples=4000, eval_examples=512, evals_per_decade=10, profile="smoke",
+)
+_IMAGE_CPU_SGD = dict(
+    task="fashion_mnist_mlp_sgd", domain="image", dataset="fashion_mnist", data_kwargs={}, model="mlp",
+    model_kwargs={"hidden": [256]}, optimizer="sgd", metric="error",
+    goals=[0.3, 0.22, 0.18, 0.15, 0.13],
+    batch_sizes=[8, 16, 32, 64, 128, 256, 512, 1024], lr_star=0.8, lr_b_star=128.0,
+    lr_grid_size=3, lr_grid_spacing=2.0, max_widen=2, budget_examples=400_000,
+    eval_examples=4096, evals_per_decade=30, b_noise_examples=256, profile="cpu",
+)
+_IMAGE_CPU_ADAM = dict(
+    _IMAGE_CPU_SGD, task="fashion_mnist_mlp_adam", optimizer="adam", lr_star=3e-3, lr_b_star=256.0, lr_alpha=0.5,
+)
+_IMAGE_PAPER = dict(
+    task="svhn_cnn_sgd", domain="image", dataset="svhn", data_kwargs={"download": True}, model="paper_cnn",
+    model_kwargs={}, optimizer="sgd", metric="error", goals=[0.2, 0.1, 0.07, 0.05, 0.035, 0.025, 0.015, 0.004],
+    batch_sizes=[2**k for k in range(2, 15)], lr_star=0.5, lr_b_star=500.0, lr_grid_size=5,
+    lr_grid_spacing=2.0, max_widen=3, budget_examples=20_000_000, eval_examples=10_000,
+    evals_per_decade=40, b_noise_examples=1000, profile="paper",
+)
+
+# --------------------------------------------------------------------------------------
+# Language model (notebook 02). Batch sizes in sequences; B is reported in tokens.
+_LM_SMOKE = dict(
+    task="smoke_lm", domain="language", dataset="offline_prose",
+    data_kwargs={"tokenizer": "char", "seq_len": 20, "max_chars": 60_000}, model="lstm_lm",
+    model_kwargs={"embed_dim": 16, "hidden": 32}, optimizer="adam", optimizer_kwargs={"betas": [0.5, 0.999]},
+    metric="loss", goals=[3.2, 3.0], batch_sizes=[4, 8, 16], lr_star=1e-2, lr_b_star=8.0, lr_alpha=0.5,
+    lr_grid_size=2, max_widen=0, budget_examples=2000, eval_examples=64, evals_per_decade=10, grad_clip=10.0,
+    profile="smoke",
+)
+_LM_CPU = dict(
+    task="prose_lstm_adam", domain="language", dataset="offline_prose",
+    data_kwargs={"tokenizer": "bpe", "vocab_size": 1024, "seq_len": 20}, model="lstm_lm",
+    model_kwargs={"embed_dim": 64, "hidden": 128}, optimizer="adam", optimizer_kwargs={"betas": [0.5, 0.999]},
+    metric="loss", goals=[6.0, 5.5, 5.0, 4.7], batch_sizes=[4, 8, 16, 32, 64, 128, 256],
+    lr_star=1e-2, lr_b_star=32.0, lr_alpha=0.5, lr_grid_size=3, max_widen=1, budget_examples=60_000,
+    eval_examples=512, evals_per_decade=30, grad_clip=10.0, profile="cpu",
+)
+_LM_PAPER = dict(
+    task="billion_word_lstm_adam", domain="language", dataset="billion_word",
+    data_kwargs={"tokenizer": "bpe", "vocab_size": 40_000, "seq_len": 20}, model="lstm_lm",
+    model_kwargs={"embed_dim": 512, "hidden": 2048}, optimizer="adam", optimizer_kwargs={"betas": [0.5, 0.999]},
+    metric="loss", goals=[6.0, 5.5, 5.0, 4.6, 4.3, 4.0], batch_sizes=[2**k for k in range(3, 14)],
+    lr_star=2e-3, lr_b_star=1000.0, lr_alpha=0.5, lr_grid_size=5, max_widen=3, budget_examples=50_000_000,
+    eval_examples=4096, evals_per_decade=40, grad_clip=10.0, profile="paper",
+)
+
+# --------------------------------------------------------------------------------------
+# Autoencoder and VAE (notebook 03). Goals: loss in nats per image.
+_AE_SMOKE = dict(
+    task="smoke_autoencoder", domain="autoencoder", dataset="digits", data_kwargs={}, model="autoencoder",
+    model_kwargs={"arch": "mlp", "latent": 4, "width": 32, "hidden": 16}, optimizer="adam", metric="loss",
+    goals=[40.0, 35.0], batch_sizes=[8, 16, 32], lr_star=3e-3, lr_b_star=16.0, lr_alpha=0.5, lr_grid_size=2,
+    max_widen=0, budget_examples=4000, eval_examples=512, evals_per_decade=10, profile="smoke",
+)
+_AE_CPU = dict(
+    task="fashion_mnist_autoencoder", domain="autoencoder", dataset="fashion_mnist", data_kwargs={},
+    model="autoencoder", model_kwargs={"arch": "mlp", "latent": 16, "width": 256, "hidden": 64},
+    optimizer="adam", metric="loss", goals=[300.0, 270.0, 255.0, 248.0],
+    batch_sizes=[4, 8, 16, 32, 64, 128, 256], lr_star=2e-3, lr_b_star=32.0, lr_alpha=0.5, lr_grid_size=3,
+    max_widen=1, budget_examples=150_000, eval_examples=2048, evals_per_decade=30, profile="cpu",
+)
+_VAE_CPU = dict(_AE_CPU, task="fashion_mnist_vae", model="vae", goals=[320.0, 290.0, 275.0, 265.0])
+_AE_PAPER = dict(
+    task="svhn_autoencoder", domain="autoencoder", dataset="svhn", data_kwargs={"download": True},
+    model="autoencoder", model_kwargs={"arch": "conv", "latent": 64, "width": 64, "hidden": 1024},
+    optimizer="adam", metric="loss", goals=[1900.0, 1870.0, 1860.0, 1855.0],
+    batch_sizes=[2**k for k in range(1, 12)], lr_star=1e-3, lr_b_star=64.0, lr_alpha=0.5, lr_grid_size=5,
+    max_widen=3, budget_examples=5_000_000, eval_examples=4096, evals_per_decade=40, profile="paper",
+)
+_VAE_PAPER = dict(_AE_PAPER, task="svhn_vae", model="vae")
+
+PRESETS: dict[str, dict[str, list[dict[str, Any]]]] = {
+    "image": {"smoke": [_IMAGE_SMOKE], "cpu": [_IMAGE_CPU_SGD, _IMAGE_CPU_ADAM], "paper": [_IMAGE_PAPER]},
+    "language": {"smoke": [_LM_SMOKE], "cpu": [_LM_CPU], "paper": [_LM_PAPER]},
+    "autoencoder": {"smoke": [_AE_SMOKE, dict(_AE_SMOKE, task="smoke_vae", model="vae", goals=[45.0, 40.0])],
+                    "cpu": [_AE_CPU, _VAE_CPU], "paper": [_AE_PAPER, _VAE_PAPER]},
+}
+
+
+def presets(domain: str, profile: str) -> list[dict[str, Any]]:
+    """Deep copies of the presets of ``domain`` at ``profile`` (one per task).
+
+    Raises:
+        ValueError: unknown domain or profile, naming the choices.
+    """
+    if domain not in PRESETS:
+        raise ValueError(f"unknown domain {domain!r}; choose one of {sorted(PRESETS)}")
+    if profile not in PRESETS[domain]:
+        raise ValueError(f"unknown profile {profile!r}; choose one of {sorted(PRESETS[domain])}")
+    return deepcopy(PRESETS[domain][profile])
+
+
+def experiment_configs(domain: str, profile: str, tasks: list[str] | None = None,
+                       **overrides: Any) -> list["ExperimentConfig"]:
+    """Validated configs of a notebook: the profile's presets with the notebook's overrides.
+
+    Args:
+        domain: ``image`` | ``language`` | ``autoencoder``.
+        profile: ``smoke`` | ``cpu`` | ``paper``.
+        tasks: names of the preset tasks to run (None = all of the profile's tasks).
+        **overrides: ExperimentConfig fields; ``None`` keeps the preset's value.
+
+    Raises:
+        gns_utils.config.ConfigError: unknown task or parameter, wrong type or value —
+            raised here, before any data is loaded.
+    """
+    from gns_utils.config import ConfigError, make_experiment
+
+    chosen = presets(domain, profile)
+    names = [p["task"] for p in chosen]
+    if tasks is not None:
+        unknown = sorted(set(tasks) - set(names))
+        if unknown:
+            raise ConfigError(f"unknown tasks {unknown} for {domain}/{profile}; choose from {names}")
+        chosen = [p for p in chosen if p["task"] in tasks]
+    return [make_experiment(p, overrides) for p in chosen]

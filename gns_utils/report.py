@@ -1,0 +1,123 @@
+"""From a finished sweep to the task's numbers: B_crit per goal, B_simple, B_noise.
+
+Reads the results store only (never trains) and writes ``<results_dir>/<task>/summary.json``:
+
+* ``b_crit``, ``b_crit_stderr``   the (2.11) fit at the last goal (the "full run" value).
+* ``b_crit_start``                the fit at the first goal ("start of training").
+* ``b_simple``                    B_simple averaged over training as in Appendix D
+                                  (each full-batch step weighted equally), measured on the
+                                  *reference run*: the best-tuned run at the batch size
+                                  nearest the fitted B_crit (the paper measures B_simple on
+                                  a run with a well-tuned learning rate, App. C).
+* ``b_simple_start``              ratio of the mean |G|^2 and tr Σ estimates of the
+                                  reference run before it reached the first goal.
+* ``b_noise``                     mean of the Hessian B_noise (2.8) at the goal checkpoints of
+                                  the reference run, where measured.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from gns_utils.config import ExperimentConfig
+from gns_utils.results import load_metrics, provenance, run_dir, task_dir, write_json_atomic
+from gns_utils.theory import training_average
+
+
+def reference_run(best: pd.DataFrame, b_crit: float) -> pd.Series:
+    """The best-tuned run (last goal it reached) at the batch size nearest ``b_crit`` (log scale)."""
+    reached = best.dropna(subset=["steps"])
+    last_goal = reached["goal"].min()
+    candidates = reached[reached["goal"] == last_goal]
+    target = b_crit if np.isfinite(b_crit) else float(np.exp(np.log(candidates["batch_size"]).mean()))
+    pick = candidates.iloc[int(np.argmin(np.abs(np.log(candidates["batch_size"]) - np.log(target))))]
+    return pick
+
+
+def summarize_task(cfg: ExperimentConfig, table: pd.DataFrame, by_goal: pd.DataFrame, results_dir: str | Path,
+                   reference_run_id: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Collect B_crit per goal and the reference run's B_simple / B_noise; write the task summary.
+
+    Args:
+        cfg: the experiment.
+        table: :func:`gns_utils.sweep.run_sweep`'s run table.
+        by_goal: :func:`gns_utils.critical_batch.b_crit_by_goal` of the sweep's best runs.
+        results_dir: root of the results store.
+        reference_run_id: the run on which B_simple (and B_noise) are measured.
+        extra: fields to add to the summary.
+
+    Returns:
+        The summary, also written to ``<results_dir>/<task>/summary.json``.
+    """
+    last, first = by_goal.iloc[-1], by_goal.iloc[0]
+    noise = load_metrics(results_dir, cfg.task, [reference_run_id])
+    if noise.empty:
+        raise FileNotFoundError(f"no finished run {reference_run_id} under {task_dir(results_dir, cfg.task)}")
+    batch_units = float((noise["examples"] / noise["step"].where(noise["step"] > 0)).max())
+    b_simple, b_simple_start = b_simple_over_training(noise, batch_units, cfg.metric, float(cfg.goals[0]))
+    b_noise_file = run_dir(results_dir, cfg.task, reference_run_id) / "b_noise.csv"
+    b_noise_table = pd.read_csv(b_noise_file) if b_noise_file.exists() else pd.DataFrame()
+    summary: dict[str, Any] = {
+        "task": cfg.task,
+        "domain": cfg.domain,
+        "dataset": cfg.dataset,
+        "model": cfg.model,
+        "optimizer": cfg.optimizer,
+        "units": "tokens" if cfg.domain == "language" else "images",
+        "metric": cfg.metric,
+        "b_crit": _num(last["b_crit"]),
+        "b_crit_stderr": _num(last["b_crit_stderr"]),
+        "b_crit_bound": last["bound"],
+        "b_crit_goal": float(last["goal"]),
+        "b_crit_start": _num(first["b_crit"]),
+        "b_crit_start_stderr": _num(first["b_crit_stderr"]),
+        "b_crit_start_goal": float(first["goal"]),
+        "b_simple": _num(b_simple),
+        "b_simple_start": _num(b_simple_start),
+        "b_noise": _num(b_noise_table["b_noise"].mean()) if len(b_noise_table) else None,
+        "reference_run": {"run_id": reference_run_id, "batch_size": batch_units,
+                          "lr": float(noise["lr"].iloc[0])},
+        "n_runs": int(table["run_id"].nunique()),
+        "goals": by_goal.to_dict(orient="records"),
+        "b_noise_checkpoints": b_noise_table.to_dict(orient="records"),
+        "profile": cfg.profile,
+        "config": cfg.to_dict(),
+        "provenance": provenance(device=cfg.device, seed=cfg.seed),
+        **(extra or {}),
+    }
+    write_json_atomic(task_dir(results_dir, cfg.task) / "summary.json", summary)
+    return summary
+
+
+def b_simple_over_training(metrics: pd.DataFrame, batch_units: float, metric: str, first_goal: float
+                           ) -> tuple[float, float]:
+    """(B_simple averaged over training as in App. D, B_simple before the first goal).
+
+    The average weights each full-batch step equally (ds = dS / (1 + ℬ/B)) and uses the
+    run's EMA estimate ℬ (a ratio of the two EMAs, eq. 2.9). The start value is the ratio
+    of the mean tr Σ and mean |G|^2 estimates over the steps before ``first_goal`` was
+    reached — a ratio of means, never a mean of ratios.
+    """
+    ok = metrics["b_simple_ema"].notna() & (metrics["step"] > 0)
+    average = float(training_average(metrics.loc[ok, "step"].to_numpy(float),
+                                     metrics.loc[ok, "b_simple_ema"].to_numpy(float), batch_units)) \
+        if ok.sum() >= 2 else float("nan")
+    reached = metrics[metrics[metric] <= first_goal]
+    stop = reached["step"].iloc[0] if len(reached) else metrics["step"].max()
+    early = metrics[metrics["step"] <= stop]
+    weights = early["noise_steps"].fillna(0)
+    g2 = (early["g2_mean"].fillna(0) * weights).sum()
+    start = float((early["trace_sigma_mean"].fillna(0) * weights).sum() / g2) if g2 > 0 else float("nan")
+    return average, start
+
+
+def _num(value: Any) -> float | None:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if np.isfinite(value) else None

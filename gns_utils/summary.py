@@ -1,0 +1,286 @@
+"""Cross-task summary: measured B_crit and B_simple against the paper's Table 1 (Fig. 4).
+
+The library side of the final summary notebook. It only reads files; nothing is
+re-trained. Symbols: ``B_crit = E_min/S_min`` (eq. 2.12), the critical batch size;
+``B_simple = tr Σ/|G|²`` (eq. 2.9), the simple noise scale, "averaged over training"
+as in Appendix D. The paper's prediction is ``B_crit ≈ B_simple`` up to a task-dependent
+factor; its post reports that ``B_simple`` explains about 80% of the variance (R²) of
+``log B_crit`` across tasks.
+
+``paper_table1.csv`` (next to this module) is Table 1 of McCandlish et al. 2018,
+arXiv:1812.06162, one row per task (lines starting with ``#`` are comments):
+
+* ``task, units`` (images, tokens or frames), ``model, optimizer``.
+* ``b_crit_start, b_crit, b_simple_start, b_simple``: start of training / average or
+  end of the run.
+* ``b_crit_start_kind, b_crit_kind``: ``"value"``, ``"lower_bound"`` (Dota 5v5:
+  ``B_crit > 8·10⁶``, stored as 8e6), ``"range"`` (Atari: the spread over 7 games) or
+  ``"not_measured"`` (Dota 5v5 at the start; the value is NaN).
+* ``*_low, *_high``: the ends of a range (Atari: B_crit 100–1000 / 400–8000,
+  B_simple 100–1000 / 1000–20000); the point value of a range is its geometric mean.
+  Empty (NaN) for other tasks.
+* ``source``: "McCandlish et al. 2018, arXiv:1812.06162, Table 1".
+
+R² conventions (:func:`r2_report`): points are ``(x, y) = (B_simple, B_crit)`` in
+``log10``; bounds (lower or upper) are left out, ranges enter at their geometric mean.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+__all__ = [
+    "PAPER_SOURCE",
+    "PAPER_TABLE_PATH",
+    "SUMMARY_FIELDS",
+    "TABLE_COLUMNS",
+    "load_task_summaries",
+    "paper_table",
+    "r2_report",
+    "r_squared_fit",
+    "r_squared_identity",
+    "summary_table",
+]
+
+PAPER_SOURCE = "McCandlish et al. 2018, arXiv:1812.06162, Table 1"
+PAPER_TABLE_PATH = Path(__file__).resolve().parent / "paper_table1.csv"
+
+#: Fields read from each ``<results_dir>/<task>/summary.json`` (missing → NaN / None).
+SUMMARY_FIELDS: tuple[str, ...] = (
+    "task", "domain", "dataset", "model", "optimizer", "units", "profile", "status",
+    "b_crit", "b_crit_stderr", "b_crit_bound", "b_crit_start", "b_crit_start_stderr",
+    "b_crit_start_bound", "b_simple", "b_simple_start", "b_noise",
+)
+_NUMERIC_FIELDS = frozenset(
+    {"b_crit", "b_crit_stderr", "b_crit_start", "b_crit_start_stderr", "b_simple", "b_simple_start", "b_noise"}
+)
+_BOUND_KIND = {"none": "value", "lower": "lower_bound", "upper": "upper_bound"}
+
+#: Columns of :func:`summary_table` (the first seven are the core; the rest carry
+#: start-of-training values, bounds and ranges for plotting).
+TABLE_COLUMNS: tuple[str, ...] = (
+    "task", "units", "b_crit", "b_crit_stderr", "b_simple", "ratio", "source",
+    "b_crit_kind", "b_crit_low", "b_crit_high", "b_simple_low", "b_simple_high",
+    "b_crit_start", "b_crit_start_stderr", "b_simple_start", "b_crit_start_kind",
+    "b_crit_start_low", "b_crit_start_high", "b_simple_start_low", "b_simple_start_high",
+)
+_POINT_KINDS = ("value", "range")
+
+
+# --------------------------------------------------------------------------- inputs
+def paper_table(path: str | os.PathLike | None = None) -> pd.DataFrame:
+    """The paper's Table 1 as a DataFrame (see the module docstring for the columns).
+
+    Args:
+        path: alternative CSV; default :data:`PAPER_TABLE_PATH`.
+
+    Returns:
+        One row per task, in the paper's order.
+    """
+    return pd.read_csv(path or PAPER_TABLE_PATH, comment="#")
+
+
+def _parse_summary(data: Any, folder: str) -> dict[str, Any]:
+    """One row from a parsed ``summary.json``; raises ValueError if malformed."""
+    if not isinstance(data, dict):
+        raise ValueError("top level is not a JSON object")
+    row: dict[str, Any] = {k: v for k, v in data.items() if v is None or isinstance(v, (str, int, float, bool))}
+    for name in SUMMARY_FIELDS:
+        row.setdefault(name, None)
+    if row["task"] is None:
+        row["task"] = folder
+    for name in _NUMERIC_FIELDS:
+        value = row[name]
+        if value is None:
+            row[name] = math.nan
+        elif isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"field {name!r} is not a number: {value!r}")
+        else:
+            row[name] = float(value)
+    for name in ("b_crit_bound", "b_crit_start_bound"):
+        if row[name] is None:
+            row[name] = "none"
+        elif row[name] not in _BOUND_KIND:
+            raise ValueError(f"field {name!r} must be one of {sorted(_BOUND_KIND)}, got {row[name]!r}")
+    return row
+
+
+def load_task_summaries(results_dir: str | os.PathLike) -> pd.DataFrame:
+    """Every ``<results_dir>/<task>/summary.json`` as one row (Table 1 of this replication).
+
+    Reads the fields in :data:`SUMMARY_FIELDS` (missing numeric fields become NaN,
+    missing text fields None, a missing ``task`` the folder name, a missing
+    ``b_crit_bound`` "none") plus any other top-level scalar field; nested objects
+    (config, provenance) are skipped. Adds ``path``.
+
+    Args:
+        results_dir: folder holding one sub-folder per task.
+
+    Returns:
+        One row per readable summary, sorted by folder name. A file that is not valid
+        JSON, not an object, or has a non-numeric number field is skipped with a
+        ``UserWarning`` naming it.
+
+    Raises:
+        FileNotFoundError: ``results_dir`` does not exist.
+    """
+    root = Path(results_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"results folder {root} does not exist")
+    rows = []
+    for path in sorted(root.glob("*/summary.json")):
+        try:
+            row = _parse_summary(json.loads(path.read_text()), path.parent.name)
+        except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError is a ValueError
+            warnings.warn(f"skipping malformed task summary {path}: {err}", UserWarning, stacklevel=2)
+            continue
+        row["path"] = str(path)
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    for name in (*SUMMARY_FIELDS, "path"):
+        if name not in frame.columns:
+            frame[name] = np.nan if name in _NUMERIC_FIELDS else None
+    first = [*SUMMARY_FIELDS, "path"]
+    return frame[first + [c for c in frame.columns if c not in first]]
+
+
+# --------------------------------------------------------------------------- R²
+def _log_pairs(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    xa = np.asarray(x, dtype=float).ravel()
+    ya = np.asarray(y, dtype=float).ravel()
+    if xa.size != ya.size:
+        raise ValueError(f"x and y have mismatched lengths {xa.size} and {ya.size}")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lx, ly = np.log10(xa), np.log10(ya)
+    keep = np.isfinite(lx) & np.isfinite(ly)
+    return lx[keep], ly[keep]
+
+
+def r_squared_fit(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> float:
+    """R² of the least-squares line of ``log10 y`` on ``log10 x``.
+
+    ``1 − SS_res/SS_tot`` with the fitted slope and intercept (``scipy.stats.linregress``
+    ``rvalue²``): how much of the variance of ``log B_crit`` a power law in
+    ``B_simple`` explains.
+
+    Args:
+        x, y: raw (positive) values; logs are taken inside; NaN and non-positive pairs
+            are dropped.
+
+    Returns:
+        R² in [0, 1]; NaN with fewer than 3 points or no spread.
+    """
+    lx, ly = _log_pairs(x, y)
+    if lx.size < 3 or np.ptp(lx) == 0 or np.ptp(ly) == 0:
+        return float("nan")
+    return float(stats.linregress(lx, ly).rvalue ** 2)
+
+
+def r_squared_identity(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> float:
+    """R² of the prediction ``y = x`` in log space (no fitted parameters).
+
+    ``1 − Σ(log y − log x)² / Σ(log y − mean log y)²``; can be negative when ``x``
+    predicts ``y`` worse than the mean.
+
+    Args:
+        x, y: raw (positive) values; NaN and non-positive pairs are dropped.
+
+    Returns:
+        R² (≤ 1); NaN with fewer than 3 points or no spread in ``y``.
+    """
+    lx, ly = _log_pairs(x, y)
+    if lx.size < 3:
+        return float("nan")
+    ss_tot = float(np.sum((ly - ly.mean()) ** 2))
+    if ss_tot == 0:
+        return float("nan")
+    return 1.0 - float(np.sum((ly - lx) ** 2)) / ss_tot
+
+
+# --------------------------------------------------------------------------- table
+def _measured_rows(measured: pd.DataFrame) -> pd.DataFrame:
+    m = measured.copy()
+    for name in SUMMARY_FIELDS:
+        if name not in m.columns:
+            m[name] = np.nan if name in _NUMERIC_FIELDS else None
+    out = pd.DataFrame({
+        "task": m["task"], "units": m["units"], "b_crit": m["b_crit"].astype(float),
+        "b_crit_stderr": m["b_crit_stderr"].astype(float), "b_simple": m["b_simple"].astype(float),
+        "source": "measured",
+        "b_crit_kind": m["b_crit_bound"].fillna("none").map(_BOUND_KIND),
+        "b_crit_start": m["b_crit_start"].astype(float),
+        "b_crit_start_stderr": m["b_crit_start_stderr"].astype(float),
+        "b_simple_start": m["b_simple_start"].astype(float),
+        "b_crit_start_kind": m["b_crit_start_bound"].fillna("none").map(_BOUND_KIND),
+    })
+    out.loc[out["b_crit"].isna(), "b_crit_kind"] = "not_measured"
+    out.loc[out["b_crit_start"].isna(), "b_crit_start_kind"] = "not_measured"
+    return out
+
+
+def _paper_rows(paper: pd.DataFrame) -> pd.DataFrame:
+    out = paper.copy()
+    out["source"] = "paper"
+    out["b_crit_stderr"] = np.nan
+    out["b_crit_start_stderr"] = np.nan
+    return out
+
+
+def summary_table(measured: pd.DataFrame, paper: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Measured and paper tasks in one tidy frame (the data of Fig. 4).
+
+    Args:
+        measured: :func:`load_task_summaries` output.
+        paper: :func:`paper_table` output (default: loaded).
+
+    Returns:
+        Columns :data:`TABLE_COLUMNS`: ``task, units, b_crit, b_crit_stderr, b_simple,
+        ratio`` (``b_simple/b_crit``), ``source`` ("measured" | "paper"), then the kind
+        of each ``B_crit`` ("value" | "lower_bound" | "upper_bound" | "range" |
+        "not_measured", measured bounds from ``b_crit_bound``), range ends and the
+        start-of-training values. Measured rows first.
+    """
+    paper = paper_table() if paper is None else paper
+    table = pd.concat([_measured_rows(measured), _paper_rows(paper)], ignore_index=True)
+    for name in TABLE_COLUMNS:
+        if name not in table.columns:
+            table[name] = np.nan
+    table["ratio"] = table["b_simple"] / table["b_crit"]
+    return table[list(TABLE_COLUMNS)].reset_index(drop=True)
+
+
+def r2_report(table: pd.DataFrame) -> dict[str, float]:
+    """R² of ``B_crit`` against ``B_simple`` (log10) for our tasks, the paper's, and all.
+
+    Only rows whose ``b_crit_kind`` is "value" or "range" count (ranges at their
+    geometric mean); bounds are left out.
+
+    Args:
+        table: :func:`summary_table` output.
+
+    Returns:
+        ``{"ours_fit", "ours_identity", "paper_fit", "paper_identity", "all_fit",
+        "all_identity"}``: ``*_fit`` from :func:`r_squared_fit`, ``*_identity`` from
+        :func:`r_squared_identity`; NaN where fewer than 3 points remain.
+    """
+    points = table[table["b_crit_kind"].isin(_POINT_KINDS)]
+    subsets = {
+        "ours": points[points["source"] == "measured"],
+        "paper": points[points["source"] == "paper"],
+        "all": points,
+    }
+    report: dict[str, float] = {}
+    for name, rows in subsets.items():
+        report[f"{name}_fit"] = r_squared_fit(rows["b_simple"], rows["b_crit"])
+        report[f"{name}_identity"] = r_squared_identity(rows["b_simple"], rows["b_crit"])
+    return report

@@ -1,0 +1,142 @@
+"""Batch-size × learning-rate sweeps (App. A.2, A.3), resumable run by run.
+
+For each batch size B the sweep trains at learning rates on a log grid centred at
+ε_central(B) = ε*/(1 + B*/B)^α (A.3). When the fastest rate for some goal sits on the
+edge of the rates tried, the grid is widened on that side (up to ``max_widen`` times).
+Every run's folder is named by the hash of its config; a run whose folder already
+holds a valid final ``summary.json`` is reused, anything else is (re)trained, so an
+interrupted sweep resumes with nothing lost and nothing half-read.
+"""
+
+from __future__ import annotations
+
+import traceback
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from gns_utils.config import ExperimentConfig, RunConfig
+from gns_utils.critical_batch import best_runs
+from gns_utils.results import (FINAL_STATUSES, load_run_summary, provenance, run_dir, task_dir,
+                               write_json_atomic)
+from gns_utils.theory import lr_grid_centre
+from gns_utils.train import train_run
+
+
+def initial_lrs(cfg: ExperimentConfig, batch_size: int) -> list[float]:
+    """The starting grid at B: ``lr_grid_size`` rates, ``lr_grid_spacing`` apart, centred at ε_central(B)."""
+    centre = lr_grid_centre(batch_size, cfg.lr_star, cfg.lr_b_star, cfg.lr_alpha)
+    offsets = np.arange(cfg.lr_grid_size) - (cfg.lr_grid_size - 1) / 2
+    return [float(centre * cfg.lr_grid_spacing**k) for k in offsets]
+
+
+def run_or_load(problem: Any, cfg: RunConfig, results_dir: str | Path, progress: bool = True) -> tuple[dict, bool]:
+    """The run's summary: loaded if already finished, else trained now.
+
+    Returns:
+        (summary, trained): ``trained`` is False when a finished run was reused.
+        An exception inside training is recorded as status ``failed`` (with its
+        traceback) and the sweep goes on; ``KeyboardInterrupt`` propagates and leaves
+        the run folder without a summary, so the next sweep redoes it.
+    """
+    folder = run_dir(results_dir, cfg.task, cfg.run_id)
+    summary = load_run_summary(folder, expected_run_id=cfg.run_id)
+    if summary is not None and summary["status"] in FINAL_STATUSES:
+        return summary, False
+    try:
+        return train_run(problem, cfg, results_dir, progress=progress), True
+    except Exception as err:  # noqa: BLE001 — recorded, the sweep continues
+        summary = {"run_id": cfg.run_id, "status": "failed", "config": cfg.to_dict(),
+                   "error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc(),
+                   "steps_to_goal": {str(g): None for g in cfg.goals},
+                   "provenance": provenance(device=str(getattr(problem, "device", None)), seed=cfg.seed)}
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(folder / "summary.json", summary)
+        return summary, True
+
+
+def run_sweep(cfg: ExperimentConfig, results_dir: str | Path, problem: Any = None, progress: bool = True) -> pd.DataFrame:
+    """Run (or resume) the whole sweep of an experiment; return the run table.
+
+    Args:
+        cfg: the experiment.
+        results_dir: root of the results store; runs go to ``<results_dir>/<task>/runs/``.
+        problem: the loaded problem (built from ``cfg`` when None).
+        progress: tqdm bars for the sweep and each run.
+
+    Returns:
+        :func:`runs_table` of the runs this sweep used.
+    """
+    if problem is None:
+        from gns_utils.problems import make_problem
+
+        problem = make_problem(cfg)
+    write_json_atomic(task_dir(results_dir, cfg.task) / "experiment.json", cfg.to_dict())
+    summaries: list[dict] = []
+    planned = {b: initial_lrs(cfg, b) for b in cfg.batch_sizes}
+    bar = tqdm(total=sum(len(v) for v in planned.values()), desc=f"sweep {cfg.task}", disable=not progress)
+    for batch_size in cfg.batch_sizes:
+        lrs = sorted(planned[batch_size])
+        done: dict[float, dict] = {}
+        widened = {"low": 0, "high": 0}
+        while True:
+            for lr in lrs:
+                if lr in done:
+                    continue
+                summary, _ = run_or_load(problem, cfg.run(batch_size, lr), results_dir, progress)
+                done[lr] = summary
+                bar.update(1)
+                bar.set_postfix(B=batch_size, lr=f"{lr:.3g}", status=summary["status"])
+            side = _edge_to_widen(list(done.values()), cfg.goals)
+            if side is None or widened[side] >= cfg.max_widen:
+                break
+            widened[side] += 1
+            lrs = sorted(done) + [min(done) / cfg.lr_grid_spacing if side == "low" else max(done) * cfg.lr_grid_spacing]
+            bar.total += 1
+        summaries.extend(done.values())
+    bar.close()
+    return runs_table(summaries)
+
+
+def _edge_to_widen(summaries: list[dict], goals: tuple[float, ...]) -> str | None:
+    """'low' / 'high' when the fastest rate for some goal is the smallest / largest rate tried."""
+    lrs = sorted(s["config"]["lr"] for s in summaries)
+    for goal in goals:
+        best = None
+        for s in summaries:
+            steps = s.get("steps_to_goal", {}).get(str(float(goal)))
+            if steps is not None and (best is None or steps < best[0]):
+                best = (steps, s["config"]["lr"])
+        if best is None:
+            continue
+        if len(lrs) > 1 and best[1] == lrs[0]:
+            return "low"
+        if len(lrs) > 1 and best[1] == lrs[-1]:
+            return "high"
+    return None
+
+
+def runs_table(summaries: list[dict]) -> pd.DataFrame:
+    """Long table: one row per (run, goal) with ``batch_size`` in batch units, ``lr``, ``steps``.
+
+    ``batch_size`` is in the paper's units (images, or tokens for language models),
+    ``batch_examples`` in examples; ``steps`` is NaN when the run did not reach the goal.
+    This is the input of :func:`gns_utils.critical_batch.best_runs`.
+    """
+    rows = []
+    for s in summaries:
+        cfg = s["config"]
+        units = s.get("units_per_example", 1)
+        for goal, steps in s.get("steps_to_goal", {}).items():
+            rows.append({"run_id": s["run_id"], "status": s["status"], "batch_size": cfg["batch_size"] * units,
+                         "batch_examples": cfg["batch_size"], "lr": cfg["lr"], "goal": float(goal),
+                         "steps": np.nan if steps is None else float(steps)})
+    return pd.DataFrame(rows, columns=["run_id", "status", "batch_size", "batch_examples", "lr", "goal", "steps"])
+
+
+def sweep_best(table: pd.DataFrame) -> pd.DataFrame:
+    """Fastest run per (goal, batch size): the points of the (2.11) fit."""
+    return best_runs(table)

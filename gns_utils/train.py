@@ -1,0 +1,253 @@
+"""One training run: batch size B, constant learning rate ε, until the goals or the budget.
+
+The run follows the paper's measurement recipe (App. A.2): a constant learning rate,
+the goal metric evaluated on (a fixed subset of) the training set, and the gradient
+noise scale measured at every step from micro-batch gradients (App. A.1) with
+:class:`gns_utils.noise_scale.GradientNoiseMonitor`, so B_simple over training is
+available afterwards.
+
+A run ends with one of the statuses of :data:`gns_utils.results.STATUSES`:
+``complete`` (the last goal was reached), ``budget_exhausted`` (the example budget
+ran out first), ``diverged`` (a non-finite loss, or the evaluated loss grew past
+``BLOWUP_FACTOR`` × its initial value) or ``failed`` (an exception; recorded by the
+sweep). Divergence is recorded, never raised.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from gns_utils.config import RunConfig
+from gns_utils.critical_batch import steps_to_target
+from gns_utils.noise_scale import GradientNoiseMonitor, NoiseScaleEMA, hessian_noise_scale
+from gns_utils.results import MetricsWriter, provenance, run_dir, write_json_atomic
+from gns_utils.seed import set_seed
+
+#: The evaluated loss may grow to this multiple of its initial value before the run counts as diverged.
+BLOWUP_FACTOR = 5.0
+#: Decay of the two EMAs of |G|^2 and tr Σ behind B_simple (window ≈ 1 / (1 − decay) steps).
+NOISE_EMA_DECAY = 0.99
+
+
+def make_optimizer(model: torch.nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
+    """SGD, momentum (0.9, the paper's CIFAR/ImageNet setting) or Adam at constant ε."""
+    kwargs = dict(cfg.optimizer_kwargs)
+    if "betas" in kwargs:
+        kwargs["betas"] = tuple(kwargs["betas"])
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=cfg.lr, **kwargs)
+    if cfg.optimizer == "momentum":
+        return torch.optim.SGD(model.parameters(), lr=cfg.lr, **{"momentum": 0.9, **kwargs})
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=cfg.lr, **kwargs)
+    raise ValueError(f"unknown optimizer {cfg.optimizer!r}")
+
+
+def eval_schedule(max_steps: int, per_decade: int) -> np.ndarray:
+    """Steps at which to evaluate: 0, then log-spaced (``per_decade`` per decade), and the last.
+
+    Log spacing gives every batch size the same relative resolution in steps-to-target,
+    which is what the log-space (2.11) fit needs.
+    """
+    n = int(math.ceil(per_decade * math.log10(max(max_steps, 1)))) + 1
+    steps = np.unique(np.round(np.logspace(0, math.log10(max(max_steps, 1)), max(n, 2))).astype(int))
+    return np.unique(np.concatenate([[0], steps, [max_steps]]))
+
+
+class EpochSampler:
+    """Indices of the next batch: a fresh permutation each epoch, without replacement."""
+
+    def __init__(self, n: int, batch_size: int, generator: torch.Generator, device: torch.device) -> None:
+        if batch_size > n:
+            raise ValueError(f"batch size {batch_size} exceeds the {n} training examples")
+        self.n, self.batch_size, self.gen, self.device = n, batch_size, generator, device
+        self.epoch = 0
+        self._perm = torch.empty(0, dtype=torch.long)
+        self._pos = n
+
+    def next(self) -> torch.Tensor:
+        if self._pos + self.batch_size > self.n:
+            self._perm = torch.randperm(self.n, generator=self.gen).to(self.device)
+            self._pos = 0
+            self.epoch += 1
+        idx = self._perm[self._pos : self._pos + self.batch_size]
+        self._pos += self.batch_size
+        return idx
+
+
+def _split(batch: tuple[torch.Tensor, ...], parts: int) -> list[tuple[torch.Tensor, ...]]:
+    chunks = [t.chunk(parts) for t in batch]
+    return [tuple(c[i] for c in chunks) for i in range(len(chunks[0]))]
+
+
+def train_run(problem: Any, cfg: RunConfig, results_dir: str | Path, progress: bool = True) -> dict[str, Any]:
+    """Train one run and write ``config.json``, ``metrics.csv`` and ``summary.json``.
+
+    Any previous contents of the run folder are removed first (the caller decides
+    whether a finished run may be reused; see :func:`gns_utils.sweep.run_sweep`).
+
+    Args:
+        problem: a problem from :func:`gns_utils.problems.make_problem`.
+        cfg: the run's configuration.
+        results_dir: root of the results store.
+        progress: show a tqdm bar over steps.
+
+    Returns:
+        The summary written to ``summary.json``.
+    """
+    folder = run_dir(results_dir, cfg.task, cfg.run_id)
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    write_json_atomic(folder / "config.json", {"run_id": cfg.run_id, "config": cfg.to_dict()})
+    start = time.perf_counter()
+
+    set_seed(cfg.seed)
+    model = problem.build_model()
+    model.train()
+    optimizer = make_optimizer(model, cfg)
+    sampler = EpochSampler(problem.n_train, cfg.batch_size, torch.Generator().manual_seed(cfg.seed), problem.device)
+    monitor = GradientNoiseMonitor(model.parameters())
+    ema = NoiseScaleEMA(decay=NOISE_EMA_DECAY)
+    units_per_step = cfg.batch_size * problem.units_per_example
+    max_steps = int(math.ceil(cfg.budget_examples / cfg.batch_size))
+    schedule = set(eval_schedule(max_steps, cfg.evals_per_decade).tolist())
+    n_micro = min(cfg.n_micro, cfg.batch_size)
+    goals_left = list(cfg.goals)
+    b_noise_rows: list[dict[str, float]] = []
+    interval = {"g2": 0.0, "tr": 0.0, "n": 0, "loss": 0.0, "steps": 0}
+    status = "budget_exhausted"
+    initial_loss = math.nan
+    history: dict[str, list[float]] = {"step": [], "metric": []}
+
+    bar = tqdm(total=max_steps, desc=f"B={cfg.batch_size} lr={cfg.lr:.3g}", leave=False, disable=not progress)
+    with MetricsWriter(folder / "metrics.csv") as writer:
+        step = 0
+        while True:
+            if step in schedule:
+                evaluation = problem.evaluate(model)
+                if step == 0:
+                    initial_loss = evaluation["loss"]
+                metric = evaluation[cfg.metric]
+                diverged = not math.isfinite(evaluation["loss"]) or evaluation["loss"] > BLOWUP_FACTOR * initial_loss
+                writer.write(_metrics_row(step, units_per_step, sampler.epoch, evaluation, interval, ema,
+                                          time.perf_counter() - start))
+                interval = {"g2": 0.0, "tr": 0.0, "n": 0, "loss": 0.0, "steps": 0}
+                if diverged:
+                    status = "diverged"
+                    break
+                history["step"].append(step)
+                history["metric"].append(metric)
+                while goals_left and metric <= goals_left[0]:
+                    goal = goals_left.pop(0)
+                    if cfg.b_noise_examples and problem.hessian_batch(cfg.b_noise_examples) is not None:
+                        b_noise_rows.append({"goal": goal, "step": step, **_b_noise(problem, model, cfg)})
+                if not goals_left:
+                    status = "complete"
+                    break
+                if step >= max_steps:
+                    break
+            step += 1
+            loss = _train_step(problem, model, optimizer, sampler, monitor, ema, interval, n_micro, cfg.grad_clip)
+            bar.update(1)
+            if not math.isfinite(loss):
+                status = "diverged"
+                writer.write(_metrics_row(step, units_per_step, sampler.epoch, {"loss": math.nan, "error": math.nan},
+                                          interval, ema, time.perf_counter() - start))
+                break
+    bar.close()
+
+    if b_noise_rows:
+        import pandas as pd
+
+        pd.DataFrame(b_noise_rows).to_csv(folder / "b_noise.csv", index=False)
+    steps_needed = steps_to_target(np.array(history["step"], float), np.array(history["metric"], float),
+                                   np.array(cfg.goals, float), smoothing=0.0) if history["step"] else \
+        np.full(len(cfg.goals), np.nan)
+    summary = {
+        "run_id": cfg.run_id,
+        "status": status,
+        "config": cfg.to_dict(),
+        "units_per_example": problem.units_per_example,
+        "batch_units": units_per_step,
+        "steps_to_goal": {str(g): (float(s) if np.isfinite(s) else None) for g, s in zip(cfg.goals, steps_needed)},
+        "n_steps": step,
+        "n_examples": step * cfg.batch_size,
+        "final_metric": history["metric"][-1] if history["metric"] else None,
+        "initial_loss": initial_loss,
+        "b_simple_final": ema.b_simple if ema.count else None,
+        "noise_steps": ema.count,
+        "noise_negative_g2": ema.n_negative_g2,
+        "noise_skipped": monitor.n_skipped,
+        "wall_time_s": time.perf_counter() - start,
+        "provenance": provenance(device=str(problem.device), seed=cfg.seed),
+    }
+    write_json_atomic(folder / "summary.json", summary)
+    return summary
+
+
+def _train_step(problem: Any, model: torch.nn.Module, optimizer: torch.optim.Optimizer, sampler: EpochSampler,
+                monitor: GradientNoiseMonitor, ema: NoiseScaleEMA, interval: dict[str, float], n_micro: int,
+                grad_clip: float | None) -> float:
+    """One optimizer step over ``n_micro`` accumulated micro-batches; returns the batch loss."""
+    batch = problem.batch(sampler.next())
+    total_units = problem.units(batch)
+    optimizer.zero_grad(set_to_none=False)
+    loss_sum = 0.0
+    for micro in _split(batch, n_micro):
+        units = problem.units(micro)
+        loss = problem.loss(model, micro) * (units / total_units)
+        loss.backward()
+        monitor.after_micro_batch(units)
+        loss_sum += float(loss.detach())
+    estimate = monitor.after_step()
+    if estimate is not None:
+        ema.update(estimate)
+        interval["g2"] += float(estimate.g2)
+        interval["tr"] += float(estimate.trace_sigma)
+        interval["n"] += 1
+    interval["loss"] += loss_sum
+    interval["steps"] += 1
+    if not math.isfinite(loss_sum):
+        return loss_sum
+    if grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    return loss_sum
+
+
+def _metrics_row(step: int, units_per_step: int, epoch: int, evaluation: dict[str, float], interval: dict[str, float],
+                 ema: NoiseScaleEMA, wall: float) -> dict[str, Any]:
+    n = interval["n"]
+    return {
+        "step": step,
+        "examples": step * units_per_step,
+        "epoch": epoch,
+        "loss": evaluation.get("loss", math.nan),
+        "error": evaluation.get("error", math.nan),
+        "train_loss": interval["loss"] / interval["steps"] if interval["steps"] else math.nan,
+        "g2_mean": interval["g2"] / n if n else math.nan,
+        "trace_sigma_mean": interval["tr"] / n if n else math.nan,
+        "noise_steps": n,
+        "b_simple_ema": ema.b_simple if ema.count else math.nan,
+        "wall_time_s": wall,
+    }
+
+
+def _b_noise(problem: Any, model: torch.nn.Module, cfg: RunConfig) -> dict[str, float]:
+    """B_noise (2.8) and B_simple (2.9) at the current weights on a fixed training subset."""
+    loss_fn, inputs, targets = problem.hessian_batch(cfg.b_noise_examples)
+    was_training = model.training
+    model.eval()
+    result = hessian_noise_scale(model, loss_fn, inputs, targets)
+    model.train(was_training)
+    return {"b_noise": float(result.b_noise), "b_simple": float(result.b_simple),
+            "trace_h_sigma": float(result.trace_h_sigma), "g_h_g": float(result.g_h_g)}
