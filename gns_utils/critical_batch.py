@@ -246,7 +246,7 @@ class TradeoffFit:
         n_points: points used (finite, after dropping NaN).
         bound: ``"none"``, ``"lower"`` (linear regime, ``B_crit`` above the range) or
             ``"upper"`` (saturated, ``B_crit`` below the range).
-        method: ``"covariance"`` or ``"bootstrap"``.
+        method: ``"covariance"``, ``"bootstrap"``, or ``"none"`` for a bound.
         n_bootstrap: successful bootstrap refits (0 for the covariance method).
         batch_sizes, steps_data: the points used.
     """

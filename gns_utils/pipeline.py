@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from gns_utils.config import ExperimentConfig
-from gns_utils.critical_batch import b_crit_by_goal, best_runs
+from gns_utils.critical_batch import TradeoffFit, b_crit_by_goal, best_runs, fit_tradeoff_by_goal
 from gns_utils.problems import make_problem
 from gns_utils.report import reference_run, summarize_task
 from gns_utils.results import load_metrics, task_dir
@@ -38,6 +38,7 @@ class TaskResult:
         table: long run table (one row per run and goal).
         best: fastest run per (goal, batch size) — the points of the (2.11) fits.
         by_goal: B_crit per goal with errors.
+        fits: the (2.11) fit of each goal (None where it had too few points).
         curves: metrics of the best run at each batch size (training curves, Fig 6).
         noise: the reference run's metrics: B_simple over training.
         b_noise: B_noise at the reference run's goal checkpoints (may be empty).
@@ -49,6 +50,7 @@ class TaskResult:
     table: pd.DataFrame
     best: pd.DataFrame
     by_goal: pd.DataFrame
+    fits: dict[float, TradeoffFit | None]
     curves: pd.DataFrame
     noise: pd.DataFrame
     b_noise: pd.DataFrame
@@ -82,7 +84,7 @@ def run_experiment(cfg: ExperimentConfig, results_dir: str | Path, progress: boo
     noise = load_metrics(results_dir, cfg.task, [ref_id])
     b_noise_file = task_dir(results_dir, cfg.task) / "runs" / ref_id / "b_noise.csv"
     b_noise = pd.read_csv(b_noise_file) if b_noise_file.exists() else pd.DataFrame()
-    return TaskResult(cfg, summary, table, best, by_goal, curves, noise, b_noise,
+    return TaskResult(cfg, summary, table, best, by_goal, fit_tradeoff_by_goal(best), curves, noise, b_noise,
                       task_dir(results_dir, cfg.task) / "figures")
 
 

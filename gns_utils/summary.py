@@ -46,10 +46,12 @@ __all__ = [
     "TABLE_COLUMNS",
     "load_task_summaries",
     "paper_table",
+    "profile_tasks",
     "r2_report",
     "r_squared_fit",
     "r_squared_identity",
     "summary_table",
+    "write_summary",
 ]
 
 PAPER_SOURCE = "McCandlish et al. 2018, arXiv:1812.06162, Table 1"
@@ -64,7 +66,7 @@ SUMMARY_FIELDS: tuple[str, ...] = (
 _NUMERIC_FIELDS = frozenset(
     {"b_crit", "b_crit_stderr", "b_crit_start", "b_crit_start_stderr", "b_simple", "b_simple_start", "b_noise"}
 )
-_BOUND_KIND = {"none": "value", "lower": "lower_bound", "upper": "upper_bound"}
+_BOUND_KIND = {"none": "value", "lower": "lower_bound", "upper": "upper_bound", "insufficient": "not_measured"}
 
 #: Columns of :func:`summary_table` (the first seven are the core; the rest carry
 #: start-of-training values, bounds and ranges for plotting).
@@ -115,16 +117,18 @@ def _parse_summary(data: Any, folder: str) -> dict[str, Any]:
     return row
 
 
-def load_task_summaries(results_dir: str | os.PathLike) -> pd.DataFrame:
+def load_task_summaries(results_dir: str | os.PathLike, profile: str | None = None) -> pd.DataFrame:
     """Every ``<results_dir>/<task>/summary.json`` as one row (Table 1 of this replication).
 
     Reads the fields in :data:`SUMMARY_FIELDS` (missing numeric fields become NaN,
     missing text fields None, a missing ``task`` the folder name, a missing
-    ``b_crit_bound`` "none") plus any other top-level scalar field; nested objects
-    (config, provenance) are skipped. Adds ``path``.
+    ``b_crit_bound`` "none"; ``b_crit_bound`` may be "none", "lower", "upper" or
+    "insufficient") plus any other top-level scalar field; nested objects (config,
+    provenance, per-goal lists) are skipped. Adds ``path``.
 
     Args:
         results_dir: folder holding one sub-folder per task.
+        profile: keep only summaries whose ``profile`` field equals this (None = all).
 
     Returns:
         One row per readable summary, sorted by folder name. A file that is not valid
@@ -145,7 +149,8 @@ def load_task_summaries(results_dir: str | os.PathLike) -> pd.DataFrame:
             warnings.warn(f"skipping malformed task summary {path}: {err}", UserWarning, stacklevel=2)
             continue
         row["path"] = str(path)
-        rows.append(row)
+        if profile is None or row.get("profile") == profile:
+            rows.append(row)
     frame = pd.DataFrame(rows)
     for name in (*SUMMARY_FIELDS, "path"):
         if name not in frame.columns:
@@ -236,12 +241,15 @@ def _paper_rows(paper: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def summary_table(measured: pd.DataFrame, paper: pd.DataFrame | None = None) -> pd.DataFrame:
+def summary_table(measured: pd.DataFrame, paper: pd.DataFrame | None = None, start: bool = False) -> pd.DataFrame:
     """Measured and paper tasks in one tidy frame (the data of Fig. 4).
 
     Args:
         measured: :func:`load_task_summaries` output.
         paper: :func:`paper_table` output (default: loaded).
+        start: if True, the core columns (``b_crit``, ``b_crit_stderr``, ``b_simple``,
+            ``b_crit_kind`` and the range ends) hold the start-of-training values
+            (``*_start``), so :func:`r2_report` and the Fig. 4 plot use them unchanged.
 
     Returns:
         Columns :data:`TABLE_COLUMNS`: ``task, units, b_crit, b_crit_stderr, b_simple,
@@ -255,6 +263,11 @@ def summary_table(measured: pd.DataFrame, paper: pd.DataFrame | None = None) -> 
     for name in TABLE_COLUMNS:
         if name not in table.columns:
             table[name] = np.nan
+    if start:
+        for quantity in ("b_crit", "b_simple"):
+            for rest in ("", "_stderr", "_kind", "_low", "_high"):
+                if f"{quantity}{rest}" in TABLE_COLUMNS:
+                    table[f"{quantity}{rest}"] = table[f"{quantity}_start{rest}"]
     table["ratio"] = table["b_simple"] / table["b_crit"]
     return table[list(TABLE_COLUMNS)].reset_index(drop=True)
 
@@ -284,3 +297,46 @@ def r2_report(table: pd.DataFrame) -> dict[str, float]:
         report[f"{name}_fit"] = r_squared_fit(rows["b_simple"], rows["b_crit"])
         report[f"{name}_identity"] = r_squared_identity(rows["b_simple"], rows["b_crit"])
     return report
+
+
+# --------------------------------------------------------------------------- outputs
+def profile_tasks(profile: str) -> list[str]:
+    """Names of the tasks every notebook runs at ``profile`` (from :mod:`gns_utils.profiles`).
+
+    Args:
+        profile: "smoke", "cpu" or "paper".
+
+    Returns:
+        Task names over all domains, in preset order.
+    """
+    from gns_utils.profiles import PRESETS, presets  # deferred: the summary needs no training code
+
+    return [p["task"] for domain in PRESETS for p in presets(domain, profile)]
+
+
+def write_summary(
+    path: str | os.PathLike,
+    table: pd.DataFrame,
+    r2: dict[str, float],
+    missing: Sequence[str] = (),
+    profile: str | None = None,
+) -> Path:
+    """Write the cross-task summary (``tasks``, ``r2``, ``missing``, ``profile``) atomically.
+
+    Args:
+        path: destination, e.g. ``results/summary.json``.
+        table: :func:`summary_table` output (NaN becomes ``null``).
+        r2: :func:`r2_report` output.
+        missing: expected tasks without a summary.
+        profile: the profile the summaries came from.
+
+    Returns:
+        The path written.
+    """
+    from gns_utils.results import provenance, write_json_atomic
+
+    records = json.loads(table.to_json(orient="records"))
+    data = {"profile": profile, "paper_source": PAPER_SOURCE, "tasks": records,
+            "r2": {k: (None if not np.isfinite(v) else float(v)) for k, v in r2.items()},
+            "missing": list(missing), "provenance": provenance()}
+    return Path(write_json_atomic(path, data))

@@ -22,15 +22,14 @@ from gns_utils.config import ExperimentConfig, RunConfig
 from gns_utils.critical_batch import best_runs
 from gns_utils.results import (FINAL_STATUSES, load_run_summary, provenance, run_dir, task_dir,
                                write_json_atomic)
-from gns_utils.theory import lr_grid_centre
+from gns_utils.theory import lr_grid
 from gns_utils.train import train_run
 
 
 def initial_lrs(cfg: ExperimentConfig, batch_size: int) -> list[float]:
     """The starting grid at B: ``lr_grid_size`` rates, ``lr_grid_spacing`` apart, centred at ε_central(B)."""
-    centre = lr_grid_centre(batch_size, cfg.lr_star, cfg.lr_b_star, cfg.lr_alpha)
-    offsets = np.arange(cfg.lr_grid_size) - (cfg.lr_grid_size - 1) / 2
-    return [float(centre * cfg.lr_grid_spacing**k) for k in offsets]
+    return [float(lr) for lr in lr_grid(batch_size, cfg.lr_star, cfg.lr_b_star, cfg.lr_alpha,
+                                        n=cfg.lr_grid_size, spacing=cfg.lr_grid_spacing)]
 
 
 def run_or_load(problem: Any, cfg: RunConfig, results_dir: str | Path, progress: bool = True) -> tuple[dict, bool]:

@@ -1,0 +1,90 @@
+"""Examples per second: the training engine against a plain DataLoader loop, side by side.
+
+Usage: python benchmarks/train_throughput.py [--repeats 3] [--examples 40960]
+
+For each model (a small MLP and the paper's MNIST CNN) and batch size (32, 1024) on
+random 28×28 images, it times (a) ``gns_utils.train.train_run`` — tensors on the device,
+sampling without replacement, the micro-batch noise monitor every step — and (b) the
+usual ``DataLoader(TensorDataset, shuffle=True)`` loop with plain SGD, for the same number
+of examples, interleaved, median of repeats, and prints the ratio engine / baseline.
+Targets (issue 5): ≥ 2× for the MLP at batch 32, and never below 1×.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+from gns_utils.config import make_experiment
+from gns_utils.models import build_model
+from gns_utils.problems import ClassificationProblem
+from gns_utils.train import train_run
+
+MODELS = {"mlp": {"hidden": [256]}, "paper_cnn": {}}
+
+
+def baseline(model_name: str, x: torch.Tensor, y: torch.Tensor, batch_size: int, n_examples: int) -> float:
+    """Seconds for a plain DataLoader + SGD loop over ``n_examples`` examples."""
+    torch.manual_seed(0)
+    model = build_model(model_name, **MODELS[model_name])
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    loader = DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=True, drop_last=True)
+    seen, start = 0, time.perf_counter()
+    while seen < n_examples:
+        for xb, yb in loader:
+            opt.zero_grad()
+            F.cross_entropy(model(xb), yb).backward()
+            opt.step()
+            seen += batch_size
+            if seen >= n_examples:
+                break
+    return time.perf_counter() - start
+
+
+def engine(model_name: str, problem: ClassificationProblem, batch_size: int, n_examples: int, root: str) -> float:
+    """Seconds for one ``train_run`` over ``n_examples`` examples (goal unreachable, few evaluations)."""
+    cfg = make_experiment(dict(
+        task=f"bench_{model_name}", domain="image", dataset="random", model=model_name, model_kwargs=MODELS[model_name],
+        optimizer="sgd", metric="error", goals=[-1.0], batch_sizes=[32, 64, 1024], lr_star=0.01, lr_b_star=1.0,
+        budget_examples=n_examples, eval_examples=256, evals_per_decade=1, profile="cpu",
+    )).run(batch_size, 0.01)
+    start = time.perf_counter()
+    train_run(problem, cfg, root, progress=False)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--examples", type=int, default=40960, help="examples per timed run")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(20000, 1, 28, 28, generator=gen)
+    y = torch.randint(0, 10, (20000,), generator=gen)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.examples} examples per run, "
+          f"median of {args.repeats}")
+    print(f"{'model':<10} {'batch':>6} {'engine ex/s':>12} {'DataLoader ex/s':>16} {'ratio':>7}")
+    with tempfile.TemporaryDirectory() as root:
+        for model_name in MODELS:
+            kwargs = {"in_features": 784, **MODELS[model_name]} if model_name == "mlp" else MODELS[model_name]
+            problem = ClassificationProblem((x, y), model_name, kwargs, 256, torch.device("cpu"))
+            MODELS[model_name] = kwargs
+            n = args.examples if model_name == "mlp" else args.examples // 8
+            for batch_size in (32, 1024):
+                ours, theirs = [], []
+                for _ in range(args.repeats):
+                    ours.append(engine(model_name, problem, batch_size, n, root))
+                    theirs.append(baseline(model_name, x, y, batch_size, n))
+                a, b = n / statistics.median(ours), n / statistics.median(theirs)
+                print(f"{model_name:<10} {batch_size:>6} {a:>12.0f} {b:>16.0f} {a / b:>6.2f}x", flush=True)
+
+
+if __name__ == "__main__":
+    main()

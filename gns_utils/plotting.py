@@ -1,0 +1,447 @@
+"""Figures of McCandlish et al. (2018); every helper draws on a given ``ax``.
+
+Symbols: ``B`` batch size; ``S`` steps and ``E = B·S`` examples to a goal;
+``S_min``, ``E_min``, ``B_crit = E_min/S_min`` (eq. 2.11, 2.12);
+``B_simple = tr Σ/|G|²`` (eq. 2.9); ``ε_opt(B) = ε_max/(1 + B_noise/B)`` (eq. 2.6).
+
+Call :func:`set_style` once (notebooks do it in their first compute cell), draw with the
+helpers, and write each figure with :func:`save_figure` (PNG and PDF).
+
+* :func:`plot_training_curves`   a metric against steps or examples per batch size (Fig. 6).
+* :func:`plot_pareto_fronts`     steps against examples per goal with eq. 2.11 fits (Fig. 7 left).
+* :func:`plot_b_crit_by_goal`    B_crit per goal, optionally B_simple, over training (Fig. 7 right).
+* :func:`plot_optimal_lr`        best learning rate against batch size with eq. 2.6 (Fig. 5 left).
+* :func:`plot_noise_scale`       B_simple against loss, examples or steps (Fig. 8).
+* :func:`plot_bcrit_vs_bsimple`  B_crit against B_simple, one point per task (Fig. 4).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.axes import Axes
+from matplotlib.colors import Colormap
+from matplotlib.figure import Figure
+
+from gns_utils.critical_batch import TradeoffFit
+from gns_utils.theory import fit_optimal_lr, optimal_lr
+
+__all__ = [
+    "plot_b_crit_by_goal",
+    "plot_bcrit_vs_bsimple",
+    "plot_noise_scale",
+    "plot_optimal_lr",
+    "plot_pareto_fronts",
+    "plot_training_curves",
+    "save_figure",
+    "set_style",
+]
+
+SEQUENTIAL_CMAP = "viridis"  # ordered hues (batch size, goal)
+SOURCE_COLOURS = {"measured": "C0", "paper": "C1"}
+UNIT_MARKERS = {"images": "o", "tokens": "s", "frames": "^"}
+AXIS_LABELS = {
+    "step": "optimizer steps $S$",
+    "examples": "examples $E$",
+    "loss": "training loss",
+    "b_simple": r"$B_\mathrm{simple}$",
+    "b_crit": r"$B_\mathrm{crit}$",
+    "batch_size": "batch size $B$",
+    "lr": r"learning rate $\epsilon$",
+}
+_STYLE_SET = False
+
+
+def set_style(force: bool = False) -> None:
+    """Apply the project's one plot style (seaborn "whitegrid", "notebook" context).
+
+    Idempotent: only the first call (or ``force=True``) changes matplotlib's rcParams.
+    """
+    global _STYLE_SET
+    if _STYLE_SET and not force:
+        return
+    sns.set_theme(context="notebook", style="whitegrid", palette="deep")
+    plt.rcParams.update({"figure.dpi": 100, "savefig.bbox": "tight", "legend.fontsize": "small"})
+    _STYLE_SET = True
+
+
+def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 150) -> tuple[Path, Path]:
+    """Write ``<path>.png`` (``dpi``) and ``<path>.pdf``, creating folders.
+
+    Args:
+        fig: the figure.
+        path: destination without suffix (a ``.png`` / ``.pdf`` suffix is dropped).
+        dpi: resolution of the PNG.
+
+    Returns:
+        ``(png_path, pdf_path)``.
+    """
+    base = Path(path)
+    if base.suffix.lower() in (".png", ".pdf"):
+        base = base.with_suffix("")
+    base.parent.mkdir(parents=True, exist_ok=True)
+    png, pdf = base.with_name(base.name + ".png"), base.with_name(base.name + ".pdf")
+    fig.savefig(png, dpi=dpi, bbox_inches="tight")
+    fig.savefig(pdf, bbox_inches="tight")
+    return png, pdf
+
+
+def _label(name: str) -> str:
+    return AXIS_LABELS.get(name, name.replace("_", " "))
+
+
+def _ordered_colours(values: Sequence[Any], cmap: str | Colormap = SEQUENTIAL_CMAP) -> dict[Any, Any]:
+    """One colour per value, in the given order, from a sequential colormap."""
+    colormap = plt.get_cmap(cmap) if isinstance(cmap, str) else cmap
+    n = len(values)
+    return {v: colormap(0.9 * k / max(n - 1, 1)) for k, v in enumerate(values)}
+
+
+def _noise_column(frame: pd.DataFrame, column: str) -> str:
+    """``column``, or the run metrics' ``b_simple_ema`` when ``b_simple`` is asked for but absent."""
+    if column not in frame.columns and column == "b_simple" and "b_simple_ema" in frame.columns:
+        return "b_simple_ema"
+    return column
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, (int, float, np.integer, np.floating)) else str(value)
+
+
+# --------------------------------------------------------------------------- training
+def plot_training_curves(
+    ax: Axes,
+    metrics: pd.DataFrame,
+    x: str = "step",
+    y: str = "loss",
+    hue: str = "batch_size",
+    logy: bool = False,
+) -> Axes:
+    """A metric against steps or examples, one line per ``hue`` value (Fig. 6).
+
+    Args:
+        ax: target axes.
+        metrics: tidy frame with columns ``x``, ``y`` and ``hue`` (e.g. ``batch_size``,
+            ``step``, ``examples``, ``loss``), one row per logged point.
+        x: "step" or "examples" (log scale; non-positive values are not drawn).
+        y: the metric column.
+        hue: one line per value, coloured in sorted order.
+        logy: log scale on y as well.
+
+    Returns:
+        ``ax``.
+    """
+    levels = sorted(metrics[hue].dropna().unique())
+    colours = _ordered_colours(levels)
+    for level in levels:
+        part = metrics[metrics[hue] == level].sort_values(x)
+        part = part[part[x] > 0]
+        ax.plot(part[x], part[y], color=colours[level], label=_fmt(level), lw=1.2)
+    ax.set_xscale("log")
+    if logy:
+        ax.set_yscale("log")
+    ax.set_xlabel(_label(x))
+    ax.set_ylabel(_label(y))
+    if levels:
+        ax.legend(title=_label(hue), ncols=2 if len(levels) > 6 else 1)
+    return ax
+
+
+# --------------------------------------------------------------------------- B_crit
+def plot_pareto_fronts(
+    ax: Axes,
+    best: pd.DataFrame,
+    fits: Mapping[Any, TradeoffFit | None],
+    extend: float = 4.0,
+) -> Axes:
+    """Steps against examples per goal with the fitted eq. 2.11 hyperbolas (Fig. 7 left).
+
+    Each goal gets one colour: its measured ``(E, S)`` points, the curve
+    ``(E(B), S(B))`` of its :class:`~gns_utils.critical_batch.TradeoffFit` over the
+    tested batch sizes widened by ``extend`` each way, and a star at
+    ``(2·E_min, 2·S_min)``, the point ``B = B_crit``. A fit flagged as a bound is drawn
+    dashed and without a star.
+
+    Args:
+        ax: target axes.
+        best: :func:`~gns_utils.critical_batch.best_runs` output (``goal``,
+            ``batch_size``, ``steps``, ``examples``).
+        fits: ``{goal: TradeoffFit or None}``, e.g. from
+            :func:`~gns_utils.critical_batch.fit_tradeoff_by_goal`.
+        extend: factor by which the curve extends beyond the tested batch sizes.
+
+    Returns:
+        ``ax``.
+    """
+    goals = list(pd.unique(best["goal"]))
+    colours = _ordered_colours(goals)
+    for goal in goals:
+        pts = best[(best["goal"] == goal) & best["steps"].notna()]
+        colour = colours[goal]
+        ax.scatter(pts["examples"], pts["steps"], color=colour, s=18, zorder=3, label=f"goal {_fmt(goal)}")
+        fit = fits.get(goal)
+        if fit is None or pts.empty:
+            continue
+        b = np.geomspace(pts["batch_size"].min() / extend, pts["batch_size"].max() * extend, 200)
+        bounded = fit.bound != "none"
+        ax.plot(fit.examples(b), fit.steps(b), color=colour, lw=1.0, ls="--" if bounded else "-")
+        if not bounded:
+            ax.scatter([2 * fit.e_min], [2 * fit.s_min], marker="*", s=90, color=colour,
+                       edgecolor="black", linewidth=0.5, zorder=4)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(_label("examples"))
+    ax.set_ylabel(_label("step"))
+    if goals:
+        ax.legend(title=r"$\star$: $B=B_\mathrm{crit}$", ncols=2 if len(goals) > 5 else 1)
+    return ax
+
+
+def plot_b_crit_by_goal(
+    ax: Axes,
+    table: pd.DataFrame,
+    noise: pd.DataFrame | None = None,
+    noise_x: str | None = None,
+    noise_y: str = "b_simple",
+    invert_x: bool | None = None,
+    goal_label: str | None = None,
+    b_noise: pd.DataFrame | None = None,
+    metric: str | None = None,
+) -> Axes:
+    """``B_crit`` per goal with error bars and bound markers, optionally ``B_simple`` (Fig. 7 right).
+
+    Error bars span ``ci_low``–``ci_high``. Rows with ``bound == "upper"`` are drawn
+    as downward triangles with a downward arrow (``B_crit ≤`` the value), ``"lower"``
+    as upward triangles with an upward arrow; ``"insufficient"`` rows are skipped.
+
+    Args:
+        ax: target axes.
+        table: :func:`~gns_utils.critical_batch.b_crit_by_goal` output, goals in
+            training order.
+        noise: optional frame of the noise scale over training (e.g. a run's
+            ``metrics.csv``), drawn as a line of ``noise_y`` against ``noise_x``.
+        noise_x: goal-like column of ``noise``; default ``metric``, else "loss".
+        noise_y: noise-scale column; "b_simple" falls back to ``b_simple_ema``.
+        invert_x: invert the x axis; default (None) inverts when the goals decrease
+            along the table (loss or error goals), so training runs left to right.
+        goal_label: x-axis label; default "goal (training <metric>)".
+        b_noise: optional frame with columns ``goal`` and ``b_noise`` (B_noise of
+            eq. 2.8 measured at the goal checkpoints), drawn as crosses.
+        metric: name of the goal metric ("loss", "error" ...), for the defaults above.
+
+    Returns:
+        ``ax``.
+    """
+    ok = table[table["bound"] != "insufficient"]
+    fitted = ok[ok["bound"] == "none"]
+    yerr = np.vstack([fitted["b_crit"] - fitted["ci_low"], fitted["ci_high"] - fitted["b_crit"]])
+    ax.errorbar(fitted["goal"], fitted["b_crit"], yerr=np.where(np.isfinite(yerr), yerr, 0.0), fmt="o",
+                color="C0", capsize=3, label=r"$B_\mathrm{crit}$ (eq. 2.11 fit)")
+    for kind, marker, sign, text in (("upper", "v", -1, "upper bound"), ("lower", "^", 1, "lower bound")):
+        rows = ok[ok["bound"] == kind]
+        if rows.empty:
+            continue
+        ax.scatter(rows["goal"], rows["b_crit"], marker=marker, color="C0", s=50, label=rf"$B_\mathrm{{crit}}$ {text}")
+        for g, v in zip(rows["goal"], rows["b_crit"]):
+            ax.annotate("", xy=(g, v * 3.0**sign), xytext=(g, v),
+                        arrowprops=dict(arrowstyle="->", color="C0", lw=1.0))
+    noise_x = noise_x or metric or "loss"
+    if noise is not None and not noise.empty:
+        y_col = _noise_column(noise, noise_y)
+        line = noise[[noise_x, y_col]].dropna()
+        line = line[line[y_col] > 0].sort_values(noise_x)
+        ax.plot(line[noise_x], line[y_col], color="C3", lw=1.2, label=_label("b_simple"))
+    if b_noise is not None and not b_noise.empty and {"goal", "b_noise"} <= set(b_noise.columns):
+        pts = b_noise[b_noise["b_noise"] > 0]
+        ax.scatter(pts["goal"], pts["b_noise"], marker="x", color="C2", s=40, zorder=3,
+                   label=r"$B_\mathrm{noise}$ (eq. 2.8)")
+    ax.set_yscale("log")
+    goals = pd.to_numeric(table["goal"], errors="coerce").dropna().to_numpy()
+    if invert_x is None:
+        invert_x = goals.size >= 2 and goals[-1] < goals[0]
+    if invert_x and not ax.xaxis_inverted():
+        ax.invert_xaxis()
+    ax.set_xlabel(goal_label or f"goal (training {metric or 'loss'})")
+    ax.set_ylabel("batch size")
+    ax.legend()
+    return ax
+
+
+def plot_optimal_lr(
+    ax: Axes,
+    best_lr_frame: pd.DataFrame,
+    eps_max: float | None = None,
+    b_noise: float | None = None,
+    goal: Any = None,
+) -> Axes:
+    """Best learning rate against batch size with ``ε_opt(B)`` of eq. 2.6 (Fig. 5 left).
+
+    Args:
+        ax: target axes.
+        best_lr_frame: columns ``batch_size``, ``lr`` (e.g. :func:`best_runs` output);
+            an optional ``lr_on_edge`` column draws edge points hollow.
+        eps_max: ``ε_max`` of the curve; with ``b_noise``, None fits both to the
+            points by :func:`~gns_utils.theory.fit_optimal_lr` (no curve if fewer than
+            3 points).
+        b_noise: ``B_noise`` of the curve; marked by a dotted vertical line.
+        goal: keep only rows of this goal (needs a ``goal`` column); None keeps all.
+
+    Returns:
+        ``ax``.
+    """
+    frame = best_lr_frame if goal is None else best_lr_frame[best_lr_frame["goal"] == goal]
+    frame = frame.dropna(subset=["batch_size", "lr"])
+    if eps_max is None or b_noise is None:
+        if len(frame) < 3:
+            eps_max = b_noise = None
+        else:
+            eps_max, b_noise = fit_optimal_lr(frame["batch_size"], frame["lr"])
+    edge = frame["lr_on_edge"].astype(bool) if "lr_on_edge" in frame else pd.Series(False, index=frame.index)
+    ax.scatter(frame.loc[~edge, "batch_size"], frame.loc[~edge, "lr"], color="C0", zorder=3, label="best rate")
+    if edge.any():
+        ax.scatter(frame.loc[edge, "batch_size"], frame.loc[edge, "lr"], facecolor="none", edgecolor="C0",
+                   zorder=3, label="best rate (grid edge)")
+    if eps_max is not None and b_noise is not None:
+        lo = min(frame["batch_size"].min(), b_noise) / 2 if not frame.empty else b_noise / 100
+        hi = max(frame["batch_size"].max(), b_noise) * 2 if not frame.empty else b_noise * 100
+        b = np.geomspace(lo, hi, 200)
+        ax.plot(b, optimal_lr(b, eps_max, b_noise), color="C3",
+                label=rf"eq. 2.6: $\epsilon_\max$={eps_max:.3g}, $B_\mathrm{{noise}}$={b_noise:.3g}")
+        ax.axvline(b_noise, color="C3", ls=":", lw=1.0)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(_label("batch_size"))
+    ax.set_ylabel(_label("lr"))
+    ax.legend()
+    return ax
+
+
+def plot_noise_scale(
+    ax: Axes,
+    frame: pd.DataFrame,
+    x: str = "loss",
+    y: str = "b_simple",
+    hue: str | None = None,
+    invert_x: bool | None = None,
+) -> Axes:
+    """``B_simple`` against loss, examples or steps (Fig. 8), log y.
+
+    Args:
+        ax: target axes.
+        frame: tidy frame with columns ``x``, ``y`` (and ``hue``).
+        x: "loss" (linear, inverted by default so training runs left to right),
+            "examples" or "step" (log scale).
+        y: the noise-scale column ("b_simple" falls back to a run's ``b_simple_ema``).
+        hue: optional column, one line per value (e.g. model width or batch size).
+        invert_x: override the default inversion.
+
+    Returns:
+        ``ax``.
+    """
+    y = _noise_column(frame, y)
+    data = frame[[c for c in (x, y, hue) if c is not None]].dropna(subset=[x, y])
+    data = data[data[y] > 0]
+    if hue is None:
+        line = data.sort_values(x)
+        ax.plot(line[x], line[y], color="C0", lw=1.2, label=_label("b_simple" if y == "b_simple_ema" else y))
+    else:
+        levels = sorted(data[hue].dropna().unique())
+        colours = _ordered_colours(levels)
+        for level in levels:
+            part = data[data[hue] == level].sort_values(x)
+            ax.plot(part[x], part[y], color=colours[level], lw=1.2, label=_fmt(level))
+        ax.legend(title=_label(hue))
+    ax.set_yscale("log")
+    if x in ("examples", "step"):
+        ax.set_xscale("log")
+    if (x == "loss" if invert_x is None else invert_x) and not ax.xaxis_inverted():
+        ax.invert_xaxis()
+    ax.set_xlabel(_label(x))
+    ax.set_ylabel(_label("b_simple" if y == "b_simple_ema" else y))
+    return ax
+
+
+# --------------------------------------------------------------------------- summary
+def _task_columns(start: bool) -> dict[str, str]:
+    suffix = "_start" if start else ""
+    return {
+        "x": f"b_simple{suffix}", "y": f"b_crit{suffix}", "kind": f"b_crit{suffix}_kind",
+        "stderr": f"b_crit{suffix}_stderr", "y_low": f"b_crit{suffix}_low", "y_high": f"b_crit{suffix}_high",
+        "x_low": f"b_simple{suffix}_low", "x_high": f"b_simple{suffix}_high",
+    }
+
+
+def _draw_task(ax: Axes, row: pd.Series, cols: dict[str, str], colour: Any, marker: str) -> None:
+    """One task of Fig. 4: point, error bar, range bars or bound arrow, label."""
+    x, y = float(row[cols["x"]]), float(row[cols["y"]])
+    kind = row.get(cols["kind"], "value")
+    filled = row["source"] == "measured"
+    face = colour if filled else "none"
+    ax.scatter([x], [y], marker=marker, s=45, facecolor=face, edgecolor=colour, linewidth=1.3, zorder=3)
+    if kind == "range":
+        xerr = [[x - row.get(cols["x_low"], x)], [row.get(cols["x_high"], x) - x]]
+        yerr = [[y - row.get(cols["y_low"], y)], [row.get(cols["y_high"], y) - y]]
+        ax.errorbar([x], [y], xerr=np.nan_to_num(xerr), yerr=np.nan_to_num(yerr), fmt="none",
+                    ecolor=colour, elinewidth=2.5, alpha=0.5, capsize=0)
+    elif kind in ("lower_bound", "upper_bound"):
+        factor = 4.0 if kind == "lower_bound" else 0.25
+        ax.annotate("", xy=(x, y * factor), xytext=(x, y), arrowprops=dict(arrowstyle="->", color=colour, lw=1.3))
+    stderr = row.get(cols["stderr"], np.nan)
+    if kind == "value" and pd.notna(stderr) and stderr > 0:
+        low = min(float(stderr), 0.9 * y)  # keep the bar positive on log axes
+        ax.errorbar([x], [y], yerr=[[low], [float(stderr)]], fmt="none", ecolor=colour, capsize=3)
+    ax.annotate(str(row["task"]), (x, y), xytext=(4, 4), textcoords="offset points", fontsize="x-small")
+
+
+def plot_bcrit_vs_bsimple(ax: Axes, tasks: pd.DataFrame, start: bool = False) -> Axes:
+    """``B_crit`` against ``B_simple``, one point per task, measured vs paper (Fig. 4).
+
+    Colour = source (filled = measured, hollow = paper), marker = units
+    (images ○, tokens □, frames △). Error bars from ``b_crit_stderr``; lower bounds
+    as upward arrows (upper bounds downward); ranges (Atari) as translucent bars in
+    both directions; the line ``y = x``; log-log axes covering at least 1e0–1e8.
+
+    Args:
+        ax: target axes.
+        tasks: :func:`~gns_utils.summary.summary_table` output.
+        start: plot the start-of-training columns (``*_start``) instead of the
+            averaged / end-of-run ones.
+
+    Returns:
+        ``ax``.
+    """
+    cols = _task_columns(start)
+    rows = tasks[pd.to_numeric(tasks[cols["x"]], errors="coerce").gt(0)
+                 & pd.to_numeric(tasks[cols["y"]], errors="coerce").gt(0)]
+    for _, row in rows.iterrows():
+        _draw_task(ax, row, cols, SOURCE_COLOURS.get(row["source"], "C2"), UNIT_MARKERS.get(row["units"], "D"))
+    values = np.concatenate([rows[cols["x"]].to_numpy(float), rows[cols["y"]].to_numpy(float)]) if len(rows) else []
+    lo = min(1.0, float(np.min(values)) / 3) if len(values) else 1.0
+    hi = max(1e8, float(np.max(values)) * 10) if len(values) else 1e8
+    ax.plot([lo, hi], [lo, hi], color="grey", ls="--", lw=1.0)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
+    ax.set_aspect("equal", adjustable="box")
+    when = "start of training" if start else "averaged over training"
+    ax.set_xlabel(rf"$B_\mathrm{{simple}}$ ({when})")
+    ax.set_ylabel(r"$B_\mathrm{crit}$")
+    handles = [plt.Line2D([], [], color="grey", ls="--", label="$y = x$")]
+    for source, colour in SOURCE_COLOURS.items():
+        if (rows["source"] == source).any():
+            handles.append(plt.Line2D([], [], ls="", marker="o", color=colour,
+                                      markerfacecolor=colour if source == "measured" else "none",
+                                      label="this replication" if source == "measured" else "paper (Table 1)"))
+    for units in pd.unique(rows["units"].dropna()):
+        handles.append(plt.Line2D([], [], ls="", marker=UNIT_MARKERS.get(units, "D"), color="black",
+                                  markerfacecolor="none", label=f"batch in {units}"))
+    ax.legend(handles=handles, loc="upper left")
+    return ax

@@ -1,0 +1,72 @@
+"""Every notebook runs under papermill at smoke size; the tests check the files it wrote."""
+
+import json
+
+import papermill as pm
+import pytest
+
+from gns_utils import repo_path
+
+pytestmark = pytest.mark.notebook
+
+DOMAIN_TASKS = {
+    "01_image_classification": ["smoke_image"],
+    "02_language_model": ["smoke_lm"],
+    "03_autoencoder": ["smoke_autoencoder", "smoke_vae"],
+}
+TASK_FIELDS = ["task", "domain", "dataset", "model", "optimizer", "units", "b_crit", "b_crit_stderr",
+               "b_crit_start", "b_simple", "b_simple_start", "b_noise", "goals", "profile", "provenance"]
+
+
+def _execute(name, results, **params):
+    out = results / f"{name}.ipynb"
+    pm.execute_notebook(str(repo_path("notebooks", f"{name}.ipynb")), str(out),
+                        parameters={"profile": "smoke", "results_dir": str(results), "progress": False, **params},
+                        cwd=str(repo_path("notebooks")), progress_bar=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    return tmp_path_factory.mktemp("results")
+
+
+@pytest.mark.parametrize("name", list(DOMAIN_TASKS))
+def test_domain_notebook_at_smoke_size(name, results):
+    executed = _execute(name, results)
+    assert executed.exists()
+    for task in DOMAIN_TASKS[name]:
+        summary = json.loads((results / task / "summary.json").read_text())
+        assert set(TASK_FIELDS) <= set(summary), set(TASK_FIELDS) - set(summary)
+        assert summary["task"] == task and summary["profile"] == "smoke"
+        assert summary["units"] == ("tokens" if name.startswith("02") else "images")
+        assert summary["b_simple"] is not None and summary["b_simple"] > 0
+        assert len(summary["goals"]) == 2
+        figures = {p.name for p in (results / task / "figures").iterdir()}
+        for fig in ("training_curves", "pareto_fronts", "b_crit_by_goal", "b_simple_over_training"):
+            assert {f"{fig}.png", f"{fig}.pdf"} <= figures, (task, sorted(figures))
+        runs = list((results / task / "runs").iterdir())
+        assert len(runs) >= 6 and all((r / "summary.json").exists() for r in runs)
+    if name.startswith("02"):
+        assert (results / "smoke_lm_widths" / "figures" / "widths_b_simple.png").exists()
+    if name.startswith("01"):
+        assert (results / "smoke_image" / "figures" / "optimal_lr.png").exists()
+
+
+def test_summary_notebook_reads_files_only(results):
+    _execute("99_summary", results)
+    summary = json.loads((results / "summary.json").read_text())
+    assert set(summary["r2"]) == {"ours_fit", "ours_identity", "paper_fit", "paper_identity", "all_fit", "all_identity"}
+    measured = [t for t in summary["tasks"] if t["source"] == "measured"]
+    paper = [t for t in summary["tasks"] if t["source"] == "paper"]
+    assert {t["task"] for t in measured} == {t for ts in DOMAIN_TASKS.values() for t in ts}
+    assert len(paper) >= 9
+    assert summary["r2"]["paper_fit"] is not None and 0 < summary["r2"]["paper_fit"] <= 1
+    assert (results / "figures" / "b_crit_vs_b_simple.png").exists()
+    assert (results / "figures" / "b_crit_vs_b_simple_start.pdf").exists()
+
+
+def test_bad_parameter_fails_before_training(tmp_path):
+    with pytest.raises(pm.PapermillExecutionError, match="powers of two"):
+        _execute("01_image_classification", tmp_path, batch_sizes=[8, 12, 16])
+    assert not (tmp_path / "smoke_image" / "runs").exists()

@@ -1,0 +1,149 @@
+"""The training and sweep engine on a tiny synthetic problem (seconds on a CPU)."""
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from gns_utils import sweep as sweep_module
+from gns_utils.config import make_experiment
+from gns_utils.critical_batch import b_crit_by_goal, best_runs
+from gns_utils.problems import ClassificationProblem
+from gns_utils.results import load_metrics, load_run_summary, run_dir
+from gns_utils.sweep import run_sweep
+from gns_utils.train import eval_schedule, train_run
+
+BASE = dict(
+    task="tiny", domain="image", dataset="synthetic", model="mlp", model_kwargs={"hidden": [16]},
+    optimizer="sgd", metric="error", goals=[0.3, 0.15], batch_sizes=[4, 16, 64], lr_star=0.4, lr_b_star=16.0,
+    lr_grid_size=2, max_widen=1, budget_examples=6000, eval_examples=256, evals_per_decade=12, profile="smoke",
+)
+
+
+@pytest.fixture(scope="module")
+def problem():
+    gen = torch.Generator().manual_seed(0)
+    centres = torch.randn(4, 8, generator=gen) * 1.5
+    y = torch.randint(0, 4, (1024,), generator=gen)
+    x = centres[y] + torch.randn(1024, 8, generator=gen)
+    return ClassificationProblem((x, y), "mlp", {"in_features": 8, "n_classes": 4, "hidden": (16,)}, 256,
+                                 torch.device("cpu"))
+
+
+def test_eval_schedule_is_log_spaced_and_ends_at_budget():
+    steps = eval_schedule(1000, 10)
+    assert steps[0] == 0 and steps[-1] == 1000 and np.all(np.diff(steps) > 0)
+    ratios = steps[-6:][1:] / steps[-6:][:-1]
+    assert np.allclose(ratios, 10 ** 0.1, rtol=0.05)
+
+
+def test_one_run_writes_config_metrics_summary(problem, tmp_path):
+    cfg = make_experiment(BASE).run(16, 0.2)
+    summary = train_run(problem, cfg, tmp_path, progress=False)
+    folder = run_dir(tmp_path, "tiny", cfg.run_id)
+    assert json.loads((folder / "config.json").read_text())["run_id"] == cfg.run_id
+    assert load_run_summary(folder, cfg.run_id)["status"] == summary["status"] == "complete"
+    metrics = pd.read_csv(folder / "metrics.csv")
+    assert metrics["error"].iloc[-1] <= 0.15 < metrics["error"].iloc[0]
+    assert summary["steps_to_goal"]["0.3"] <= summary["steps_to_goal"]["0.15"] <= summary["n_steps"]
+    assert summary["noise_steps"] == summary["n_steps"] and summary["b_simple_final"] > 0
+    for key in ("git_commit", "git_dirty", "python", "torch", "numpy", "device", "seed"):
+        assert key in summary["provenance"]
+    assert summary["wall_time_s"] > 0
+
+
+def test_same_config_and_seed_give_identical_metrics(problem, tmp_path):
+    cfg = make_experiment(BASE).run(4, 0.1, budget_examples=800)
+    train_run(problem, cfg, tmp_path / "a", progress=False)
+    train_run(problem, cfg, tmp_path / "b", progress=False)
+    a = pd.read_csv(run_dir(tmp_path / "a", "tiny", cfg.run_id) / "metrics.csv").drop(columns="wall_time_s")
+    b = pd.read_csv(run_dir(tmp_path / "b", "tiny", cfg.run_id) / "metrics.csv").drop(columns="wall_time_s")
+    pd.testing.assert_frame_equal(a, b)
+    other = make_experiment({**BASE, "seed": 1}).run(4, 0.1, budget_examples=800)
+    train_run(problem, other, tmp_path / "c", progress=False)
+    c = pd.read_csv(run_dir(tmp_path / "c", "tiny", other.run_id) / "metrics.csv").drop(columns="wall_time_s")
+    assert not a["loss"].equals(c["loss"])
+
+
+def test_divergence_is_recorded_not_raised(problem, tmp_path):
+    cfg = make_experiment(BASE).run(16, 1e4)
+    summary = train_run(problem, cfg, tmp_path, progress=False)
+    assert summary["status"] == "diverged"
+    assert all(v is None for v in summary["steps_to_goal"].values())
+
+
+def test_small_sweep_feeds_the_tradeoff_fit(problem, tmp_path):
+    table = run_sweep(make_experiment(BASE), tmp_path, problem=problem, progress=False)
+    assert set(table["batch_examples"]) == {4, 16, 64}
+    best = best_runs(table)
+    assert set(best["goal"]) == {0.3, 0.15}
+    fits = b_crit_by_goal(best)
+    assert len(fits) == 2 and np.isfinite(fits["b_crit"]).any()
+    assert (load_metrics(tmp_path, "tiny")["run_id"].nunique()) == table["run_id"].nunique()
+
+
+def test_sweep_widens_the_grid_when_the_best_rate_is_on_the_edge(problem, tmp_path):
+    cfg = make_experiment({**BASE, "lr_star": 0.01, "batch_sizes": [16, 32, 64], "max_widen": 2})
+    table = run_sweep(cfg, tmp_path, problem=problem, progress=False)
+    per_batch = table.groupby("batch_examples")["lr"].nunique()
+    assert (per_batch > 2).all(), per_batch  # rates far too small: the grid grows upwards
+
+
+def test_interrupted_sweep_resumes_only_missing_runs(problem, tmp_path, monkeypatch):
+    cfg = make_experiment({**BASE, "max_widen": 0})
+    calls = []
+    real = sweep_module.train_run
+
+    def interrupt_after_three(problem, run_cfg, results_dir, progress=True):
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        calls.append(run_cfg.run_id)
+        return real(problem, run_cfg, results_dir, progress)
+
+    monkeypatch.setattr(sweep_module, "train_run", interrupt_after_three)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(cfg, tmp_path, problem=problem, progress=False)
+    assert len(calls) == 3
+
+    resumed = []
+    monkeypatch.setattr(sweep_module, "train_run",
+                        lambda p, c, r, progress=True: resumed.append(c.run_id) or real(p, c, r, progress))
+    table = run_sweep(cfg, tmp_path, problem=problem, progress=False)
+    assert table["run_id"].nunique() == 6
+    assert len(resumed) == 3 and not set(resumed) & set(calls)
+
+    # a truncated summary and a deleted folder are both redone; nothing else is
+    ids = sorted(table["run_id"].unique())
+    (run_dir(tmp_path, "tiny", ids[0]) / "summary.json").write_text('{"status": "compl')
+    import shutil
+    shutil.rmtree(run_dir(tmp_path, "tiny", ids[1]))
+    resumed.clear()
+    run_sweep(cfg, tmp_path, problem=problem, progress=False)
+    assert sorted(resumed) == ids[:2]
+
+
+def test_failed_run_is_recorded_and_the_sweep_goes_on(problem, tmp_path, monkeypatch):
+    cfg = make_experiment({**BASE, "max_widen": 0})
+    real = sweep_module.train_run
+
+    def fail_at_batch_16(problem, run_cfg, results_dir, progress=True):
+        if run_cfg.batch_size == 16:
+            raise RuntimeError("simulated out-of-memory")
+        return real(problem, run_cfg, results_dir, progress)
+
+    monkeypatch.setattr(sweep_module, "train_run", fail_at_batch_16)
+    table = run_sweep(cfg, tmp_path, problem=problem, progress=False)
+    statuses = table.drop_duplicates("run_id").set_index("batch_examples")["status"]
+    assert (statuses.loc[16] == "failed").all() and (statuses.loc[64] != "failed").all()
+    summary = load_run_summary(run_dir(tmp_path, "tiny", table[table.batch_examples == 16].run_id.iloc[0]))
+    assert "simulated out-of-memory" in summary["error"]
+
+
+def test_budget_exhausted_when_goals_are_out_of_reach(problem, tmp_path):
+    cfg = make_experiment({**BASE, "goals": [0.3, 0.0]}).run(64, 0.4, budget_examples=640)
+    summary = train_run(problem, cfg, tmp_path, progress=False)
+    assert summary["status"] == "budget_exhausted"
+    assert summary["n_steps"] == 10 and summary["steps_to_goal"]["0.0"] is None
