@@ -619,26 +619,37 @@ def _sq_norms_per_example(grads: ParamDict) -> torch.Tensor:
 def per_example_estimate(
     model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor, targets: torch.Tensor,
     chunk_size: int = 32, units_per_example: float = 1.0, accumulate_grad: bool = False,
+    method: str = "auto",
 ) -> NoiseEstimate:
     """``|G|^2`` and ``tr Σ`` from per-example gradients of one batch (A.2 with ``B_small = 1``).
 
-    Per-example gradients ``g_i`` come from ``torch.func`` (``functional_call`` +
-    ``vmap(grad)``), ``chunk_size`` examples at a time; only the running sums
-    ``Σ|g_i|^2`` (float64) and ``Σ g_i`` are kept, so memory is bounded by one chunk.
-    The small squared norm is ``mean_i |g_i|^2`` (unbiased for ``|G|^2 + tr Σ``), the big
-    one ``|ĝ|^2`` with ``ĝ = mean_i g_i``; ``b_small = units_per_example``,
-    ``b_big = n·units_per_example``. The result equals the textbook unbiased sample
-    estimates ``tr Σ ≈ Σ|g_i − ĝ|^2/(n−1)`` and ``|G|^2 ≈ |ĝ|^2 − tr Σ / n``.
+    With per-example gradients ``g_i`` and ``ĝ = mean_i g_i``, the small squared norm is
+    ``mean_i |g_i|^2`` (unbiased for ``|G|^2 + tr Σ``, i.e. ``|G_1|^2``), the big one
+    ``|ĝ|^2``; ``b_small = units_per_example``, ``b_big = n·units_per_example``. The result
+    equals the textbook unbiased sample estimates ``tr Σ ≈ Σ|g_i − ĝ|^2/(n−1)`` and
+    ``|G|^2 ≈ |ĝ|^2 − tr Σ / n``. Only running sums are kept (``Σ|g_i|^2`` in float64
+    and ``Σ g_i``), never all per-example gradients at once.
 
-    Modes: buffers are passed through unchanged (BatchNorm must be in eval mode, else
-    ValueError); dropout in train mode draws an independent mask per example
-    (``randomness="different"``), as in an ordinary batched forward.
+    Methods:
 
-    Cost: about one forward + backward per example with per-example weight gradients
-    materialised per chunk (≈ ``chunk_size × #params`` numbers).
+    * ``"func"``: ``torch.func`` (``functional_call`` + ``vmap(grad)``) over chunks of
+      ``chunk_size`` examples; works for any architecture, but materialises
+      ``chunk_size × #params`` numbers per chunk and is ~10× a training step on CPU.
+    * ``"layerwise"``: one ordinary batched forward/backward; hooks on ``nn.Linear`` and
+      ``nn.Conv2d`` (groups = 1, zero padding) capture each layer's input ``a`` and output
+      gradient ``δ``, and ``|g_i|^2`` is assembled per layer from ``δ_iᵀ a_i`` (outer
+      products, or Gram matrices ``(δδᵀ)⊙(aaᵀ)`` when cheaper), chunked over examples.
+      Requires every trainable parameter to belong to such a layer, each layer to run once
+      per forward and its parameters to be used only by it; about 1.5× a step.
+    * ``"auto"`` (default): ``"layerwise"`` when the model qualifies, else ``"func"``.
+
+    Both assume ``loss_fn(outputs, targets)`` is the plain mean over examples of a
+    per-example loss (``loss_fn(out[i:i+1], y[i:i+1])``), e.g. ``F.cross_entropy``.
+    Buffers are used unchanged (BatchNorm must be in eval mode, else ValueError); dropout
+    in train mode draws an independent mask per example, as in an ordinary batch.
 
     Args:
-        model: the network; called as ``model(x[None])`` per example.
+        model: the network.
         loss_fn: ``loss_fn(outputs, targets)``, a mean-reduced loss such as ``F.cross_entropy``.
         inputs: batch of ``n ≥ 2`` examples along dim 0.
         targets: their targets along dim 0.
@@ -646,18 +657,38 @@ def per_example_estimate(
         units_per_example: batch units per example (1 for images; the tokens per
             sequence for a language model whose loss is a mean over tokens).
         accumulate_grad: also add the batch-mean gradient ``ĝ`` to each parameter's
-            ``.grad`` (like ``loss.backward()`` on the batch-mean loss), so a training step
-            can use it instead of its own backward.
+            ``.grad`` (as ``loss.backward()`` would), so a training step can use it
+            instead of its own backward.
+        method: ``"auto"``, ``"layerwise"`` or ``"func"`` (see above).
 
     Returns:
         A :class:`NoiseEstimate` (python floats).
 
     Raises:
-        ValueError: fewer than 2 examples, mismatched lengths, bad ``chunk_size``,
-            train-mode BatchNorm, or a non-finite gradient norm.
+        ValueError: fewer than 2 examples, mismatched lengths, bad ``chunk_size`` or
+            ``method``, a model ``"layerwise"`` cannot handle, train-mode BatchNorm, or a
+            non-finite gradient norm.
     """
     n = _check_batch(inputs, targets, chunk_size, minimum=2)
     _check_functional(model)
+    if method not in ("auto", "layerwise", "func"):
+        raise ValueError(f"method must be 'auto', 'layerwise' or 'func', got {method!r}")
+    reason = _layerwise_unsupported(model)
+    if method == "layerwise" and reason:
+        raise ValueError(f"method='layerwise' cannot handle this model: {reason}")
+    use_layerwise = method == "layerwise" or (method == "auto" and not reason)
+    sums = _layerwise_sums if use_layerwise else _func_sums
+    sum_sq, mean_grad = sums(model, loss_fn, inputs, targets, chunk_size)
+    if accumulate_grad:
+        _add_to_grad(model, mean_grad)
+    small = float(sum_sq) / n
+    big = float(_dict_sq_norm(mean_grad))
+    return two_batch_estimates(small, big, units_per_example, n * units_per_example)
+
+
+def _func_sums(model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor, targets: torch.Tensor,
+               chunk_size: int) -> tuple[torch.Tensor, ParamDict]:
+    """``(Σ_i |g_i|^2, ĝ)`` with ``torch.func`` per-example gradients, chunk by chunk."""
     params, consts = _split_state(model)
     grad_fn = _per_example_grad_fn(model, loss_fn)
     sum_sq = torch.zeros((), dtype=torch.float64, device=inputs.device)
@@ -668,12 +699,115 @@ def per_example_estimate(
         for k, g in grads.items():
             sum_grad[k] += g.sum(0)
         del grads
-    mean_grad = {k: v / n for k, v in sum_grad.items()}
-    if accumulate_grad:
-        _add_to_grad(model, mean_grad)
-    small = float(sum_sq) / n
-    big = float(_dict_sq_norm(mean_grad))
-    return two_batch_estimates(small, big, units_per_example, n * units_per_example)
+    return sum_sq, {k: v / len(inputs) for k, v in sum_grad.items()}
+
+
+def _conv_padding(conv: nn.Conv2d) -> tuple[int, int] | None:
+    """Explicit symmetric zero padding of a Conv2d, or None when unfold cannot express it."""
+    if conv.padding_mode != "zeros" or conv.groups != 1:
+        return None
+    if conv.padding == "valid":
+        return (0, 0)
+    if conv.padding == "same":
+        total = [d * (k - 1) for d, k in zip(conv.dilation, conv.kernel_size)]
+        return None if any(t % 2 for t in total) else (total[0] // 2, total[1] // 2)
+    return tuple(conv.padding)  # type: ignore[return-value]
+
+
+def _layerwise_unsupported(model: nn.Module) -> str:
+    """Why the layerwise per-example norms cannot handle ``model`` ('' when they can)."""
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    owner: dict[int, str] = {}
+    for name, module in model.named_modules():
+        own = [p for p in module.parameters(recurse=False) if p.requires_grad]
+        if not own:
+            continue
+        if not isinstance(module, (nn.Linear, nn.Conv2d)):
+            return f"module {name!r} ({type(module).__name__}) has trainable parameters; only Linear and Conv2d do"
+        if isinstance(module, nn.Conv2d) and _conv_padding(module) is None:
+            return f"Conv2d {name!r} has groups > 1, non-zero padding mode or asymmetric 'same' padding"
+        for p in own:
+            if id(p) in owner:
+                return f"a parameter is shared by {owner[id(p)]!r} and {name!r}"
+            owner[id(p)] = name
+    return "" if set(owner) == trainable else "some trainable parameters are not held by a Linear or Conv2d"
+
+
+def _layer_operands(module: nn.Module, a: torch.Tensor, delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(δ, a)`` reshaped to ``[n, T, out]`` and ``[n, T, in]`` so that ``g_i = δ_iᵀ a_i``."""
+    n = a.shape[0]
+    if isinstance(module, nn.Conv2d):
+        return delta.reshape(n, delta.shape[1], -1).transpose(1, 2), _conv_patches(module, a)
+    return delta.reshape(n, -1, delta.shape[-1]), a.reshape(n, -1, a.shape[-1])
+
+
+def _conv_patches(conv: nn.Conv2d, a: torch.Tensor) -> torch.Tensor:
+    """im2col of a Conv2d input: ``[n, P, C·kh·kw]`` (strided windows; ``F.unfold`` is far slower on CPU)."""
+    (ph, pw), (kh, kw), (dh, dw), (sh, sw) = _conv_padding(conv), conv.kernel_size, conv.dilation, conv.stride
+    padded = torch.nn.functional.pad(a, (pw, pw, ph, ph))
+    windows = padded.unfold(2, dh * (kh - 1) + 1, sh).unfold(3, dw * (kw - 1) + 1, sw)[..., ::dh, ::dw]
+    n, c, out_h, out_w = windows.shape[:4]
+    return windows.permute(0, 2, 3, 1, 4, 5).reshape(n, out_h * out_w, c * kh * kw)
+
+
+def _sq_norm_of_products(d: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """``|δ_iᵀ a_i|_F^2`` per example (float64), by outer product or Gram matrices, whichever is cheaper."""
+    t, d_out, d_in = a.shape[1], d.shape[2], a.shape[2]
+    if t == 1:
+        return d.square().sum((1, 2)).double() * a.square().sum((1, 2)).double()
+    if t * t * (d_out + d_in) < t * d_out * d_in:
+        return (torch.bmm(d, d.transpose(1, 2)) * torch.bmm(a, a.transpose(1, 2))).sum((1, 2)).double()
+    prod = torch.bmm(d.transpose(1, 2), a)
+    return torch.linalg.vector_norm(prod.reshape(len(prod), -1), dim=1).double().square()
+
+
+def _layerwise_sums(model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor, targets: torch.Tensor,
+                    chunk_size: int) -> tuple[torch.Tensor, ParamDict]:
+    """``(Σ_i |g_i|^2, ĝ)`` from one batched forward/backward with per-layer hooks (see ``method``).
+
+    Autograd is asked only for the gradients ``δ`` of the layers' outputs, never for the
+    parameters' (so parameter hooks, e.g. a :class:`GradientNoiseMonitor`, do not fire);
+    the weight gradients are assembled here from ``δ`` and the layers' inputs.
+    """
+    captured: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def forward_hook(module: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        if module in captured:
+            raise ValueError(f"{type(module).__name__} ran twice in one forward; use method='func'")
+        captured[module] = (args[0].detach(), output)
+
+    layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))
+              and any(p.requires_grad for p in m.parameters(recurse=False))]
+    handles = [m.register_forward_hook(forward_hook) for m in layers]
+    try:
+        loss = loss_fn(model(inputs), targets)
+    finally:
+        for h in handles:
+            h.remove()
+    modules = list(captured)
+    deltas = torch.autograd.grad(loss, [captured[m][1] for m in modules])
+    n = len(inputs)
+    per_example = torch.zeros(n, dtype=torch.float64, device=inputs.device)
+    grads: dict[int, torch.Tensor] = {}
+    for module, delta in zip(modules, deltas):
+        a = captured[module][0]
+        weight_grad = torch.zeros_like(module.weight).reshape(module.weight.shape[0], -1)
+        bias_grad = torch.zeros_like(module.bias) if module.bias is not None else None
+        for lo in range(0, n, chunk_size):
+            d, x = _layer_operands(module, a[lo:lo + chunk_size], delta[lo:lo + chunk_size])
+            sq = _sq_norm_of_products(d, x)
+            weight_grad += d.reshape(-1, d.shape[-1]).T @ x.reshape(-1, x.shape[-1])
+            if bias_grad is not None:
+                per_bias = d.sum(1)
+                sq = sq + torch.linalg.vector_norm(per_bias, dim=1).double().square()
+                bias_grad += per_bias.sum(0)
+            per_example[lo:lo + chunk_size] += sq
+        grads[id(module.weight)] = weight_grad.reshape(module.weight.shape)
+        if bias_grad is not None:
+            grads[id(module.bias)] = bias_grad
+    mean_grad = {k: grads[id(p)] for k, p in model.named_parameters() if p.requires_grad}
+    # δ is the gradient of the batch *mean* loss, so g_i = n · δ_iᵀ a_i
+    return per_example.sum() * n * n, mean_grad
 
 
 def _dict_sq_norm(tensors: ParamDict) -> torch.Tensor:
