@@ -26,7 +26,7 @@ env: $(STAMP)
 
 # Offline datasets (Debian Fashion-MNIST, plain-text corpora); idempotent.
 data: $(STAMP)
-	$(PY) -m gns_utils.prepare_data
+	$(PY) -m gns_utils.data prepare
 
 test: data
 	$(PY) -m pytest -q

@@ -1,7 +1,7 @@
 """Overhead of measuring the gradient noise scale, as ratios against plain training steps.
 
 Times one SGD step of the paper's MNIST CNN (``PaperCNN``, 28×28×1, batch 128, train
-mode with dropout) on CPU with 2 threads, for these variants, interleaved in one process:
+mode with dropout) on CPU with 2 threads, for these variants, all in one process:
 
 * ``plain``        one forward/backward on the batch, ``optimizer.step()``.
 * ``accum``        plain accumulation of 4 micro-batches of 32.
@@ -10,12 +10,14 @@ mode with dropout) on CPU with 2 threads, for these variants, interleaved in one
   :func:`gns_utils.noise_scale.per_example_estimate` with that ``method`` and
   ``accumulate_grad=True`` (its mean gradient replaces the backward), ``optimizer.step()``.
 
+Each variant is interleaved with its baseline (``accum`` or ``plain``) in its own phase
+(the per-example variants allocate large buffers that would slow whichever step follows).
 Prints the median time of each and the ratios ``accum+monitor / accum`` (target ≤ 1.02)
 and ``per_example[layerwise] / plain`` (target ≤ 2).
 
 Usage::
 
-    python benchmarks/noise_overhead.py [--repeats 30] [--threads 2] [--chunk 32]
+    python benchmarks/noise_overhead.py [--repeats 40] [--threads 2] [--chunk 16]
 """
 
 from __future__ import annotations
@@ -35,18 +37,23 @@ BATCH = 128
 N_MICRO = 4
 
 
-def make_steps(chunk: int) -> dict[str, Callable[[], None]]:
-    """One closure per variant, each doing one full optimizer step on fixed random data."""
+class Variant:
+    """A timed ``step`` with untimed ``setup`` / ``teardown`` around it."""
+
+    def __init__(self, step: Callable[[], None], setup: Callable[[], None] = lambda: None,
+                 teardown: Callable[[], None] = lambda: None) -> None:
+        self.step, self.setup, self.teardown = step, setup, teardown
+
+
+def make_variants(chunk: int) -> dict[str, Variant]:
+    """One variant per measurement, all on the same model and fixed random data."""
     torch.manual_seed(0)
     model = PaperCNN(in_channels=1, n_classes=10, image_size=28).train()
-    twin = PaperCNN(in_channels=1, n_classes=10, image_size=28).train()  # same weights, monitored
-    twin.load_state_dict(model.state_dict())
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
-    twin_opt = torch.optim.SGD(twin.parameters(), lr=1e-3)
-    monitor = GradientNoiseMonitor(twin.parameters())
     x = torch.randn(BATCH, 1, 28, 28)
     y = torch.randint(0, 10, (BATCH,))
     micro = list(zip(x.chunk(N_MICRO), y.chunk(N_MICRO)))
+    state: dict[str, GradientNoiseMonitor] = {}
 
     def plain() -> None:
         opt.zero_grad(set_to_none=False)
@@ -60,12 +67,19 @@ def make_steps(chunk: int) -> dict[str, Callable[[], None]]:
         opt.step()
 
     def accum_monitor() -> None:
-        twin_opt.zero_grad(set_to_none=False)
+        monitor = state["monitor"]
+        opt.zero_grad(set_to_none=False)
         for xb, yb in micro:
-            (F.cross_entropy(twin(xb), yb) * (len(xb) / BATCH)).backward()
+            (F.cross_entropy(model(xb), yb) * (len(xb) / BATCH)).backward()
             monitor.after_micro_batch(len(xb))
         monitor.after_step()
-        twin_opt.step()
+        opt.step()
+
+    def attach() -> None:
+        state["monitor"] = GradientNoiseMonitor(model.parameters())
+
+    def detach() -> None:
+        state.pop("monitor").remove()
 
     def per_example(method: str) -> Callable[[], None]:
         def step() -> None:
@@ -74,19 +88,32 @@ def make_steps(chunk: int) -> dict[str, Callable[[], None]]:
             opt.step()
         return step
 
-    return {"plain": plain, "accum": accum, "accum+monitor": accum_monitor,
-            "per_example[layerwise]": per_example("layerwise"), "per_example[func]": per_example("func")}
+    return {
+        "plain": Variant(plain),
+        "accum": Variant(accum),
+        "accum+monitor": Variant(accum_monitor, attach, detach),
+        "per_example[layerwise]": Variant(per_example("layerwise")),
+        "per_example[func]": Variant(per_example("func")),
+    }
 
 
-def run(repeats: int, chunk: int, warmup: int = 3) -> dict[str, float]:
-    """Median seconds per step of each variant, variants interleaved within each repeat."""
-    steps = make_steps(chunk)
-    times: dict[str, list[float]] = {name: [] for name in steps}
+def run(names: list[str], repeats: int, chunk: int, inner: int = 2, warmup: int = 3) -> dict[str, float]:
+    """Median seconds per step of each named variant.
+
+    Variants are interleaved (order reversed every other repeat); each sample times
+    ``inner`` consecutive steps.
+    """
+    variants = make_variants(chunk)
+    times: dict[str, list[float]] = {name: [] for name in names}
     for r in range(warmup + repeats):
-        for name, step in steps.items():
+        for name in names if r % 2 == 0 else names[::-1]:
+            variant = variants[name]
+            variant.setup()
             start = time.perf_counter()
-            step()
-            elapsed = time.perf_counter() - start
+            for _ in range(inner):
+                variant.step()
+            elapsed = (time.perf_counter() - start) / inner
+            variant.teardown()
             if r >= warmup:
                 times[name].append(elapsed)
     return {name: statistics.median(t) for name, t in times.items()}
@@ -94,24 +121,25 @@ def run(repeats: int, chunk: int, warmup: int = 3) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=30, help="timed steps per variant")
+    parser.add_argument("--repeats", type=int, default=40, help="timed samples per variant (2 steps each)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    parser.add_argument("--chunk", type=int, default=32, help="chunk_size of per_example_estimate")
+    parser.add_argument("--chunk", type=int, default=16, help="chunk_size of per_example_estimate")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    medians = run(args.repeats, args.chunk)
-    print(f"PaperCNN, batch {BATCH}, {N_MICRO} micro-batches, CPU, {args.threads} threads, "
-          f"{args.repeats} repeats (median ms per optimizer step)")
-    for name, seconds in medians.items():
-        print(f"  {name:24s} {seconds * 1e3:8.2f}")
-    ratios = {
-        "accum+monitor / accum": (medians["accum+monitor"] / medians["accum"], "target <= 1.02"),
-        "per_example[layerwise] / plain": (medians["per_example[layerwise]"] / medians["plain"], "target <= 2"),
-        "per_example[func] / plain": (medians["per_example[func]"] / medians["plain"], "general fallback"),
-        "accum / plain": (medians["accum"] / medians["plain"], "cost of 4 micro-batches"),
-    }
-    for name, (ratio, note) in ratios.items():
-        print(f"ratio {name:32s} {ratio:6.3f}  ({note})")
+    # each variant is interleaved with its own baseline, in separate phases: the per-example
+    # variants allocate large buffers that would otherwise slow whichever step follows them
+    phases = [("accum", "accum+monitor", args.repeats, 2, "target <= 1.02"),
+              ("plain", "per_example[layerwise]", args.repeats, 2, "target <= 2"),
+              ("plain", "per_example[func]", max(5, args.repeats // 4), 1, "general fallback")]
+    print(f"PaperCNN, batch {BATCH}, {N_MICRO} micro-batches, CPU, {args.threads} threads "
+          f"(median ms per optimizer step)")
+    lines = []
+    for base, variant, repeats, inner, note in phases:
+        medians = run([base, variant], repeats, args.chunk, inner=inner)
+        print(f"  {variant:24s} {medians[variant] * 1e3:8.2f}   {base} alongside {medians[base] * 1e3:8.2f}"
+              f"   ({repeats} samples of {inner} steps)")
+        lines.append(f"ratio {variant + ' / ' + base:32s} {medians[variant] / medians[base]:6.3f}  ({note})")
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":

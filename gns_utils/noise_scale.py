@@ -9,7 +9,7 @@ Symbols (McCandlish et al. 2018, section 2 and Appendix A):
   ``tr Σ = E_i |g_i − G|^2``.
 * ``G_B``      the mean gradient of a batch of ``B`` i.i.d. examples: unbiased,
   ``E[G_B] = G``, with covariance ``Σ / B`` (2.3), hence
-  ``E|G_B|^2 = |G|^2 + tr Σ / B``  (A.1).
+  ``E|G_B|^2 = |G|^2 + tr Σ / B``  (Appendix A.1).
 * ``H``        Hessian of ``L``.
 * ``B_simple`` ``tr Σ / |G|^2``  (2.9); equals ``B_noise`` when ``H ∝ I``.
 * ``B_noise``  ``tr(HΣ) / (GᵀHG)``  (2.8).
@@ -26,11 +26,12 @@ unit, as in the paper's Table 1.
 
 Sources of the (small, big) pair, all returning a :class:`NoiseEstimate`:
 
-* :func:`per_example_estimate`  single examples (``b_small = 1``) and the batch, with
-  ``torch.func`` per-example gradients.
-* :class:`GradientNoiseMonitor` micro-batches and their accumulated gradient, nearly free
-  inside a gradient-accumulation loop.
+* :func:`per_example_estimate`  single examples (``b_small = 1``) and the batch:
+  ``torch.func`` per-example gradients, or per-layer norms for Linear/Conv2d nets.
+* :class:`GradientNoiseMonitor` micro-batches and their accumulated gradient, a few
+  percent of a step inside a gradient-accumulation loop.
 * :func:`data_parallel_estimate` each rank's local gradient and the all-reduced one.
+  All step-wise sources follow the :class:`NoiseSource` protocol.
 
 Per step the estimates are noisy (the |G|^2 estimate is often negative when
 ``B ≪ B_simple``); :class:`NoiseScaleEMA` keeps two separate moving averages and
@@ -42,7 +43,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Protocol, Union, runtime_checkable
+from typing import TYPE_CHECKING, Callable, Iterable, Protocol, Union, runtime_checkable
 
 import numpy as np
 import torch
@@ -126,7 +127,7 @@ def two_batch_estimates(
 ) -> NoiseEstimate:
     """Unbiased ``|G|^2`` and ``tr Σ`` from squared gradient norms at two batch sizes (A.2).
 
-    With ``E|G_B|^2 = |G|^2 + tr Σ / B`` (A.1), solving the two equations gives::
+    With ``E|G_B|^2 = |G|^2 + tr Σ / B`` (2.3, Appendix A.1), solving the two equations gives::
 
         |G|^2 ≈ (B_big |G_big|^2 − B_small |G_small|^2) / (B_big − B_small)
         tr Σ  ≈ (|G_small|^2 − |G_big|^2) / (1/B_small − 1/B_big)
@@ -405,7 +406,16 @@ class GradientNoiseMonitor:
     Requirements: ``.grad`` is zero (or None) at the start of each step; exactly one
     ``backward()`` per micro-batch reaches the parameters between calls (use
     :meth:`reset` after any other backward). Micro-batches should hold independent
-    examples, as in (2.3). Norms are measured before any gradient clipping.
+    examples, as in (2.3). Norms are measured before any gradient clipping. With AMP's
+    ``GradScaler``, pass ``loss_scale = s_j · scaler.get_scale()``.
+
+    Cost: one read of each micro-batch gradient (in the hook) and one of ``.grad``, i.e.
+    ``k + 1`` memory passes over the parameters per step, about 3–5 % of a step of the
+    paper's CNN at batch 128 (4 micro-batches) on CPU (``benchmarks/noise_overhead.py``).
+    Measured alternatives were slower: keeping references to the incoming gradients for
+    one ``torch._foreach_norm`` per micro-batch (also an extra gradient's memory), and
+    a plain ``vector_norm`` per tensor (single-threaded; row norms use all threads).
+    Differencing consecutive accumulated gradients needs a gradient copy and more passes.
 
     Args:
         params: the parameters the optimizer updates (those with ``requires_grad``).
@@ -518,7 +528,8 @@ def _loss_scales(units: np.ndarray, scales: list[float | None]) -> np.ndarray:
     if all(given):
         return np.asarray(scales, dtype=float)
     if any(given):
-        raise ValueError("loss_scale was passed for some micro-batches of the step but not others; pass it always or never")
+        raise ValueError("loss_scale was passed for some micro-batches of the step but not others; "
+                         "pass it always or never")
     return units / units.sum()
 
 
@@ -618,7 +629,7 @@ def _sq_norms_per_example(grads: ParamDict) -> torch.Tensor:
 
 def per_example_estimate(
     model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor, targets: torch.Tensor,
-    chunk_size: int = 32, units_per_example: float = 1.0, accumulate_grad: bool = False,
+    chunk_size: int = 16, units_per_example: float = 1.0, accumulate_grad: bool = False,
     method: str = "auto",
 ) -> NoiseEstimate:
     """``|G|^2`` and ``tr Σ`` from per-example gradients of one batch (A.2 with ``B_small = 1``).
@@ -634,13 +645,14 @@ def per_example_estimate(
 
     * ``"func"``: ``torch.func`` (``functional_call`` + ``vmap(grad)``) over chunks of
       ``chunk_size`` examples; works for any architecture, but materialises
-      ``chunk_size × #params`` numbers per chunk and is ~10× a training step on CPU.
+      ``chunk_size × #params`` numbers per chunk and is ~11× a training step on CPU.
     * ``"layerwise"``: one ordinary batched forward/backward; hooks on ``nn.Linear`` and
       ``nn.Conv2d`` (groups = 1, zero padding) capture each layer's input ``a`` and output
       gradient ``δ``, and ``|g_i|^2`` is assembled per layer from ``δ_iᵀ a_i`` (outer
       products, or Gram matrices ``(δδᵀ)⊙(aaᵀ)`` when cheaper), chunked over examples.
       Requires every trainable parameter to belong to such a layer, each layer to run once
-      per forward and its parameters to be used only by it; about 1.5× a step.
+      per forward and its parameters to be used only by it; about 1.7–2× a plain step
+      of the paper's CNN at batch 128 on CPU (``benchmarks/noise_overhead.py``).
     * ``"auto"`` (default): ``"layerwise"`` when the model qualifies, else ``"func"``.
 
     Both assume ``loss_fn(outputs, targets)`` is the plain mean over examples of a
@@ -742,23 +754,34 @@ def _layer_operands(module: nn.Module, a: torch.Tensor, delta: torch.Tensor) -> 
 
 
 def _conv_patches(conv: nn.Conv2d, a: torch.Tensor) -> torch.Tensor:
-    """im2col of a Conv2d input: ``[n, P, C·kh·kw]`` (strided windows; ``F.unfold`` is far slower on CPU)."""
+    """im2col of a Conv2d input as a ``[n, P, C·kh·kw]`` view of a ``[n, C·kh·kw, P]`` copy.
+
+    Built from strided windows (``F.unfold`` is far slower on CPU); that memory layout
+    copies about 3× faster than ``[n, P, C·kh·kw]``.
+    """
     (ph, pw), (kh, kw), (dh, dw), (sh, sw) = _conv_padding(conv), conv.kernel_size, conv.dilation, conv.stride
     padded = torch.nn.functional.pad(a, (pw, pw, ph, ph))
     windows = padded.unfold(2, dh * (kh - 1) + 1, sh).unfold(3, dw * (kw - 1) + 1, sw)[..., ::dh, ::dw]
     n, c, out_h, out_w = windows.shape[:4]
-    return windows.permute(0, 2, 3, 1, 4, 5).reshape(n, out_h * out_w, c * kh * kw)
+    return windows.permute(0, 1, 4, 5, 2, 3).reshape(n, c * kh * kw, out_h * out_w).transpose(1, 2)
 
 
-def _sq_norm_of_products(d: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-    """``|δ_iᵀ a_i|_F^2`` per example (float64), by outer product or Gram matrices, whichever is cheaper."""
+def _products_sq_norm_and_sum(d: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``|δ_iᵀ a_i|_F^2`` per example (float64) and ``Σ_i δ_iᵀ a_i`` (``[out, in]``).
+
+    Outer products are materialised per example, or, when cheaper, the norms come from
+    Gram matrices ``Σ (δ_i δ_iᵀ) ⊙ (a_i a_iᵀ)`` (``T² (out + in) < T·out·in``).
+    """
     t, d_out, d_in = a.shape[1], d.shape[2], a.shape[2]
     if t == 1:
-        return d.square().sum((1, 2)).double() * a.square().sum((1, 2)).double()
+        d1, a1 = d[:, 0], a[:, 0]
+        sq = d1.square().sum(1).double() * a1.square().sum(1).double()
+        return sq, d1.T @ a1
     if t * t * (d_out + d_in) < t * d_out * d_in:
-        return (torch.bmm(d, d.transpose(1, 2)) * torch.bmm(a, a.transpose(1, 2))).sum((1, 2)).double()
+        sq = (torch.bmm(d, d.transpose(1, 2)) * torch.bmm(a, a.transpose(1, 2))).sum((1, 2)).double()
+        return sq, d.reshape(-1, d_out).T @ a.reshape(-1, d_in)
     prod = torch.bmm(d.transpose(1, 2), a)
-    return torch.linalg.vector_norm(prod.reshape(len(prod), -1), dim=1).double().square()
+    return torch.linalg.vector_norm(prod.reshape(len(prod), -1), dim=1).double().square(), prod.sum(0)
 
 
 def _layerwise_sums(model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor, targets: torch.Tensor,
@@ -795,8 +818,8 @@ def _layerwise_sums(model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor, tar
         bias_grad = torch.zeros_like(module.bias) if module.bias is not None else None
         for lo in range(0, n, chunk_size):
             d, x = _layer_operands(module, a[lo:lo + chunk_size], delta[lo:lo + chunk_size])
-            sq = _sq_norm_of_products(d, x)
-            weight_grad += d.reshape(-1, d.shape[-1]).T @ x.reshape(-1, x.shape[-1])
+            sq, chunk_grad = _products_sq_norm_and_sum(d, x)
+            weight_grad += chunk_grad
             if bias_grad is not None:
                 per_bias = d.sum(1)
                 sq = sq + torch.linalg.vector_norm(per_bias, dim=1).double().square()
@@ -805,7 +828,7 @@ def _layerwise_sums(model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor, tar
         grads[id(module.weight)] = weight_grad.reshape(module.weight.shape)
         if bias_grad is not None:
             grads[id(module.bias)] = bias_grad
-    mean_grad = {k: grads[id(p)] for k, p in model.named_parameters() if p.requires_grad}
+    mean_grad = {k: grads.get(id(p), torch.zeros_like(p)) for k, p in model.named_parameters() if p.requires_grad}
     # δ is the gradient of the batch *mean* loss, so g_i = n · δ_iᵀ a_i
     return per_example.sum() * n * n, mean_grad
 
@@ -908,7 +931,7 @@ def hessian_noise_scale(
     Cost: ``n + 1`` Hessian-vector products, each ≈ 2–4 forward+backward passes over the
     Hessian batch, i.e. ``O(n · m)`` example-passes for ``m`` Hessian examples — use it at a
     few checkpoints on a few hundred examples, not every step. Put the model in eval
-    mode (dropout makes ``H`` random; BatchNorm in train mode is refused).
+    mode: dropout (``H`` would be random) and BatchNorm in train mode are refused.
 
     Args:
         model: the network (any dtype; use float64 for exact checks).
@@ -926,7 +949,7 @@ def hessian_noise_scale(
 
     Raises:
         ValueError: fewer than 2 examples, mismatched inputs, bad ``chunk_size``,
-            train-mode BatchNorm, or ``hessian_inputs`` without ``hessian_targets``.
+            train-mode BatchNorm or dropout, or ``hessian_inputs`` without ``hessian_targets``.
     """
     n = _check_batch(inputs, targets, chunk_size, minimum=2)
     if (hessian_inputs is None) != (hessian_targets is None):
@@ -934,6 +957,9 @@ def hessian_noise_scale(
     if hessian_inputs is None:
         hessian_inputs, hessian_targets = inputs, targets
     _check_functional(model)
+    for name, module in model.named_modules():
+        if isinstance(module, nn.modules.dropout._DropoutNd) and module.training:
+            raise ValueError(f"dropout {name!r} is in train mode; H would be random: call model.eval() first")
     params, consts = _split_state(model)
     grad_fn = _per_example_grad_fn(model, loss_fn)
     hvp_fn = _batched_hvp_fn(model, loss_fn, consts, hessian_inputs, hessian_targets)

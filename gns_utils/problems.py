@@ -158,8 +158,6 @@ def make_problem(cfg: Any, device: torch.device | str | None = None) -> _Problem
         gns_utils.data.DatasetNotFoundError: the dataset is not on this machine (the
             message says where it looked and the command that gets it).
     """
-    from gns_utils import data as gdata
-
     device = resolve_device(device or cfg.device) if not isinstance(device, torch.device) else device
     kw = dict(cfg.data_kwargs)
     if cfg.domain == "language":
@@ -170,7 +168,9 @@ def make_problem(cfg: Any, device: torch.device | str | None = None) -> _Problem
         if "vocab_size" in kw:
             model_kwargs["vocab_size"] = max(int(kw["vocab_size"]), model_kwargs["vocab_size"])
         return LanguageModelProblem(sequences, cfg.model, model_kwargs, cfg.eval_examples, device)
-    images = gdata.load_images(cfg.dataset, **kw)
+    from gns_utils.data import load_images
+
+    images = load_images(cfg.dataset, **kw)
     if cfg.domain == "image":
         model_kwargs = dict(cfg.model_kwargs)
         if cfg.model == "mlp":

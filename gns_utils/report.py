@@ -76,6 +76,7 @@ def summarize_task(cfg: ExperimentConfig, table: pd.DataFrame, by_goal: pd.DataF
         "b_crit_start": _num(first["b_crit"]),
         "b_crit_start_stderr": _num(first["b_crit_stderr"]),
         "b_crit_start_goal": float(first["goal"]),
+        "b_crit_start_bound": first["bound"],
         "b_simple": _num(b_simple),
         "b_simple_start": _num(b_simple_start),
         "b_noise": _num(b_noise_table["b_noise"].mean()) if len(b_noise_table) else None,

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from gns_utils.config import ExperimentConfig, RunConfig
+from gns_utils.config import ConfigError, ExperimentConfig, RunConfig
 from gns_utils.critical_batch import best_runs
 from gns_utils.results import (FINAL_STATUSES, load_run_summary, provenance, run_dir, task_dir,
                                write_json_atomic)
@@ -86,6 +86,7 @@ def run_sweep(cfg: ExperimentConfig, results_dir: str | Path, problem: Any = Non
                 if lr in done:
                     continue
                 summary, _ = run_or_load(problem, cfg.run(batch_size, lr), results_dir, progress)
+                _check_goals_not_met_at_start(summary)
                 done[lr] = summary
                 bar.update(1)
                 bar.set_postfix(B=batch_size, lr=f"{lr:.3g}", status=summary["status"])
@@ -98,6 +99,15 @@ def run_sweep(cfg: ExperimentConfig, results_dir: str | Path, problem: Any = Non
         summaries.extend(done.values())
     bar.close()
     return runs_table(summaries)
+
+
+def _check_goals_not_met_at_start(summary: dict) -> None:
+    """A goal the untrained model already meets says nothing about batch size: fail clearly."""
+    trivial = [g for g, steps in summary.get("steps_to_goal", {}).items() if steps is not None and steps <= 0]
+    if trivial:
+        raise ConfigError(
+            f"goals {trivial} of task {summary['config']['task']} are already met before training "
+            f"(initial {summary['config']['metric']}: {summary.get('initial_metric')}); choose goals below it")
 
 
 def _edge_to_widen(summaries: list[dict], goals: tuple[float, ...]) -> str | None:

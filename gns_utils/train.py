@@ -188,6 +188,7 @@ def train_run(problem: Any, cfg: RunConfig, results_dir: str | Path, progress: b
         "n_examples": step * cfg.batch_size,
         "final_metric": history["metric"][-1] if history["metric"] else None,
         "initial_loss": initial_loss,
+        "initial_metric": history["metric"][0] if history["metric"] else None,
         "b_simple_final": ema.b_simple if ema.count else None,
         "noise_steps": ema.count,
         "noise_negative_g2": ema.n_negative_g2,

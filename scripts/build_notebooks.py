@@ -95,11 +95,11 @@ noise scale B_simple = tr Σ / |G|² (2.9), measured during training, and B_nois
     parameters="""\
 profile = "cpu"          # str: "smoke" (seconds, tests) | "cpu" (default, ~15 min on 2 cores) | "paper" (GPU + internet)
 results_dir = "results"  # str: results root, relative to the repository root
-tasks = None             # list[str] | None: which of the profile's tasks to run (None = all)
-dataset = None           # str | None: "fashion_mnist" | "mnist" | "svhn" | "cifar10" | "mnist1d" | "digits"; None = preset
-model = None             # str | None: "mlp" | "paper_cnn" | "resnet32"; None = preset
-optimizer = None         # str | None: "sgd" | "momentum" | "adam"; None = preset
-batch_sizes = None       # list[int] | None: powers of two, in images; None = preset
+tasks = None             # list[str] | None: which of the profile's tasks to run (None: all)
+dataset = None           # str | None: "fashion_mnist" | "mnist" | "svhn" | "cifar10" | "mnist1d" | "digits"; None: preset
+model = None             # str | None: "mlp" | "paper_cnn" | "resnet32"; None: preset
+optimizer = None         # str | None: "sgd" | "momentum" | "adam"; None: preset
+batch_sizes = None       # list[int] | None: powers of two, in images; None: preset
 lr_star = None           # float | None: ε* of the learning-rate grid centre ε*/(1 + B*/B)^α
 lr_b_star = None         # float | None: B* of the grid centre, in images
 goals = None             # list[float] | None: training-error goals, easiest first
@@ -147,14 +147,14 @@ B_simple 1k → 150k tokens) at a size a laptop can run. Every batch size, B_cri
     parameters="""\
 profile = "cpu"          # str: "smoke" (seconds, tests) | "cpu" (default, ~20 min on 2 cores) | "paper" (GPU + internet)
 results_dir = "results"  # str: results root, relative to the repository root
-tokenizer = None         # str | None: "bpe" | "char"; None = preset
-vocab_size = None        # int | None: BPE vocabulary size; None = preset
-seq_len = None           # int | None: tokens per sequence (paper: 20); None = preset
-hidden = None            # int | None: LSTM units (paper: 2048); None = preset
-batch_sizes = None       # list[int] | None: powers of two, in sequences (tokens = sequences × seq_len)
+tokenizer = None         # str | None: "bpe" | "char"; None: preset
+vocab_size = None        # int | None: BPE vocabulary size; None: preset
+seq_len = None           # int | None: tokens per sequence (paper: 20); None: preset
+hidden = None            # int | None: LSTM units (paper: 2048); None: preset
+batch_sizes = None       # list[int] | None: powers of two, in sequences (tokens: sequences × seq_len)
 goals = None             # list[float] | None: training-loss goals in nats per token, easiest first
 budget_examples = None   # int | None: sequences a run may use before it stops
-widths = None            # list[int] | None: LSTM widths of the model-size study (Fig 8); None = preset
+widths = None            # list[int] | None: LSTM widths of the model-size study (Fig 8); None: preset
 seed = 0                 # int: random seed
 device = "auto"          # str: "auto" | "cpu" | "cuda"
 progress = True          # bool: show tqdm progress bars""",
@@ -206,10 +206,10 @@ and 10 — the one family where B_simple lies *below* B_crit).
     parameters="""\
 profile = "cpu"          # str: "smoke" (seconds, tests) | "cpu" (default, ~15 min on 2 cores) | "paper" (GPU + internet)
 results_dir = "results"  # str: results root, relative to the repository root
-tasks = None             # list[str] | None: which of the profile's tasks (autoencoder, VAE) to run; None = all
-dataset = None           # str | None: "fashion_mnist" | "svhn" | "mnist" | "digits"; None = preset
-batch_sizes = None       # list[int] | None: powers of two, in images; None = preset
-goals = None             # list[float] | None: loss goals in nats per image, easiest first; None = preset
+tasks = None             # list[str] | None: which of the profile's tasks (autoencoder, VAE) to run; None: all
+dataset = None           # str | None: "fashion_mnist" | "svhn" | "mnist" | "digits"; None: preset
+batch_sizes = None       # list[int] | None: powers of two, in images; None: preset
+goals = None             # list[float] | None: loss goals in nats per image, easiest first; None: preset
 budget_examples = None   # int | None: images a run may use before it stops
 seed = 0                 # int: random seed
 device = "auto"          # str: "auto" | "cpu" | "cuda"
@@ -246,7 +246,7 @@ y = x prediction, for our tasks, the paper's and both (the OpenAI post reports �
     parameters="""\
 profile = "cpu"          # str: which profile's task summaries to collect: "smoke" | "cpu" | "paper"
 results_dir = "results"  # str: results root, relative to the repository root
-expected_tasks = None    # list[str] | None: tasks that should be there (missing ones are reported); None = the profile's""",
+expected_tasks = None    # list[str] | None: tasks that should be there (missing ones are reported); None: the profile's""",
     validate="""\
 # Validate the parameters.
 if profile not in ("smoke", "cpu", "paper"):

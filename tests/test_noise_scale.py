@@ -120,7 +120,8 @@ def assert_unbiased(samples: np.ndarray, truth: float, label: str) -> None:
     """The mean of ``samples`` is within N_SE standard errors of ``truth``."""
     samples = np.asarray(samples, float)
     se = samples.std(ddof=1) / math.sqrt(len(samples))
-    assert abs(samples.mean() - truth) < N_SE * se, f"{label}: mean {samples.mean():.5g} vs exact {truth:.5g} (SE {se:.3g})"
+    message = f"{label}: mean {samples.mean():.5g} vs exact {truth:.5g} (SE {se:.3g})"
+    assert abs(samples.mean() - truth) < N_SE * se, message
 
 
 def monitor_step(model: nn.Module, monitor: GradientNoiseMonitor, loss_fn, parts, scales=None):
@@ -315,6 +316,25 @@ def test_monitor_matches_formula_and_is_a_noise_source(exact: Exact) -> None:
     assert monitor.n_steps == 2 and monitor.n_skipped == 0
 
 
+def test_monitor_ignores_the_functional_estimators(exact: Exact) -> None:
+    # per_example_estimate and hessian_noise_scale never fire the monitor's parameter hooks
+    model = exact.model()
+    monitor = GradientNoiseMonitor(model.parameters())
+    x, y = exact.tensors(np.arange(12))
+    parts = list(zip(x.split(6), y.split(6)))
+    clean = monitor_step(model, monitor, mse_half, parts)
+    model.zero_grad(set_to_none=True)
+    for xb, yb in parts:
+        (mse_half(model(xb), yb) * 0.5).backward()
+        for method in ("func", "layerwise"):
+            per_example_estimate(model, mse_half, x, y, method=method)
+        hessian_noise_scale(model, mse_half, x, y)
+        monitor.after_micro_batch(6)
+    est = monitor.after_step()
+    assert est.g2 == pytest.approx(clean.g2, rel=1e-12)
+    assert est.trace_sigma == pytest.approx(clean.trace_sigma, rel=1e-12)
+
+
 def test_monitor_unbiased(exact: Exact) -> None:
     rng = np.random.default_rng(3)
     model = exact.model()
@@ -338,7 +358,9 @@ def test_monitor_unequal_micro_batches_unbiased(exact: Exact, scaling: str) -> N
     for _ in range(300):
         x, y = exact.tensors(rng.integers(0, 40, sum(sizes)))
         ests.append(monitor_step(model, monitor, mse_half, list(zip(x.split(sizes), y.split(sizes))), scales))
-    assert ests[0].b_small == pytest.approx(1 / np.mean(1 / np.array(sizes)))
+    # E|g_j|^2 = |G|^2 + tr Σ/n_j; E|Σ w_j g_j|^2 = |G|^2 + tr Σ Σ w_j²/n_j with w_j = s_j / Σ s
+    assert ests[0].b_small == pytest.approx(1 / np.mean(1 / np.array(sizes)))  # 10/3
+    assert ests[0].b_big == pytest.approx(16.0 if scaling == "n_j/N" else 1 / np.sum(1 / 16 / np.array(sizes)))
     assert_unbiased([e.g2 for e in ests], exact.g2, "g2")
     assert_unbiased([e.trace_sigma for e in ests], exact.trace_sigma, "trace_sigma")
 
@@ -380,7 +402,8 @@ def test_data_parallel_pure_unbiased(exact: Exact) -> None:
     for _ in range(400):
         g = exact.g[rng.integers(0, 40, (world, local))].mean(1)  # each rank's local gradient
         local_mean_sq = float((g**2).sum(1).mean())  # what the all-reduce would give
-        ests.append(data_parallel_estimate(local_mean_sq, float((g.mean(0) ** 2).sum()), local, world, all_reduce=False))
+        global_sq = float((g.mean(0) ** 2).sum())
+        ests.append(data_parallel_estimate(local_mean_sq, global_sq, local, world, all_reduce=False))
     assert (ests[0].b_small, ests[0].b_big) == (3.0, 12.0)
     assert_unbiased([e.g2 for e in ests], exact.g2, "g2")
     assert_unbiased([e.trace_sigma for e in ests], exact.trace_sigma, "trace_sigma")
@@ -518,6 +541,9 @@ def test_hessian_sample_mode_unbiased(exact: Exact) -> None:
     assert_unbiased([r.g2 for r in res], exact.g2, "|G|^2")
     with pytest.raises(ValueError, match="together"):
         hessian_noise_scale(model, mse_half, *exact.tensors(np.arange(4)), hessian_inputs=hx)
+    drop = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.1), nn.Linear(4, 1)).train()
+    with pytest.raises(ValueError, match="dropout '1' is in train mode"):
+        hessian_noise_scale(drop, mse_half, *exact.tensors(np.arange(4)))
 
 
 # ----------------------------------------------------------------------------- sources agree on a network

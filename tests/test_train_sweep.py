@@ -147,3 +147,12 @@ def test_budget_exhausted_when_goals_are_out_of_reach(problem, tmp_path):
     summary = train_run(problem, cfg, tmp_path, progress=False)
     assert summary["status"] == "budget_exhausted"
     assert summary["n_steps"] == 10 and summary["steps_to_goal"]["0.0"] is None
+
+
+def test_goal_met_before_training_fails_clearly(problem, tmp_path):
+    from gns_utils.config import ConfigError
+
+    cfg = make_experiment({**BASE, "goals": [0.99, 0.15], "max_widen": 0})
+    with pytest.raises(ConfigError, match=r"already met before training"):
+        run_sweep(cfg, tmp_path, problem=problem, progress=False)
+    assert len(list((tmp_path / "tiny" / "runs").iterdir())) == 1  # stopped after the first run
