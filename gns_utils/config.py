@@ -36,8 +36,42 @@ def _frozen_mapping(value: Mapping[str, Any] | None) -> types.MappingProxyType:
     return types.MappingProxyType(dict(value or {}))
 
 
-@dataclass(frozen=True)
-class ExperimentConfig:
+@dataclass(frozen=True, kw_only=True)
+class _RunFields:
+    """The fields every run of an experiment shares (documented in :class:`ExperimentConfig`)."""
+
+    task: str
+    domain: str
+    dataset: str
+    model: str
+    optimizer: str
+    metric: str
+    goals: tuple[float, ...]
+    budget_examples: int
+    data_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    model_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    optimizer_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    n_micro: int = 2
+    eval_examples: int = 4096
+    evals_per_decade: int = 30
+    grad_clip: float | None = None
+    b_noise_examples: int = 0
+    seed: int = 0
+    device: str = "auto"
+    profile: str = "cpu"
+
+    def __post_init__(self) -> None:
+        for name in ("data_kwargs", "model_kwargs", "optimizer_kwargs"):
+            object.__setattr__(self, name, _frozen_mapping(getattr(self, name)))
+        object.__setattr__(self, "goals", tuple(float(g) for g in self.goals))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-Python copy (for JSON)."""
+        return _asdict(self)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExperimentConfig(_RunFields):
     """One task: what to train and how to sweep it.
 
     Attributes:
@@ -69,43 +103,18 @@ class ExperimentConfig:
         profile: the preset this config came from.
     """
 
-    task: str
-    domain: str
-    dataset: str
-    model: str
-    optimizer: str
-    metric: str
-    goals: tuple[float, ...]
     batch_sizes: tuple[int, ...]
     lr_star: float
     lr_b_star: float
-    budget_examples: int
-    data_kwargs: Mapping[str, Any] = field(default_factory=dict)
-    model_kwargs: Mapping[str, Any] = field(default_factory=dict)
-    optimizer_kwargs: Mapping[str, Any] = field(default_factory=dict)
     lr_alpha: float = 1.0
     lr_grid_size: int = 3
     lr_grid_spacing: float = 2.0
     max_widen: int = 2
-    n_micro: int = 2
-    eval_examples: int = 4096
-    evals_per_decade: int = 30
-    grad_clip: float | None = None
-    b_noise_examples: int = 0
-    seed: int = 0
-    device: str = "auto"
-    profile: str = "cpu"
 
     def __post_init__(self) -> None:
-        for name in ("data_kwargs", "model_kwargs", "optimizer_kwargs"):
-            object.__setattr__(self, name, _frozen_mapping(getattr(self, name)))
-        object.__setattr__(self, "goals", tuple(float(g) for g in self.goals))
+        super().__post_init__()
         object.__setattr__(self, "batch_sizes", tuple(int(b) for b in self.batch_sizes))
         _check_experiment(self)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain-Python copy (for JSON)."""
-        return _asdict(self)
 
     def run(self, batch_size: int, lr: float, **changes: Any) -> "RunConfig":
         """The :class:`RunConfig` of one (B, ε) point of this experiment.
@@ -113,53 +122,29 @@ class ExperimentConfig:
         Sweep runs do not measure B_noise (``b_noise_examples=0``) unless ``changes`` asks;
         only the reference run does (see :mod:`gns_utils.pipeline`).
         """
-        base = {f.name: getattr(self, f.name) for f in dataclasses.fields(RunConfig) if hasattr(self, f.name)}
+        base = {f.name: getattr(self, f.name) for f in dataclasses.fields(_RunFields)}
         base.update(batch_size=int(batch_size), lr=float(lr), b_noise_examples=0)
         base.update(changes)
         return RunConfig(**base)
 
 
-@dataclass(frozen=True)
-class RunConfig:
+@dataclass(frozen=True, kw_only=True)
+class RunConfig(_RunFields):
     """One training run at batch size B and constant learning rate ε.
 
     Fields have the meaning given in :class:`ExperimentConfig`. ``device`` and
     ``profile`` do not enter :attr:`run_id` (they do not change what is computed).
     """
 
-    task: str
-    domain: str
-    dataset: str
-    model: str
-    optimizer: str
-    metric: str
-    goals: tuple[float, ...]
     batch_size: int
     lr: float
-    budget_examples: int
-    data_kwargs: Mapping[str, Any] = field(default_factory=dict)
-    model_kwargs: Mapping[str, Any] = field(default_factory=dict)
-    optimizer_kwargs: Mapping[str, Any] = field(default_factory=dict)
-    n_micro: int = 2
-    eval_examples: int = 4096
-    evals_per_decade: int = 30
-    grad_clip: float | None = None
-    b_noise_examples: int = 0
-    seed: int = 0
-    device: str = "auto"
-    profile: str = "cpu"
 
     def __post_init__(self) -> None:
-        for name in ("data_kwargs", "model_kwargs", "optimizer_kwargs"):
-            object.__setattr__(self, name, _frozen_mapping(getattr(self, name)))
-        object.__setattr__(self, "goals", tuple(float(g) for g in self.goals))
+        super().__post_init__()
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ConfigError(f"lr must be a positive finite number, got {self.lr}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return _asdict(self)
 
     @property
     def run_id(self) -> str:
