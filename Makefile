@@ -3,6 +3,8 @@
 #   make test        the whole test suite, every notebook included at smoke size
 SHELL := /bin/bash
 PROFILE ?= cpu
+# Domain notebooks run in parallel, one per core, single-threaded; one at a time on a GPU.
+JOBS ?= $(if $(filter paper,$(PROFILE)),1,$(shell nproc))
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -38,7 +40,7 @@ smoke: data
 # The main job: every domain notebook at PROFILE, then the summary. Executed copies and
 # every figure / summary land in results/.
 reproduce: data
-	$(PY) scripts/reproduce.py --profile $(PROFILE)
+	$(PY) scripts/reproduce.py --profile $(PROFILE) --jobs $(JOBS)
 
 image: data
 	$(PY) scripts/reproduce.py --profile $(PROFILE) --only 01_image_classification

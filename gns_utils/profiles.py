@@ -37,13 +37,23 @@ _IMAGE_CPU_SGD = dict(
 _IMAGE_CPU_ADAM = dict(
     _IMAGE_CPU_SGD, task="fashion_mnist_mlp_adam", optimizer="adam", lr_star=1e-2, lr_b_star=256.0, lr_alpha=0.5,
 )
-_IMAGE_PAPER = dict(
+# The paper's image set-ups (Table 1; App. A): SVHN goals are the paper's training errors.
+_IMAGE_PAPER_SVHN_SGD = dict(
     task="svhn_cnn_sgd", domain="image", dataset="svhn", data_kwargs={"download": True}, model="paper_cnn",
     model_kwargs={}, optimizer="sgd", metric="error", goals=[0.2, 0.1, 0.07, 0.05, 0.035, 0.025, 0.015, 0.004],
     batch_sizes=[2**k for k in range(2, 15)], lr_star=0.5, lr_b_star=500.0, lr_grid_size=5,
     lr_grid_spacing=2.0, max_widen=3, budget_examples=20_000_000, eval_examples=10_000,
     evals_per_decade=40, b_noise_examples=1000, profile="paper",
 )
+_IMAGE_PAPER = [
+    dict(_IMAGE_PAPER_SVHN_SGD, task="mnist_cnn_sgd", dataset="mnist", goals=[0.1, 0.05, 0.03, 0.02, 0.01, 0.005],
+         lr_b_star=200.0, budget_examples=10_000_000),
+    _IMAGE_PAPER_SVHN_SGD,
+    dict(_IMAGE_PAPER_SVHN_SGD, task="svhn_cnn_adam", optimizer="adam", lr_star=3e-3, lr_alpha=0.5),
+    dict(_IMAGE_PAPER_SVHN_SGD, task="cifar10_resnet32_momentum", dataset="cifar10", model="resnet32",
+         optimizer="momentum", goals=[0.5, 0.3, 0.2, 0.1, 0.05], lr_star=1.0, lr_b_star=1000.0,
+         budget_examples=50_000_000, b_noise_examples=0),
+]
 
 # --------------------------------------------------------------------------------------
 # Language model (notebook 02). Batch sizes in sequences; B is reported in tokens.
@@ -99,7 +109,7 @@ _AE_PAPER = dict(
 _VAE_PAPER = dict(_AE_PAPER, task="svhn_vae", model="vae")
 
 PRESETS: dict[str, dict[str, list[dict[str, Any]]]] = {
-    "image": {"smoke": [_IMAGE_SMOKE], "cpu": [_IMAGE_CPU_SGD, _IMAGE_CPU_ADAM], "paper": [_IMAGE_PAPER]},
+    "image": {"smoke": [_IMAGE_SMOKE], "cpu": [_IMAGE_CPU_SGD, _IMAGE_CPU_ADAM], "paper": _IMAGE_PAPER},
     "language": {"smoke": [_LM_SMOKE], "cpu": [_LM_CPU], "paper": [_LM_PAPER]},
     "autoencoder": {"smoke": [_AE_SMOKE, dict(_AE_SMOKE, task="smoke_vae", model="vae", goals=[41.0, 37.0])],
                     "cpu": [_AE_CPU, _VAE_CPU], "paper": [_AE_PAPER, _VAE_PAPER]},

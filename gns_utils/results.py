@@ -33,9 +33,9 @@ import pandas as pd
 from gns_utils.paths import repo_root
 
 #: Every status a finished run can have.
-STATUSES = ("complete", "diverged", "budget_exhausted", "failed")
+STATUSES = ("complete", "diverged", "budget_exhausted", "pruned", "failed")
 #: Statuses that are final: a resumed sweep skips these runs (``failed`` is retried).
-FINAL_STATUSES = ("complete", "diverged", "budget_exhausted")
+FINAL_STATUSES = ("complete", "diverged", "budget_exhausted", "pruned")
 
 
 def _jsonable(obj: Any) -> Any:

@@ -8,7 +8,8 @@ available afterwards.
 
 A run ends with one of the statuses of :data:`gns_utils.results.STATUSES`:
 ``complete`` (the last goal was reached), ``budget_exhausted`` (the example budget
-ran out first), ``diverged`` (a non-finite loss, or the evaluated loss grew past
+ran out first), ``pruned`` (stopped by the sweep once it could no longer be the fastest
+run at its batch size), ``diverged`` (a non-finite loss, or the evaluated loss grew past
 ``BLOWUP_FACTOR`` × its initial value) or ``failed`` (an exception; recorded by the
 sweep). Divergence is recorded, never raised.
 """
@@ -93,7 +94,8 @@ def _split(batch: tuple[torch.Tensor, ...], parts: int) -> list[tuple[torch.Tens
     return [tuple(c[i] for c in chunks) for i in range(len(chunks[0]))]
 
 
-def train_run(problem: Any, cfg: RunConfig, results_dir: str | Path, progress: bool = True) -> dict[str, Any]:
+def train_run(problem: Any, cfg: RunConfig, results_dir: str | Path, progress: bool = True,
+              prune_after: int | None = None) -> dict[str, Any]:
     """Train one run and write ``config.json``, ``metrics.csv`` and ``summary.json``.
 
     Any previous contents of the run folder are removed first (the caller decides
@@ -104,6 +106,9 @@ def train_run(problem: Any, cfg: RunConfig, results_dir: str | Path, progress: b
         cfg: the run's configuration.
         results_dir: root of the results store.
         progress: show a tqdm bar over steps.
+        prune_after: stop with status ``pruned`` after this many steps if the last goal
+            is still unreached (the sweep passes a bound past which the run cannot be the
+            fastest at its batch size for any goal); None = run to the budget.
 
     Returns:
         The summary written to ``summary.json``.
@@ -125,6 +130,8 @@ def train_run(problem: Any, cfg: RunConfig, results_dir: str | Path, progress: b
     units_per_step = cfg.batch_size * problem.units_per_example
     max_steps = int(math.ceil(cfg.budget_examples / cfg.batch_size))
     schedule = set(eval_schedule(max_steps, cfg.evals_per_decade).tolist())
+    if prune_after is not None:
+        schedule.add(int(prune_after))
     n_micro = min(cfg.n_micro, cfg.batch_size)
     goals_left = list(cfg.goals)
     b_noise_rows: list[dict[str, float]] = []
@@ -159,6 +166,9 @@ def train_run(problem: Any, cfg: RunConfig, results_dir: str | Path, progress: b
                     status = "complete"
                     break
                 if step >= max_steps:
+                    break
+                if prune_after is not None and step >= prune_after:
+                    status = "pruned"
                     break
             step += 1
             loss = _train_step(problem, model, optimizer, sampler, monitor, ema, interval, n_micro, cfg.grad_clip)

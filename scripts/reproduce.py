@@ -1,19 +1,22 @@
 """Execute the notebooks with papermill at one profile; executed copies go to results/.
 
-Usage: python scripts/reproduce.py [--profile cpu|smoke|paper] [--only NAME ...] [--results-dir DIR]
+Usage: python scripts/reproduce.py [--profile cpu|smoke|paper] [--only NAME ...] [--jobs N] [--results-dir DIR]
 
-Every domain notebook runs in turn; one that fails is reported with its error and the
-others still run; the summary notebook runs last and marks missing tasks. Progress
-per notebook and the total wall time are printed and written to
-``<results-dir>/reproduce_log.json``.
+The domain notebooks run ``--jobs`` at a time (default: one per CPU core, each kernel
+single-threaded: the models are small, and more threads than free cores makes PyTorch's
+CPU kernels many times slower); one that fails is reported with its error and the others
+still run; the summary notebook runs last and marks missing tasks. Progress per notebook
+and the total wall time are printed and written to ``<results-dir>/reproduce_log.json``.
+On a GPU machine use ``--jobs 1``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import papermill as pm
@@ -21,7 +24,30 @@ import papermill as pm
 from gns_utils.paths import repo_path
 from gns_utils.results import provenance, write_json_atomic
 
-NOTEBOOKS = ["01_image_classification", "02_language_model", "03_autoencoder", "99_summary"]
+# Longest first, so two workers finish together.
+NOTEBOOKS = ["02_language_model", "01_image_classification", "03_autoencoder", "99_summary"]
+
+
+def run_notebook(name: str, profile: str, results_dir: str) -> dict:
+    """Execute one notebook with papermill; return its status, error and wall time."""
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # inherited by the kernel: one thread per notebook
+    print(f"[reproduce] {name} at profile={profile} started", flush=True)
+    t0 = time.perf_counter()
+    entry: dict = {"output": str(Path(results_dir) / f"{name}.ipynb")}
+    try:
+        pm.execute_notebook(
+            str(repo_path("notebooks", f"{name}.ipynb")), str(repo_path(results_dir) / f"{name}.ipynb"),
+            parameters={"profile": profile, "results_dir": results_dir},
+            cwd=str(repo_path("notebooks")), progress_bar=False, log_output=False,
+        )
+        entry["status"] = "ok"
+    except Exception as err:  # noqa: BLE001 — report and go on with the other notebooks
+        entry["status"] = "failed"
+        entry["error"] = f"{type(err).__name__}: {str(err)[-2000:]}"
+        print(f"[reproduce] {name} FAILED: {entry['error']}", file=sys.stderr, flush=True)
+    entry["wall_time_s"] = round(time.perf_counter() - t0, 1)
+    print(f"[reproduce] {name}: {entry['status']} in {entry['wall_time_s'] / 60:.1f} min", flush=True)
+    return entry
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", default="cpu", choices=["smoke", "cpu", "paper"])
     parser.add_argument("--only", nargs="*", choices=NOTEBOOKS, help="run only these notebooks")
     parser.add_argument("--results-dir", default="results", help="results root (relative to the repository)")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="domain notebooks run at once")
     args = parser.parse_args(argv)
 
     notebooks = args.only or NOTEBOOKS
@@ -38,28 +65,19 @@ def main(argv: list[str] | None = None) -> int:
     notebooks = [n for n in notebooks if n not in missing]
     results = repo_path(args.results_dir)
     results.mkdir(parents=True, exist_ok=True)
-    log = {"profile": args.profile, "notebooks": {}, "provenance": provenance()}
+    log = {"profile": args.profile, "jobs": args.jobs, "notebooks": {}, "provenance": provenance()}
     start = time.perf_counter()
-    for i, name in enumerate(notebooks, 1):
-        print(f"[reproduce] ({i}/{len(notebooks)}) {name} at profile={args.profile} ...", flush=True)
-        t0 = time.perf_counter()
-        entry: dict = {"output": str(Path(args.results_dir) / f"{name}.ipynb")}
-        try:
-            pm.execute_notebook(
-                str(repo_path("notebooks", f"{name}.ipynb")), str(results / f"{name}.ipynb"),
-                parameters={"profile": args.profile, "results_dir": args.results_dir},
-                cwd=str(repo_path("notebooks")), progress_bar=False, log_output=False,
-            )
-            entry["status"] = "ok"
-        except Exception as err:  # noqa: BLE001 — report and go on with the other notebooks
-            entry["status"] = "failed"
-            entry["error"] = f"{type(err).__name__}: {str(err)[-2000:]}"
-            print(f"[reproduce] {name} FAILED: {entry['error']}", file=sys.stderr, flush=True)
-        entry["wall_time_s"] = round(time.perf_counter() - t0, 1)
-        log["notebooks"][name] = entry
-        print(f"[reproduce] {name}: {entry['status']} in {entry['wall_time_s'] / 60:.1f} min", flush=True)
-        log["total_wall_time_s"] = round(time.perf_counter() - start, 1)
-        write_json_atomic(results / "reproduce_log.json", log)
+    domain = [n for n in notebooks if n != "99_summary"]
+    with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        futures = {pool.submit(run_notebook, name, args.profile, args.results_dir): name for name in domain}
+        for future in as_completed(futures):
+            log["notebooks"][futures[future]] = future.result()
+            log["total_wall_time_s"] = round(time.perf_counter() - start, 1)
+            write_json_atomic(results / "reproduce_log.json", log)
+    if "99_summary" in notebooks:
+        log["notebooks"]["99_summary"] = run_notebook("99_summary", args.profile, args.results_dir)
+    log["total_wall_time_s"] = round(time.perf_counter() - start, 1)
+    write_json_atomic(results / "reproduce_log.json", log)
     failed = [n for n, e in log["notebooks"].items() if e["status"] != "ok"]
     print(f"[reproduce] done in {log.get('total_wall_time_s', 0) / 60:.1f} min; "
           f"{len(notebooks) - len(failed)} ok, {len(failed)} failed {failed if failed else ''}")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fabricate import write_cifar10, write_idx, write_mnist_like, write_svhn_mat
 import torch
 
 from gns_utils import data
@@ -36,73 +37,6 @@ def _no_system_fashion(monkeypatch: pytest.MonkeyPatch) -> None:
 
 # ----------------------------------------------------------------------------------------
 # Writers of the real formats
-
-
-def write_idx(path: Path, array: np.ndarray) -> None:
-    """IDX (LeCun): magic 0x0000 08 <ndim> big-endian, the dims as big-endian uint32, uint8 data."""
-    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    payload = header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
-    if path.suffix == ".gz":
-        with gzip.open(path, "wb") as f:
-            f.write(payload)
-    else:
-        path.write_bytes(payload)
-
-
-def write_mnist_like(raw: Path, n_train: int = 12, n_test: int = 5, gz: bool = True,
-                     seed: int = 0) -> dict[str, np.ndarray]:
-    """The four IDX files of a tiny MNIST-format data set; returns the arrays written."""
-    rng = np.random.default_rng(seed)
-    raw.mkdir(parents=True, exist_ok=True)
-    arrays = {
-        "train-images-idx3-ubyte": rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
-        "train-labels-idx1-ubyte": (np.arange(n_train) % 10).astype(np.uint8),
-        "t10k-images-idx3-ubyte": rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
-        "t10k-labels-idx1-ubyte": (np.arange(n_test)[::-1] % 10).astype(np.uint8),
-    }
-    for name, arr in arrays.items():
-        write_idx(raw / (f"{name}.gz" if gz else name), arr)
-    return arrays
-
-
-def write_svhn_mat(path: Path, n: int = 7, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """An SVHN ``*_32x32.mat``: X uint8 [32, 32, 3, n], y [n, 1] in 1..10 (10 = digit 0)."""
-    from scipy.io import savemat
-
-    rng = np.random.default_rng(seed)
-    X = rng.integers(0, 256, (32, 32, 3, n), dtype=np.uint8)
-    y = (np.arange(n) % 10 + 1).astype(np.uint8).reshape(n, 1)  # 1..10
-    path.parent.mkdir(parents=True, exist_ok=True)
-    savemat(str(path), {"X": X, "y": y})
-    return X, y
-
-
-def write_cifar10(folder: Path, n_per_batch: int = 4, seed: int = 0) -> dict[str, dict]:
-    """The seven files of ``cifar-10-batches-py`` in the real pickle format (tiny batches).
-
-    The real batches are Python 2 pickles whose keys are py2 ``str``; read with
-    ``encoding="latin1"`` (as torchvision does) they come back as ``str`` keys, which is
-    what a protocol-2 pickle of ``str`` keys written here gives too. ``data`` is uint8
-    ``[n, 3072]`` (per image 1024 red, 1024 green, 1024 blue values), ``labels`` a list.
-    """
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    written = {}
-    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
-    for k, name in enumerate(names):
-        batch = {"batch_label": f"{name} of 6",
-                 "labels": [int((k + i) % 10) for i in range(n_per_batch)],
-                 "data": rng.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8),
-                 "filenames": [f"{name}_{i}.png" for i in range(n_per_batch)]}
-        with open(folder / name, "wb") as f:
-            pickle.dump(batch, f, protocol=2)
-        written[name] = batch
-    meta = {"label_names": ["airplane", "automobile", "bird", "cat", "deer", "dog",
-                            "frog", "horse", "ship", "truck"],
-            "num_cases_per_batch": n_per_batch, "num_vis": 3072}
-    with open(folder / "batches.meta", "wb") as f:
-        pickle.dump(meta, f, protocol=2)
-    return written
 
 
 def check_image_tensors(d: ImageTensors, n: int, shape: tuple[int, int, int]) -> None:

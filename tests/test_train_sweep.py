@@ -97,11 +97,11 @@ def test_interrupted_sweep_resumes_only_missing_runs(problem, tmp_path, monkeypa
     calls = []
     real = sweep_module.train_run
 
-    def interrupt_after_three(problem, run_cfg, results_dir, progress=True):
+    def interrupt_after_three(problem, run_cfg, results_dir, **kwargs):
         if len(calls) == 3:
             raise KeyboardInterrupt
         calls.append(run_cfg.run_id)
-        return real(problem, run_cfg, results_dir, progress)
+        return real(problem, run_cfg, results_dir, **kwargs)
 
     monkeypatch.setattr(sweep_module, "train_run", interrupt_after_three)
     with pytest.raises(KeyboardInterrupt):
@@ -110,7 +110,7 @@ def test_interrupted_sweep_resumes_only_missing_runs(problem, tmp_path, monkeypa
 
     resumed = []
     monkeypatch.setattr(sweep_module, "train_run",
-                        lambda p, c, r, progress=True: resumed.append(c.run_id) or real(p, c, r, progress))
+                        lambda p, c, r, **kw: resumed.append(c.run_id) or real(p, c, r, **kw))
     table = run_sweep(cfg, tmp_path, problem=problem, progress=False)
     assert table["run_id"].nunique() == 6
     assert len(resumed) == 3 and not set(resumed) & set(calls)
@@ -129,10 +129,10 @@ def test_failed_run_is_recorded_and_the_sweep_goes_on(problem, tmp_path, monkeyp
     cfg = make_experiment({**BASE, "max_widen": 0})
     real = sweep_module.train_run
 
-    def fail_at_batch_16(problem, run_cfg, results_dir, progress=True):
+    def fail_at_batch_16(problem, run_cfg, results_dir, **kwargs):
         if run_cfg.batch_size == 16:
             raise RuntimeError("simulated out-of-memory")
-        return real(problem, run_cfg, results_dir, progress)
+        return real(problem, run_cfg, results_dir, **kwargs)
 
     monkeypatch.setattr(sweep_module, "train_run", fail_at_batch_16)
     table = run_sweep(cfg, tmp_path, problem=problem, progress=False)
@@ -156,3 +156,18 @@ def test_goal_met_before_training_fails_clearly(problem, tmp_path):
     with pytest.raises(ConfigError, match=r"already met before training"):
         run_sweep(cfg, tmp_path, problem=problem, progress=False)
     assert len(list((tmp_path / "tiny" / "runs").iterdir())) == 1  # stopped after the first run
+
+
+def test_hopeless_rates_are_pruned_without_changing_the_best_runs(problem, tmp_path):
+    cfg = make_experiment({**BASE, "batch_sizes": [4, 8, 16], "lr_grid_size": 3, "lr_grid_spacing": 8.0,
+                           "max_widen": 0})
+    table = run_sweep(cfg, tmp_path, problem=problem, progress=False)
+    runs = table.drop_duplicates("run_id")
+    pruned = runs[runs["status"] == "pruned"]
+    assert len(pruned) >= 1  # the smallest rates (8x and 64x below the centre) are hopeless
+    for _, run in pruned.iterrows():
+        summary = load_run_summary(run_dir(tmp_path, "tiny", run["run_id"]))
+        last_goal = table[(table.batch_examples == run.batch_examples) & (table.goal == 0.15)]["steps"]
+        assert last_goal.min() < summary["n_steps"] <= 2 * last_goal.max() + 2  # slower than the fastest
+    best = best_runs(table)
+    assert not best["run_id"].isin(pruned["run_id"]).any() or best.merge(pruned[["run_id"]])["steps"].notna().all()
