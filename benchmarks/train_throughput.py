@@ -51,7 +51,7 @@ def engine(model_name: str, problem: ClassificationProblem, batch_size: int, n_e
     """Seconds for one ``train_run`` over ``n_examples`` examples (goal unreachable, few evaluations)."""
     cfg = make_experiment(dict(
         task=f"bench_{model_name}", domain="image", dataset="random", model=model_name, model_kwargs=MODELS[model_name],
-        optimizer="sgd", metric="error", goals=[-1.0], batch_sizes=[32, 64, 1024], lr_star=0.01, lr_b_star=1.0,
+        optimizer="sgd", metric="error", goals=[-1.0], batch_sizes=[2, 4, 8], lr_star=0.01, lr_b_star=1.0,
         budget_examples=n_examples, eval_examples=256, evals_per_decade=1, profile="cpu",
     )).run(batch_size, 0.01)
     start = time.perf_counter()

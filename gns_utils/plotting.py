@@ -54,6 +54,8 @@ AXIS_LABELS = {
     "b_simple": r"$B_\mathrm{simple}$",
     "b_crit": r"$B_\mathrm{crit}$",
     "batch_size": "batch size $B$",
+    "batch_units": "batch size $B$ (units)",
+    "error": "training error",
     "lr": r"learning rate $\epsilon$",
 }
 _STYLE_SET = False

@@ -11,8 +11,10 @@ Reads the results store only (never trains) and writes ``<results_dir>/<task>/su
                                   a run with a well-tuned learning rate, App. C).
 * ``b_simple_start``              ratio of the mean |G|^2 and tr Σ estimates of the
                                   reference run before it reached the first goal.
-* ``b_noise``                     mean of the Hessian B_noise (2.8) at the goal checkpoints of
-                                  the reference run, where measured.
+* ``b_noise``                     Hessian B_noise (2.8) over the reference run's goal checkpoints,
+                                  as the ratio of the summed tr(HΣ) and GᵀHG estimates (a ratio of
+                                  means, like B_simple: single checkpoints on a few hundred
+                                  examples are noisy and GᵀHG can come out ≤ 0), where measured.
 """
 
 from __future__ import annotations
@@ -79,7 +81,7 @@ def summarize_task(cfg: ExperimentConfig, table: pd.DataFrame, by_goal: pd.DataF
         "b_crit_start_bound": first["bound"],
         "b_simple": _num(b_simple),
         "b_simple_start": _num(b_simple_start),
-        "b_noise": _num(b_noise_table["b_noise"].mean()) if len(b_noise_table) else None,
+        "b_noise": _num(b_noise_table["trace_h_sigma"].sum() / b_noise_table["g_h_g"].sum()) if len(b_noise_table) else None,
         "reference_run": {"run_id": reference_run_id, "batch_size": batch_units,
                           "lr": float(noise["lr"].iloc[0])},
         "n_runs": int(table["run_id"].nunique()),

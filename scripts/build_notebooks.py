@@ -29,8 +29,8 @@ FIGURES_COMMON = {
 # Fig 6: training curves of the best-tuned run at each batch size, against steps and against examples.
 for name, res in results.items():
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    plotting.plot_training_curves(axes[0], res.curves, x="step", y=res.cfg.metric)
-    plotting.plot_training_curves(axes[1], res.curves, x="examples", y=res.cfg.metric)
+    plotting.plot_training_curves(axes[0], res.curves, x="step", y=res.cfg.metric, hue="batch_units")
+    plotting.plot_training_curves(axes[1], res.curves, x="examples", y=res.cfg.metric, hue="batch_units")
     fig.suptitle(f"{name}: training {res.cfg.metric} per batch size (best learning rate)")
     plotting.save_figure(fig, res.figure_dir / "training_curves")
     plt.show()""",

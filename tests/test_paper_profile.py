@@ -39,5 +39,5 @@ def test_paper_image_setup_on_fabricated_files(task, tmp_path):
     summary = json.loads((tmp_path / "results" / task / "summary.json").read_text())
     assert summary["task"] == task and summary["dataset"] == preset.dataset and summary["model"] == preset.model
     assert result.table["run_id"].nunique() == 3
-    assert result.table.drop_duplicates("run_id")["status"].isin(["complete", "budget_exhausted"]).all()
+    assert result.table.drop_duplicates("run_id")["status"].isin(["complete", "budget_exhausted", "pruned"]).all()
     assert result.best["steps"].notna().any()
