@@ -236,8 +236,18 @@ class NoiseScaleEMA:
     Every accepted step is also kept raw (:meth:`history`, :meth:`to_dataframe`) so it
     can be re-analysed, and :meth:`uncertainty` gives a standard error for ``B_simple``.
 
+    Short runs: a constant decay lags ``d/(1−d)`` steps (99 at ``d = 0.99``), so on a run of
+    a few hundred steps the averages still hold the large early ``|G|^2`` and ``B_simple``
+    comes out far too low. With ``adaptive = k`` the decay at the ``t``-th accepted step is
+    ``d_t = min(d, 1 − k/(t+k−1))``: until ``d`` takes over (near ``t = k/(1−d)``) step ``s``
+    is weighted ``∝ s(s+1)…(s+k−2) ≈ s^(k−1)`` (``k = 1``: the plain running mean; ``k = 2``:
+    ``∝ s``), so the lag stays about ``t/(k+1)`` — a fixed fraction of the run, as suits
+    training dynamics that move on a log scale of steps. Debiasing divides by ``1 − Π d_t``
+    (``1 − d^t`` for a constant decay; 1 once ``d_1 = 0``).
+
     Args:
         decay: ``d`` in [0, 1); the averages span about ``(1+d)/(1−d)`` steps.
+        adaptive: ``k ≥ 1`` for the step-dependent decay above; None keeps ``d`` constant.
 
     Attributes:
         count: steps accepted into the averages.
@@ -245,10 +255,14 @@ class NoiseScaleEMA:
         n_skipped: steps ignored because an estimate was nan or infinite.
     """
 
-    def __init__(self, decay: float = 0.99) -> None:
+    def __init__(self, decay: float = 0.99, adaptive: float | None = None) -> None:
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"decay must be in [0, 1), got {decay}")
+        if adaptive is not None and not (math.isfinite(adaptive) and adaptive >= 1.0):
+            raise ValueError(f"adaptive must be None or a number >= 1 (the k of d_t = 1 - k/(t+k-1)), got {adaptive}")
         self.decay = float(decay)
+        self.adaptive = None if adaptive is None else float(adaptive)
+        self._decay_product = 1.0
         self.count = 0
         self.n_negative_g2 = 0
         self.n_skipped = 0
@@ -271,15 +285,34 @@ class NoiseScaleEMA:
             return
         self.count += 1
         self.n_negative_g2 += g2 < 0
-        self._m_g2 = self.decay * self._m_g2 + (1 - self.decay) * g2
-        self._m_trace = self.decay * self._m_trace + (1 - self.decay) * trace
+        d = self.step_decay(self.count)
+        self._decay_product *= d
+        self._m_g2 = d * self._m_g2 + (1 - d) * g2
+        self._m_trace = d * self._m_trace + (1 - d) * trace
         for key, value in (("step", self._n_updates - 1), ("g2", g2), ("trace_sigma", trace),
                            ("b_small", estimate.b_small), ("b_big", estimate.b_big), ("b_simple_ema", self.b_simple)):
             self._rows[key].append(float(value))
 
+    def step_decay(self, t: int) -> float:
+        """The decay ``d_t`` applied at the ``t``-th accepted step (``t ≥ 1``)."""
+        if self.adaptive is None:
+            return self.decay
+        return min(self.decay, 1.0 - self.adaptive / (t + self.adaptive - 1.0))
+
+    @property
+    def effective_steps(self) -> float:
+        """Effective number of steps ``(Σ w)² / Σ w²`` behind the averages, with
+        ``w_s = (1 − d_s) Π_{u>s} d_u`` the weight of accepted step ``s``."""
+        if not self.count:
+            return 0.0
+        d = np.array([self.step_decay(t) for t in range(1, self.count + 1)])
+        later = np.append(np.cumprod(d[::-1])[::-1][1:], 1.0)  # Π_{u>s} d_u
+        w = (1.0 - d) * later
+        return float(w.sum() ** 2 / (w**2).sum())
+
     @property
     def _debias(self) -> float:
-        return 1.0 - self.decay**self.count
+        return 1.0 - self._decay_product
 
     @property
     def g2(self) -> float:
@@ -313,14 +346,15 @@ class NoiseScaleEMA:
 
         The statistic is the plain ratio of means ``Σ tr Σ_t / Σ |G|^2_t`` over the last
         ``window`` steps, which approximates the EMA ratio when the window matches the
-        EMA's effective length ``(1+d)/(1−d)`` (the default). A delete-one-block
+        averages' effective length (the default: :attr:`effective_steps`, which is
+        ``(1+d)/(1−d)`` for a long run at constant decay). A delete-one-block
         jackknife is used rather than a bootstrap: the ratio of means is a smooth function
         of two means, for which the jackknife is consistent, it is deterministic (no
         random seed) and costs ``n_blocks`` ratios; contiguous blocks absorb the serial
         correlation that slowly drifting weights put between nearby steps.
 
         Args:
-            window: number of most recent steps; default ``round((1+d)/(1−d))``.
+            window: number of most recent steps; default ``round(effective_steps)``.
             n_blocks: jackknife blocks.
 
         Returns:
@@ -330,7 +364,7 @@ class NoiseScaleEMA:
             ValueError: fewer than 2 accepted steps.
         """
         if window is None:
-            window = max(2, round((1 + self.decay) / (1 - self.decay)))
+            window = max(2, round(self.effective_steps))
         rows = self._rows
         return ratio_of_means_jackknife(np.asarray(rows["trace_sigma"][-window:]),
                                         np.asarray(rows["g2"][-window:]), n_blocks)

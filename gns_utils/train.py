@@ -36,6 +36,9 @@ from gns_utils.seed import set_seed
 BLOWUP_FACTOR = 5.0
 #: Decay of the two EMAs of |G|^2 and tr Σ behind B_simple (window ≈ 1 / (1 − decay) steps).
 NOISE_EMA_DECAY = 0.99
+#: ``k`` of the EMAs' step-dependent decay min(0.99, 1 − k/(t+k−1)): their lag stays ≈ t/(k+1) steps, so
+#: runs of a few dozen steps (large batches) are not dominated by their first steps' large |G|^2.
+NOISE_EMA_ADAPTIVE = 4.0
 
 
 def make_optimizer(model: torch.nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
@@ -126,7 +129,7 @@ def train_run(problem: Any, cfg: RunConfig, results_dir: str | Path, progress: b
     optimizer = make_optimizer(model, cfg)
     sampler = EpochSampler(problem.n_train, cfg.batch_size, torch.Generator().manual_seed(cfg.seed), problem.device)
     monitor = GradientNoiseMonitor(model.parameters())
-    ema = NoiseScaleEMA(decay=NOISE_EMA_DECAY)
+    ema = NoiseScaleEMA(decay=NOISE_EMA_DECAY, adaptive=NOISE_EMA_ADAPTIVE)
     units_per_step = cfg.batch_size * problem.units_per_example
     max_steps = int(math.ceil(cfg.budget_examples / cfg.batch_size))
     schedule = set(eval_schedule(max_steps, cfg.evals_per_decade).tolist())

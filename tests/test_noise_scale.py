@@ -471,6 +471,45 @@ def test_ema_debiasing_and_counters() -> None:
         NoiseScaleEMA(decay=1.0)
 
 
+def test_adaptive_ema_weights_by_hand() -> None:
+    # k = 1: d_t = 1 − 1/t, the plain running mean of every step.
+    ema = NoiseScaleEMA(decay=0.99, adaptive=1)
+    g2, trace = np.array([4.0, -1.0, 2.0, 3.0]), np.array([1.0, 5.0, 2.0, 8.0])
+    for a, b in zip(g2, trace):
+        ema.update(NoiseEstimate(a, b, 1, 4))
+    assert ema.g2 == pytest.approx(g2.mean()) and ema.b_simple == pytest.approx(trace.sum() / g2.sum())
+    assert ema.effective_steps == pytest.approx(4.0)
+    # k = 2: step s is weighted ∝ s while 1 − 2/(t+1) < d.
+    ema = NoiseScaleEMA(decay=0.99, adaptive=2)
+    for a, b in zip(g2, trace):
+        ema.update(NoiseEstimate(a, b, 1, 4))
+    w = np.arange(1, 5) / 10.0
+    assert ema.g2 == pytest.approx(w @ g2) and ema.trace_sigma == pytest.approx(w @ trace)
+    assert ema.effective_steps == pytest.approx(1.0 / (w**2).sum())
+    # once 1 − k/t exceeds d the constant decay takes over
+    assert ema.step_decay(10_000) == 0.99 and ema.step_decay(1) == 0.0 and ema.step_decay(3) == 0.5
+    with pytest.raises(ValueError, match="adaptive must be"):
+        NoiseScaleEMA(adaptive=0.5)
+
+
+def test_adaptive_ema_tracks_a_short_run_that_constant_decay_lags() -> None:
+    # B_simple rising over a 60-step run (|G|^2 falls 10× while tr Σ stays): the constant
+    # 0.99 decay still averages over the whole run, the adaptive one follows the recent steps.
+    t = np.arange(1, 61)
+    g2, trace = 10.0 * 0.1 ** (t / 60), np.full(60, 100.0)
+    constant, adaptive = NoiseScaleEMA(decay=0.99), NoiseScaleEMA(decay=0.99, adaptive=4)
+    for a, b in zip(g2, trace):
+        constant.update(NoiseEstimate(a, b, 1, 4))
+        adaptive.update(NoiseEstimate(a, b, 1, 4))
+    truth = trace[-1] / g2[-1]
+    w = t * (t + 1) * (t + 2)  # k = 4: weights ∝ s(s+1)(s+2) (1 − 4/(t+3) < 0.99 throughout)
+    assert adaptive.b_simple == pytest.approx(trace[-1] / (w @ g2 / w.sum()))
+    assert 0.5 * truth < adaptive.b_simple < truth
+    assert constant.b_simple < 0.35 * truth  # lagging far behind
+    d = 0.99  # (Σ d^j)² / Σ d^2j over j < 60
+    assert constant.effective_steps == pytest.approx(((1 - d**60) / (1 - d)) ** 2 / ((1 - d**120) / (1 - d**2)))
+
+
 def test_ema_b_simple_converges(exact: Exact) -> None:
     ema = NoiseScaleEMA(decay=0.9999)  # about 20,000 steps at a fixed w
     feed(ema, sampled_estimates(exact, 40000, 16, 64, seed=6))
