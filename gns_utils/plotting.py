@@ -380,7 +380,7 @@ def _task_columns(start: bool) -> dict[str, str]:
     }
 
 
-def _draw_task(ax: Axes, row: pd.Series, cols: dict[str, str], colour: Any, marker: str) -> None:
+def _draw_task(ax: Axes, row: pd.Series, cols: dict[str, str], colour: Any, marker: str, label: str) -> None:
     """One task of Fig. 4: point, error bar, range bars or bound arrow, label."""
     x, y = float(row[cols["x"]]), float(row[cols["y"]])
     kind = row.get(cols["kind"], "value")
@@ -399,7 +399,10 @@ def _draw_task(ax: Axes, row: pd.Series, cols: dict[str, str], colour: Any, mark
     if kind == "value" and pd.notna(stderr) and stderr > 0:
         low = min(float(stderr), 0.9 * y)  # keep the bar positive on log axes
         ax.errorbar([x], [y], yerr=[[low], [float(stderr)]], fmt="none", ecolor=colour, capsize=3)
-    ax.annotate(str(row["task"]), (x, y), xytext=(4, 4), textcoords="offset points", fontsize="x-small")
+    # Measured tasks crowd together: a number left of the point, the name in the legend.
+    ax.annotate(label, (x, y), xytext=(-6, 2) if filled else (5, 4), textcoords="offset points",
+                ha="right" if filled else "left", fontsize="x-small", color=colour if filled else "black",
+                fontweight="bold" if filled else "normal")
 
 
 def plot_bcrit_vs_bsimple(ax: Axes, tasks: pd.DataFrame, start: bool = False) -> Axes:
@@ -422,8 +425,13 @@ def plot_bcrit_vs_bsimple(ax: Axes, tasks: pd.DataFrame, start: bool = False) ->
     cols = _task_columns(start)
     rows = tasks[pd.to_numeric(tasks[cols["x"]], errors="coerce").gt(0)
                  & pd.to_numeric(tasks[cols["y"]], errors="coerce").gt(0)]
+    numbers: dict[str, str] = {}
     for _, row in rows.iterrows():
-        _draw_task(ax, row, cols, SOURCE_COLOURS.get(row["source"], "C2"), UNIT_MARKERS.get(row["units"], "D"))
+        if row["source"] == "measured":
+            numbers[str(row["task"])] = label = str(len(numbers) + 1)
+        else:
+            label = str(row["task"])
+        _draw_task(ax, row, cols, SOURCE_COLOURS.get(row["source"], "C2"), UNIT_MARKERS.get(row["units"], "D"), label)
     values = np.concatenate([rows[cols["x"]].to_numpy(float), rows[cols["y"]].to_numpy(float)]) if len(rows) else []
     lo = min(1.0, float(np.min(values)) / 3) if len(values) else 1.0
     hi = max(1e8, float(np.max(values)) * 10) if len(values) else 1e8
@@ -445,5 +453,6 @@ def plot_bcrit_vs_bsimple(ax: Axes, tasks: pd.DataFrame, start: bool = False) ->
     for units in pd.unique(rows["units"].dropna()):
         handles.append(plt.Line2D([], [], ls="", marker=UNIT_MARKERS.get(units, "D"), color="black",
                                   markerfacecolor="none", label=f"batch in {units}"))
-    ax.legend(handles=handles, loc="upper left")
+    handles += [plt.Line2D([], [], ls="", label=f"{n}: {task}") for task, n in numbers.items()]
+    ax.legend(handles=handles, loc="upper left", fontsize="x-small")
     return ax
