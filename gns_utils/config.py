@@ -13,6 +13,7 @@ Unknown keys and wrong types raise :class:`ConfigError` with the fix in the mess
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 import re
 import types
@@ -193,8 +194,26 @@ def _check_experiment(cfg: ExperimentConfig) -> None:
         problems.append(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {cfg.device!r}")
     if cfg.grad_clip is not None and not cfg.grad_clip > 0:
         problems.append(f"grad_clip must be > 0 or None, got {cfg.grad_clip}")
+    problems += _model_problems(cfg.model, cfg.model_kwargs)
     if problems:
         raise ConfigError("invalid experiment configuration:\n  - " + "\n  - ".join(problems))
+
+
+def _model_problems(model: str, model_kwargs: Mapping[str, Any]) -> list[str]:
+    """Unknown model names, unknown ``model_kwargs`` keys or a bad ``arch`` (checked before training)."""
+    from gns_utils.models import MODELS, Autoencoder
+
+    if model not in MODELS:
+        return [f"model must be one of {tuple(MODELS)}, got {model!r}"]
+    cls = Autoencoder if model == "vae" else MODELS[model]
+    accepted = set(inspect.signature(cls).parameters) - {"variational"}
+    problems = []
+    unknown = sorted(set(model_kwargs) - accepted)
+    if unknown:
+        problems.append(f"model_kwargs {unknown} are not parameters of model {model!r}; it takes {sorted(accepted)}")
+    if "arch" in model_kwargs and model_kwargs["arch"] not in ("conv", "mlp"):
+        problems.append(f"arch must be 'conv' or 'mlp', got {model_kwargs['arch']!r}")
+    return problems
 
 
 def _check_type(name: str, value: Any, hint: Any) -> None:

@@ -70,6 +70,8 @@ def notebook(header: str, parameters: str, validate: str, compute: str, figures:
     cells = [new_markdown_cell(header), new_code_cell(parameters, metadata={"tags": ["parameters"]}),
              new_code_cell(SETUP), new_code_cell(validate), new_code_cell(compute)]
     cells += [new_code_cell(f) for f in figures]
+    for number, cell in enumerate(cells):
+        cell["id"] = f"cell-{number:02d}"  # stable ids: rebuilding changes only what was edited
     nb = new_notebook(cells=cells)
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nb.metadata["language_info"] = {"name": "python"}
@@ -208,6 +210,9 @@ profile = "cpu"          # str: "smoke" (seconds, tests) | "cpu" (default, ~15 m
 results_dir = "results"  # str: results root, relative to the repository root
 tasks = None             # list[str] | None: which of the profile's tasks (autoencoder, VAE) to run; None: all
 dataset = None           # str | None: "fashion_mnist" | "svhn" | "mnist" | "digits"; None: preset
+arch = None              # str | None: "conv" (InfoGAN-style, the paper's) | "mlp" (cpu preset: fast on 2 cores); None: preset
+latent = None            # int | None: latent dimension; None: preset
+width = None             # int | None: first conv layer's channels (conv) or hidden width (mlp); None: preset
 batch_sizes = None       # list[int] | None: powers of two, in images; None: preset
 goals = None             # list[float] | None: loss goals in nats per image, easiest first; None: preset
 budget_examples = None   # int | None: images a run may use before it stops
@@ -217,7 +222,8 @@ progress = True          # bool: show tqdm progress bars""",
     validate="""\
 # Validate every parameter into frozen configs (errors here, before any training).
 configs = experiment_configs("autoencoder", profile, tasks=tasks, dataset=dataset, batch_sizes=batch_sizes,
-                             goals=goals, budget_examples=budget_examples, seed=seed, device=device)
+                             model_kwargs=dict(arch=arch, latent=latent, width=width), goals=goals,
+                             budget_examples=budget_examples, seed=seed, device=device)
 results_root = repo_path(results_dir)
 pd.DataFrame([c.to_dict() for c in configs]).T""",
     compute="""\

@@ -1,18 +1,24 @@
-"""Print the README's results table (markdown) from the committed task summaries.
+"""The README's results tables (markdown) from the committed task summaries.
 
-Usage: python scripts/results_table.py [--results-dir results]
+Usage: python scripts/results_table.py [--results-dir results] [--readme README.md]
 
 Every number comes from ``results/<task>/summary.json`` (written by the notebook named in
-the table) and ``results/summary.json`` (99_summary); nothing is typed by hand.
+the table), ``results/summary.json`` (99_summary) and ``results/reproduce_log.json``;
+nothing is typed by hand. Prints the tables; with ``--readme`` also writes them into that
+file between the ``<!-- results:start -->`` and ``<!-- results:end -->`` markers
+(``make reproduce`` does this for README.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 
 from gns_utils.paths import repo_path
 
+START, END = "<!-- results:start -->", "<!-- results:end -->"
 NOTEBOOK = {"image": "01_image_classification", "language": "02_language_model", "autoencoder": "03_autoencoder"}
 
 
@@ -24,10 +30,28 @@ def _fmt(value: float | None, bound: str | None = None) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results-dir", default="results")
+    parser.add_argument("--readme", default=None, help="also write the tables into this file, between the markers")
     args = parser.parse_args()
-    root = repo_path(args.results_dir)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        print_tables(repo_path(args.results_dir))
+    print(out.getvalue(), end="")
+    if args.readme:
+        readme = repo_path(args.readme)
+        text = readme.read_text()
+        if START not in text or END not in text:
+            raise SystemExit(f"{readme}: markers {START} ... {END} not found; add them where the tables belong")
+        head, rest = text.split(START, 1)
+        tail = rest.split(END, 1)[1]
+        block = f"{START}\n<!-- written by `python scripts/results_table.py --readme README.md` (run by `make reproduce`) -->\n"
+        readme.write_text(f"{head}{block}{out.getvalue()}{END}{tail}")
+        print(f"[results_table] wrote the tables into {readme}")
+
+
+def print_tables(root) -> None:
+    """Print the task table, the R² table and the wall time of the last run as markdown."""
     print("| task (units) | B_crit start | B_crit full run ± s.e. | B_simple start | B_simple (App. D avg) "
           "| B_noise | B_simple / B_crit | made by |")
     print("|---|---|---|---|---|---|---|---|")

@@ -36,10 +36,19 @@ def test_dict_override_merges_key_by_key():
     ({"device": "gpu"}, "device must be"),
     ({"budget_examples": 4}, "smaller than the largest batch size"),
     ({"lr_star": -1.0}, "lr_star must be > 0"),
+    ({"model": "vgg"}, "model must be one of"),
+    ({"model_kwargs": {"depth": 3}}, r"model_kwargs \['depth'\] are not parameters of model 'mlp'"),
 ])
 def test_bad_parameters_fail_with_a_clear_message(overrides, message):
     with pytest.raises(ConfigError, match=message):
         make_experiment(presets("image", "smoke")[0], overrides)
+
+
+def test_autoencoder_arch_is_checked_before_training():
+    with pytest.raises(ConfigError, match="arch must be 'conv' or 'mlp'"):
+        experiment_configs("autoencoder", "smoke", model_kwargs={"arch": "cnn"})
+    (cfg, _) = experiment_configs("autoencoder", "smoke", model_kwargs={"arch": "conv", "latent": 8})
+    assert cfg.model_kwargs["arch"] == "conv" and cfg.model_kwargs["width"] == 32  # other keys kept
 
 
 def test_unknown_task_is_named():
