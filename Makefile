@@ -41,6 +41,7 @@ smoke: data
 # every figure / summary land in results/.
 reproduce: data
 	$(PY) scripts/reproduce.py --profile $(PROFILE) --jobs $(JOBS)
+	$(PY) scripts/results_table.py --readme README.md
 
 image: data
 	$(PY) scripts/reproduce.py --profile $(PROFILE) --only 01_image_classification
