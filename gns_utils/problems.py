@@ -9,7 +9,8 @@ Every problem implements:
 
 * ``n_train``              examples (sequences for language models) to sample from.
 * ``units_per_example``    1, or the sequence length for language models.
-* ``build_model()``        a fresh model on the device.
+* ``build_model(model, model_kwargs)``  a fresh model on the device: the run's model and
+                           keyword arguments over the data-derived ones (input size, vocabulary).
 * ``batch(idx)``           the examples with indices ``idx`` (a device tensor).
 * ``loss(model, batch)``   mean loss per unit (image or token), a scalar tensor.
 * ``evaluate(model)``      ``{"loss": ..., "error": ...}`` on a fixed training subset.
@@ -58,8 +59,11 @@ class _Problem:
         self.model_kwargs = dict(model_kwargs)
         self.eval_idx = _fixed_subset(self.n_train, eval_examples).to(device)
 
-    def build_model(self) -> nn.Module:
-        return build_model(self.model_name, **self.model_kwargs).to(self.device)
+    def build_model(self, model: str | None = None, model_kwargs: Mapping[str, Any] | None = None) -> nn.Module:
+        """A fresh model: ``model`` (default: the problem's) with ``model_kwargs`` over the
+        problem's keyword arguments, so one loaded problem serves runs of several sizes."""
+        kwargs = {**self.model_kwargs, **dict(model_kwargs or {})}
+        return build_model(model or self.model_name, **kwargs).to(self.device)
 
     def batch(self, idx: torch.Tensor) -> Batch:
         return tuple(t[idx] for t in self.tensors)

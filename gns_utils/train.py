@@ -124,7 +124,7 @@ def train_run(problem: Any, cfg: RunConfig, results_dir: str | Path, progress: b
     start = time.perf_counter()
 
     set_seed(cfg.seed)
-    model = problem.build_model()
+    model = problem.build_model(cfg.model, cfg.model_kwargs)  # the run's size (e.g. the Fig 8 widths)
     model.train()
     optimizer = make_optimizer(model, cfg)
     sampler = EpochSampler(problem.n_train, cfg.batch_size, torch.Generator().manual_seed(cfg.seed), problem.device)
@@ -197,6 +197,7 @@ def train_run(problem: Any, cfg: RunConfig, results_dir: str | Path, progress: b
         "units_per_example": problem.units_per_example,
         "batch_units": units_per_step,
         "steps_to_goal": {str(g): (float(s) if np.isfinite(s) else None) for g, s in zip(cfg.goals, steps_needed)},
+        "n_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "n_steps": step,
         "n_examples": step * cfg.batch_size,
         "final_metric": history["metric"][-1] if history["metric"] else None,

@@ -6,13 +6,15 @@ The domain notebooks run ``--jobs`` at a time (default: one per CPU core, each k
 single-threaded: the models are small, and more threads than free cores makes PyTorch's
 CPU kernels many times slower); one that fails is reported with its error and the others
 still run; the summary notebook runs last and marks missing tasks. Progress per notebook
-and the total wall time are printed and written to ``<results-dir>/reproduce_log.json``.
+and the total wall time are printed and written to ``<results-dir>/reproduce_log.json``
+(``--only`` updates its notebooks' entries there and keeps the last full run's total).
 On a GPU machine use ``--jobs 1``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -66,20 +68,30 @@ def main(argv: list[str] | None = None) -> int:
     results = repo_path(args.results_dir)
     results.mkdir(parents=True, exist_ok=True)
     log = {"profile": args.profile, "jobs": args.jobs, "notebooks": {}, "provenance": provenance()}
+    previous = results / "reproduce_log.json"
+    if args.only and previous.exists():
+        # A partial run updates its notebooks' entries; the full run's total wall time stays, marked.
+        old = json.loads(previous.read_text())
+        if old.get("profile") == args.profile:
+            log = {**old, "notebooks": dict(old.get("notebooks", {})),
+                   "rerun_alone": sorted(set(old.get("rerun_alone", [])) | set(notebooks))}
     start = time.perf_counter()
     domain = [n for n in notebooks if n != "99_summary"]
     with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         futures = {pool.submit(run_notebook, name, args.profile, args.results_dir): name for name in domain}
         for future in as_completed(futures):
             log["notebooks"][futures[future]] = future.result()
-            log["total_wall_time_s"] = round(time.perf_counter() - start, 1)
+            if not args.only:
+                log["total_wall_time_s"] = round(time.perf_counter() - start, 1)
             write_json_atomic(results / "reproduce_log.json", log)
     if "99_summary" in notebooks:
         log["notebooks"]["99_summary"] = run_notebook("99_summary", args.profile, args.results_dir)
-    log["total_wall_time_s"] = round(time.perf_counter() - start, 1)
+    elapsed = round(time.perf_counter() - start, 1)
+    if not args.only:
+        log["total_wall_time_s"] = elapsed
     write_json_atomic(results / "reproduce_log.json", log)
-    failed = [n for n, e in log["notebooks"].items() if e["status"] != "ok"]
-    print(f"[reproduce] done in {log.get('total_wall_time_s', 0) / 60:.1f} min; "
+    failed = [n for n in notebooks if log["notebooks"][n]["status"] != "ok"]
+    print(f"[reproduce] done in {elapsed / 60:.1f} min; "
           f"{len(notebooks) - len(failed)} ok, {len(failed)} failed {failed if failed else ''}")
     return 1 if failed else 0
 

@@ -79,8 +79,10 @@ def print_tables(root) -> None:
     if log.exists():
         data = json.loads(log.read_text())
         parts = ", ".join(f"{k} {v['wall_time_s'] / 60:.1f} min ({v['status']})" for k, v in data["notebooks"].items())
+        total = data.get("total_wall_time_s")
         print(f"\n`make reproduce` (profile {data['profile']}, {data.get('jobs', 1)} notebooks at a time): "
-              f"{data['total_wall_time_s'] / 60:.1f} min in all; {parts}.")
+              f"{'–' if total is None else f'{total / 60:.1f}'} min in all; {parts}."
+              + (f" Re-run alone since: {', '.join(data['rerun_alone'])}." if data.get("rerun_alone") else ""))
 
 
 if __name__ == "__main__":

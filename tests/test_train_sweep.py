@@ -55,6 +55,17 @@ def test_one_run_writes_config_metrics_summary(problem, tmp_path):
     assert summary["wall_time_s"] > 0
 
 
+def test_a_run_trains_the_model_size_its_config_names(problem, tmp_path):
+    # one loaded problem, runs of several widths (the Fig 8 study): each run builds its own size
+    exp = make_experiment(BASE)
+    sizes = {}
+    for hidden in ([8], [32]):
+        cfg = exp.run(16, 0.2, model_kwargs={"hidden": hidden}, budget_examples=800)
+        sizes[hidden[0]] = train_run(problem, cfg, tmp_path, progress=False)["n_parameters"]
+    # MLP 8 → hidden → 4 (weights + biases)
+    assert sizes == {8: 8 * 8 + 8 + 8 * 4 + 4, 32: 8 * 32 + 32 + 32 * 4 + 4}
+
+
 def test_same_config_and_seed_give_identical_metrics(problem, tmp_path):
     cfg = make_experiment(BASE).run(4, 0.1, budget_examples=800)
     train_run(problem, cfg, tmp_path / "a", progress=False)
