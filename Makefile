@@ -52,6 +52,6 @@ autoencoder: data
 summary: $(STAMP)
 	$(PY) scripts/reproduce.py --profile $(PROFILE) --only 99_summary
 
+# Speed ratios against baselines timed in the same process; the output is kept in results/benchmarks.txt.
 benchmarks: $(STAMP)
-	$(PY) benchmarks/noise_overhead.py
-	$(PY) benchmarks/train_throughput.py
+	( $(PY) benchmarks/noise_overhead.py && $(PY) benchmarks/train_throughput.py ) | tee results/benchmarks.txt
