@@ -1,0 +1,55 @@
+"""The committed results/ of the last `make reproduce`: complete, in the documented schema, and
+the README's tables are exactly what `scripts/results_table.py` prints from them (no hand edits)."""
+
+import contextlib
+import importlib.util
+import io
+import json
+
+import pytest
+
+from gns_utils import repo_path
+from gns_utils.profiles import presets
+
+RESULTS = repo_path("results")
+R2_KEYS = {"ours_fit", "ours_identity", "paper_fit", "paper_identity", "all_fit", "all_identity"}
+TASK_FIELDS = {"task", "domain", "dataset", "model", "optimizer", "units", "b_crit", "b_crit_stderr",
+               "b_crit_start", "b_simple", "b_simple_start", "b_noise", "goals", "profile", "provenance"}
+
+pytestmark = pytest.mark.skipif(not (RESULTS / "summary.json").exists(), reason="no committed results yet")
+
+
+def _cpu_tasks() -> list[str]:
+    return [p["task"] for domain in ("image", "language", "autoencoder") for p in presets(domain, "cpu")]
+
+
+def test_cross_task_summary_has_every_cpu_task_and_six_r2_values():
+    data = json.loads((RESULTS / "summary.json").read_text())
+    assert set(data["r2"]) == R2_KEYS and all(isinstance(v, float) for v in data["r2"].values())
+    measured = {t["task"] for t in data["tasks"] if t["source"] == "measured"}
+    assert measured == set(_cpu_tasks()) and len(measured) >= 5
+    assert {t["source"] for t in data["tasks"]} == {"measured", "paper"}
+    assert data["missing"] == []
+
+
+@pytest.mark.parametrize("task", _cpu_tasks())
+def test_task_summary_fields_and_fit_quality(task):
+    summary = json.loads((RESULTS / task / "summary.json").read_text())
+    assert TASK_FIELDS <= set(summary) and summary["profile"] == "cpu"
+    assert summary["b_crit_bound"] == "none" and summary["b_crit_stderr"] < 0.5 * summary["b_crit"]
+    assert summary["b_simple"] > 0 and summary["b_crit_start"] < summary["b_crit"]
+    assert summary["units"] == ("tokens" if summary["domain"] == "language" else "images")
+    for name in ("figures/pareto_fronts.png", "figures/b_crit_by_goal.png", "experiment.json"):
+        assert (RESULTS / task / name).exists(), name
+
+
+def test_readme_tables_are_the_scripts_output():
+    spec = importlib.util.spec_from_file_location("results_table", repo_path("scripts", "results_table.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        module.print_tables(RESULTS)
+    readme = repo_path("README.md").read_text()
+    block = readme.split(module.START, 1)[1].split(module.END, 1)[0]
+    assert printed.getvalue() in block, "README tables are stale: run `python scripts/results_table.py --readme README.md`"
