@@ -38,39 +38,28 @@ from gns_utils.train import train_run
 MODELS = {"mlp": {"hidden": [256]}, "paper_cnn": {}}
 
 
-def baseline(model_name: str, x: torch.Tensor, y: torch.Tensor, batch_size: int, n_examples: int) -> float:
-    """Seconds for a plain DataLoader + SGD loop over ``n_examples`` examples."""
+def baseline(model_name: str, x: torch.Tensor, y: torch.Tensor, batch_size: int, n_examples: int,
+             measure_noise: bool = False) -> float:
+    """Seconds for a DataLoader + SGD loop over ``n_examples`` examples: plain (one
+    forward/backward per step), or with the engine's per-step noise measurement (2
+    micro-batches, the monitor, the two EMAs) when ``measure_noise``."""
     torch.manual_seed(0)
     model = build_model(model_name, **MODELS[model_name])
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    if measure_noise:
+        monitor, ema = GradientNoiseMonitor(model.parameters()), NoiseScaleEMA(decay=0.99, adaptive=4)
     loader = DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=True, drop_last=True)
     seen, start = 0, time.perf_counter()
     while seen < n_examples:
         for xb, yb in loader:
             opt.zero_grad()
-            F.cross_entropy(model(xb), yb).backward()
-            opt.step()
-            seen += batch_size
-            if seen >= n_examples:
-                break
-    return time.perf_counter() - start
-
-
-def same_work(model_name: str, x: torch.Tensor, y: torch.Tensor, batch_size: int, n_examples: int) -> float:
-    """Seconds for the DataLoader loop with the engine's per-step noise measurement."""
-    torch.manual_seed(0)
-    model = build_model(model_name, **MODELS[model_name])
-    opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    monitor, ema = GradientNoiseMonitor(model.parameters()), NoiseScaleEMA(decay=0.99, adaptive=4)
-    loader = DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=True, drop_last=True)
-    seen, start = 0, time.perf_counter()
-    while seen < n_examples:
-        for xb, yb in loader:
-            opt.zero_grad()
-            for xm, ym in zip(xb.chunk(2), yb.chunk(2)):
-                (F.cross_entropy(model(xm), ym) * (len(xm) / len(xb))).backward()
-                monitor.after_micro_batch(len(xm))
-            ema.update(monitor.after_step())
+            if measure_noise:
+                for xm, ym in zip(xb.chunk(2), yb.chunk(2)):
+                    (F.cross_entropy(model(xm), ym) * (len(xm) / len(xb))).backward()
+                    monitor.after_micro_batch(len(xm))
+                ema.update(monitor.after_step())
+            else:
+                F.cross_entropy(model(xb), yb).backward()
             opt.step()
             seen += batch_size
             if seen >= n_examples:
@@ -114,7 +103,7 @@ def main() -> None:
                 for _ in range(args.repeats):
                     ours.append(engine(model_name, problem, batch_size, n, root))
                     plain.append(baseline(model_name, x, y, batch_size, n))
-                    same.append(same_work(model_name, x, y, batch_size, n))
+                    same.append(baseline(model_name, x, y, batch_size, n, measure_noise=True))
                 a, b, c = (n / statistics.median(t) for t in (ours, plain, same))
                 print(f"{model_name:<10} {batch_size:>6} {a:>12.0f} {b:>11.0f} {a / b:>6.2f}x {c:>15.0f} {a / c:>6.2f}x",
                       flush=True)

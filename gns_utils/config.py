@@ -201,7 +201,7 @@ def _check_experiment(cfg: ExperimentConfig) -> None:
 
 def _model_problems(model: str, model_kwargs: Mapping[str, Any]) -> list[str]:
     """Unknown model names, unknown ``model_kwargs`` keys or a bad ``arch`` (checked before training)."""
-    from gns_utils.models import MODELS, Autoencoder
+    from gns_utils.models import AUTOENCODER_ARCHS, MODELS, Autoencoder
 
     if model not in MODELS:
         return [f"model must be one of {tuple(MODELS)}, got {model!r}"]
@@ -211,8 +211,9 @@ def _model_problems(model: str, model_kwargs: Mapping[str, Any]) -> list[str]:
     unknown = sorted(set(model_kwargs) - accepted)
     if unknown:
         problems.append(f"model_kwargs {unknown} are not parameters of model {model!r}; it takes {sorted(accepted)}")
-    if "arch" in model_kwargs and model_kwargs["arch"] not in ("conv", "mlp"):
-        problems.append(f"arch must be 'conv' or 'mlp', got {model_kwargs['arch']!r}")
+    if "arch" in model_kwargs and model_kwargs["arch"] not in AUTOENCODER_ARCHS:
+        choices = " or ".join(repr(a) for a in AUTOENCODER_ARCHS)
+        problems.append(f"arch must be {choices}, got {model_kwargs['arch']!r}")
     return problems
 
 

@@ -180,6 +180,10 @@ def _mlp(sizes: list[int]) -> nn.Module:
     return nn.Sequential(*layers)
 
 
+#: Encoder/decoder families of :class:`Autoencoder`.
+AUTOENCODER_ARCHS = ("conv", "mlp")
+
+
 class Autoencoder(nn.Module):
     """Autoencoder or VAE with an InfoGAN-style conv encoder/decoder, or an MLP.
 
@@ -260,4 +264,4 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-__all__ = ["PaperCNN", "MLP", "ResNetCifar", "LSTMLanguageModel", "Autoencoder", "build_model", "count_parameters", "MODELS"]
+__all__ = ["PaperCNN", "MLP", "ResNetCifar", "LSTMLanguageModel", "Autoencoder", "AUTOENCODER_ARCHS", "build_model", "count_parameters", "MODELS"]

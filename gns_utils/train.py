@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from gns_utils.config import RunConfig
 from gns_utils.critical_batch import steps_to_target
+from gns_utils.models import count_parameters
 from gns_utils.noise_scale import GradientNoiseMonitor, NoiseScaleEMA, hessian_noise_scale
 from gns_utils.results import MetricsWriter, provenance, run_dir, write_json_atomic
 from gns_utils.seed import set_seed
@@ -197,7 +198,7 @@ def train_run(problem: Any, cfg: RunConfig, results_dir: str | Path, progress: b
         "units_per_example": problem.units_per_example,
         "batch_units": units_per_step,
         "steps_to_goal": {str(g): (float(s) if np.isfinite(s) else None) for g, s in zip(cfg.goals, steps_needed)},
-        "n_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "n_parameters": count_parameters(model),
         "n_steps": step,
         "n_examples": step * cfg.batch_size,
         "final_metric": history["metric"][-1] if history["metric"] else None,

@@ -34,10 +34,8 @@ def main() -> None:
     parser.add_argument("--results-dir", default="results")
     parser.add_argument("--readme", default=None, help="also write the tables into this file, between the markers")
     args = parser.parse_args()
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        print_tables(repo_path(args.results_dir))
-    print(out.getvalue(), end="")
+    text_tables = tables(repo_path(args.results_dir))
+    print(text_tables, end="")
     if args.readme:
         readme = repo_path(args.readme)
         text = readme.read_text()
@@ -46,8 +44,16 @@ def main() -> None:
         head, rest = text.split(START, 1)
         tail = rest.split(END, 1)[1]
         block = f"{START}\n<!-- written by `python scripts/results_table.py --readme README.md` (run by `make reproduce`) -->\n"
-        readme.write_text(f"{head}{block}{out.getvalue()}{END}{tail}")
+        readme.write_text(f"{head}{block}{text_tables}{END}{tail}")
         print(f"[results_table] wrote the tables into {readme}")
+
+
+def tables(root) -> str:
+    """:func:`print_tables` as a string (what goes between the README's markers)."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        print_tables(root)
+    return out.getvalue()
 
 
 def print_tables(root) -> None:
