@@ -27,6 +27,7 @@ PROFILES = ("smoke", "cpu", "paper")
 OPTIMIZERS = ("sgd", "momentum", "adam")
 METRICS = ("error", "loss")
 DOMAINS = ("image", "language", "autoencoder")
+NOISE_METHODS = ("auto", "per_example", "micro_batch")
 
 
 class ConfigError(ValueError):
@@ -53,6 +54,7 @@ class _RunFields:
     model_kwargs: Mapping[str, Any] = field(default_factory=dict)
     optimizer_kwargs: Mapping[str, Any] = field(default_factory=dict)
     n_micro: int = 2
+    noise_method: str = "auto"
     eval_examples: int = 4096
     evals_per_decade: int = 30
     grad_clip: float | None = None
@@ -94,7 +96,13 @@ class ExperimentConfig(_RunFields):
         lr_grid_spacing: factor between neighbouring rates.
         max_widen: extra rates tried per side when the best rate is on the grid's edge.
         budget_examples: examples a run may use before it stops (``budget_exhausted``).
-        n_micro: micro-batches per step for the noise-scale monitor (>= 2).
+        n_micro: micro-batches per step when B_simple is measured from micro-batches (>= 2).
+        noise_method: how each step measures |G|^2 and tr Σ: ``per_example`` (per-example
+            gradient norms inside the step's one backward, for nets whose trainable layers
+            are all ``nn.Linear``; :class:`~gns_utils.noise_scale.PerExampleNormMonitor`),
+            ``micro_batch`` (``n_micro`` accumulated micro-batches, any net;
+            :class:`~gns_utils.noise_scale.GradientNoiseMonitor`) or ``auto`` (the first
+            where the model qualifies, else the second).
         eval_examples: fixed training subset on which goals are evaluated.
         evals_per_decade: evaluations per decade of steps (log-spaced schedule).
         grad_clip: gradient-norm clipping threshold, or None.
@@ -166,7 +174,8 @@ def _check_experiment(cfg: ExperimentConfig) -> None:
     problems = []
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", cfg.task):
         problems.append(f"task {cfg.task!r} must use letters, digits, '_', '-', '.' only (it names a folder)")
-    for name, choices in (("domain", DOMAINS), ("optimizer", OPTIMIZERS), ("metric", METRICS), ("profile", PROFILES)):
+    for name, choices in (("domain", DOMAINS), ("optimizer", OPTIMIZERS), ("metric", METRICS), ("profile", PROFILES),
+                          ("noise_method", NOISE_METHODS)):
         if getattr(cfg, name) not in choices:
             problems.append(f"{name} must be one of {choices}, got {getattr(cfg, name)!r}")
     if not cfg.goals:

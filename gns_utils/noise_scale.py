@@ -42,8 +42,9 @@ reports ``B_simple`` as the ratio of the averages, never an average of ratios.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterable, Protocol, Union, runtime_checkable
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Protocol, Union, runtime_checkable
 
 import numpy as np
 import torch
@@ -66,6 +67,7 @@ __all__ = [
     "ratio_of_means_jackknife",
     "NoiseSource",
     "GradientNoiseMonitor",
+    "PerExampleNormMonitor",
     "per_example_estimate",
     "data_parallel_estimate",
     "HessianNoiseScale",
@@ -567,6 +569,191 @@ def _loss_scales(units: np.ndarray, scales: list[float | None]) -> np.ndarray:
     return units / units.sum()
 
 
+class PerExampleNormMonitor:
+    """``|G|^2`` and ``tr Σ`` from per-example gradient norms inside the training backward (A.2, ``B_small = 1``).
+
+    For networks whose trainable parameters all sit in ``nn.Linear`` layers. During an
+    ordinary forward/backward, a forward hook keeps each layer's input ``a_i`` and a hook
+    on its output receives ``δ_i``, the gradient of the (scaled) batch-mean loss with
+    respect to that output. Example ``i``'s gradient in the layer is
+    ``g_i = (n/s)·δ_iᵀ a_i`` (weight) and ``(n/s)·Σ_t δ_it`` (bias), so for one input row
+    per example ``|g_i|^2 = (n/s)^2 |δ_i|^2 (|a_i|^2 + 1)`` (Goodfellow 2015); with ``T``
+    rows per example (sequences) the weight part is ``Σ (δ_i δ_iᵀ) ⊙ (a_i a_iᵀ)``.
+    Autograd still computes ``.grad`` as usual: the monitor adds ``O(n·(in + out))``
+    work per layer, against the second forward/backward that
+    :class:`GradientNoiseMonitor` needs, and the small batch is a single example
+    (lower variance than half a batch). Usage::
+
+        monitor = PerExampleNormMonitor(model)
+        opt.zero_grad()
+        with monitor.capture():
+            loss = loss_fn(model(x), y)          # mean over the n examples (of their own mean losses)
+        loss.backward()
+        monitor.after_micro_batch(n * units_per_example)
+        est = monitor.after_step()               # NoiseEstimate or None; before clipping
+        ...clip, opt.step()
+
+    Several micro-batches per step are allowed (one ``capture`` + ``backward`` +
+    :meth:`after_micro_batch` each), scaled as in :class:`GradientNoiseMonitor`:
+    ``b_small`` = units per example, ``b_big = 1 / Σ w_j²/n_j``. The loss must be the mean
+    over the examples of per-example losses, each example's forward independent of the
+    others (no train-mode BatchNorm), and each Linear layer must run once per forward.
+
+    Args:
+        model: the network; ValueError (with the reason) if it does not qualify, see
+            :meth:`unsupported`.
+
+    Attributes:
+        n_steps, n_skipped, n_too_few: as in :class:`GradientNoiseMonitor`
+            (``n_too_few``: steps with fewer than 2 examples).
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        reason = self.unsupported(model)
+        if reason:
+            raise ValueError(f"PerExampleNormMonitor cannot handle this model: {reason}; "
+                             "use GradientNoiseMonitor (micro-batches) instead")
+        self.layers = [m for m in model.modules() if isinstance(m, nn.Linear)
+                       and any(p.requires_grad for p in m.parameters(recurse=False))]
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.n_steps = 0
+        self.n_skipped = 0
+        self.n_too_few = 0
+        self._capturing = False
+        self._generation = 0  # advanced whenever captured forwards are consumed or given up
+        self._handles = [m.register_forward_hook(self._forward_hook) for m in self.layers]
+        self.reset()
+
+    @staticmethod
+    def unsupported(model: nn.Module) -> str:
+        """Why the monitor cannot handle ``model`` ('' when it can)."""
+        reason = _layerwise_unsupported(model, (nn.Linear,))
+        if reason:
+            return reason
+        for name, module in model.named_modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.training:
+                return f"{name!r} is a BatchNorm in train mode (it couples the examples of a batch)"
+        return ""
+
+    def reset(self) -> None:
+        """Forget the current step's micro-batches (gradients of forwards captured before are then ignored)."""
+        self._generation += 1
+        self._ran: set[nn.Module] = set()
+        self._pending: list[torch.Tensor] = []
+        self._examples = 0
+        self._sums: list[torch.Tensor] = []
+        self._n: list[float] = []
+        self._units: list[float] = []
+        self._scales: list[float | None] = []
+
+    def remove(self) -> None:
+        """Remove the hooks; the monitor is unusable afterwards."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    @contextmanager
+    def capture(self) -> Iterator[None]:
+        """Record the Linear layers' inputs and output gradients of the forward run inside."""
+        self._capturing = True
+        try:
+            yield
+        finally:
+            self._capturing = False
+
+    def _forward_hook(self, module: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        if not (self._capturing and output.requires_grad):
+            return
+        if module in self._ran:
+            self.reset()
+            raise RuntimeError(f"{module!r} ran twice in one forward; per-example norms need each Linear layer "
+                               "once per forward (use GradientNoiseMonitor)")
+        self._ran.add(module)
+        a = args[0].detach()
+        n = a.shape[0]
+        if self._examples and n != self._examples:
+            raise RuntimeError(f"Linear layers saw {self._examples} and {n} examples in one forward")
+        self._examples = n
+        weight, bias = module.weight.requires_grad, module.bias is not None and module.bias.requires_grad
+        generation = self._generation
+
+        def record(sq_norm_sum: Callable[[], torch.Tensor]) -> None:
+            if self._generation == generation:  # a forward given up since (reset, or an error) is ignored
+                self._pending.append(sq_norm_sum())
+
+        if a.dim() == 2:  # one row per example: |g_i|^2 ∝ |δ_i|^2 (|a_i|^2 + 1), a_i's part computed now
+            aa = a.square().sum(1) if weight else a.new_zeros(n)
+            if bias:
+                aa = aa + 1.0
+            output.register_hook(lambda delta: record(lambda: torch.dot(delta.detach().square().sum(1), aa)))
+            return
+        a = a.reshape(n, -1, a.shape[-1])
+        output.register_hook(lambda delta: record(
+            lambda: _linear_sq_norm_sum(delta.detach().reshape(n, -1, delta.shape[-1]), a, weight, bias)))
+
+    def after_micro_batch(self, units: float, loss_scale: float | None = None) -> None:
+        """Record the micro-batch whose ``backward()`` just ran (arguments as in :class:`GradientNoiseMonitor`).
+
+        Raises:
+            ValueError: ``units`` or ``loss_scale`` not positive.
+            RuntimeError: no captured forward, or its backward did not reach every layer.
+        """
+        if not units > 0:
+            raise ValueError(f"units must be positive, got {units}")
+        if loss_scale is not None and not loss_scale > 0:
+            raise ValueError(f"loss_scale must be positive, got {loss_scale}")
+        pending, ran, n = self._pending, len(self._ran), self._examples
+        self._pending, self._ran, self._examples = [], set(), 0
+        self._generation += 1
+        if not ran:
+            raise RuntimeError("no forward was captured since the last call: run the forward inside "
+                               "`with monitor.capture():`, then loss.backward(), then after_micro_batch()")
+        if len(pending) != ran:
+            raise RuntimeError(f"the backward reached {len(pending)} of the {ran} Linear layers captured in the "
+                               "forward; call after_micro_batch() right after loss.backward()")
+        self._sums.append(sum(p.double() for p in pending))
+        self._n.append(float(n))
+        self._units.append(float(units))
+        self._scales.append(loss_scale)
+
+    def after_step(self) -> NoiseEstimate | None:
+        """This step's estimate from the per-example norms and the accumulated ``.grad`` (call before clipping).
+
+        Returns:
+            A :class:`NoiseEstimate` in batch units, or None when the step had fewer than
+            2 examples or a norm was not finite (counted in ``n_too_few`` / ``n_skipped``).
+        """
+        sums, n, units, scales = self._sums, self._n, self._units, self._scales
+        self.reset()
+        if not sums or sum(n) < 2:
+            self.n_too_few += 1
+            return None
+        s = _loss_scales(np.asarray(units), scales).tolist()
+        grads = [p.grad.detach() for p in self.params if p.grad is not None]
+        norms = torch.stack(torch._foreach_norm(grads)).tolist()
+        big = math.fsum(v * v for v in norms) / sum(s) ** 2
+        # g_i = (n_j / s_j) δ_iᵀ a_i in micro-batch j; the small norm is the mean of |g_i|^2 over all examples
+        small = sum(float(t) * (n_j / s_j) ** 2 for t, n_j, s_j in zip(sums, n, s)) / sum(n)
+        if not (math.isfinite(small) and math.isfinite(big)):
+            self.n_skipped += 1
+            return None
+        b_small = sum(n) / sum(n_j * n_j / u_j for n_j, u_j in zip(n, units))  # 1 / mean of 1/(units per example)
+        b_big = 1.0 / sum((s_j / sum(s)) ** 2 / u_j for s_j, u_j in zip(s, units))
+        self.n_steps += 1
+        return two_batch_estimates(small, big, b_small, b_big)
+
+
+def _linear_sq_norm_sum(d: torch.Tensor, a: torch.Tensor, weight: bool, bias: bool) -> torch.Tensor:
+    """``Σ_i |δ_iᵀ a_i|^2 + |Σ_t δ_it|^2`` over the examples of ``d: [n, T, out]``, ``a: [n, T, in]`` (float64 scalar).
+
+    Gram matrices or outer products, whichever is cheaper (see :func:`_products_sq_norm_and_sum`).
+    """
+    total = _products_sq_norm_and_sum(d, a)[0].sum() if weight else d.new_zeros((), dtype=torch.float64)
+    if bias:
+        total = total + d.sum(1).square().sum().double()
+    return total
+
+
 def data_parallel_estimate(
     local_sq_norm: ArrayLike, global_sq_norm: ArrayLike, local_batch: Number, world_size: int,
     all_reduce: bool | None = None,
@@ -760,23 +947,25 @@ def _conv_padding(conv: nn.Conv2d) -> tuple[int, int] | None:
     return tuple(conv.padding)  # type: ignore[return-value]
 
 
-def _layerwise_unsupported(model: nn.Module) -> str:
-    """Why the layerwise per-example norms cannot handle ``model`` ('' when they can)."""
+def _layerwise_unsupported(model: nn.Module, layer_types: tuple[type, ...] = (nn.Linear, nn.Conv2d)) -> str:
+    """Why the layerwise per-example norms over ``layer_types`` cannot handle ``model`` ('' when they can)."""
     trainable = {id(p) for p in model.parameters() if p.requires_grad}
     owner: dict[int, str] = {}
     for name, module in model.named_modules():
         own = [p for p in module.parameters(recurse=False) if p.requires_grad]
         if not own:
             continue
-        if not isinstance(module, (nn.Linear, nn.Conv2d)):
-            return f"module {name!r} ({type(module).__name__}) has trainable parameters; only Linear and Conv2d do"
+        if not isinstance(module, layer_types):
+            allowed = " and ".join(t.__name__ for t in layer_types)
+            return f"module {name!r} ({type(module).__name__}) has trainable parameters; only {allowed} may"
         if isinstance(module, nn.Conv2d) and _conv_padding(module) is None:
             return f"Conv2d {name!r} has groups > 1, non-zero padding mode or asymmetric 'same' padding"
         for p in own:
             if id(p) in owner:
                 return f"a parameter is shared by {owner[id(p)]!r} and {name!r}"
             owner[id(p)] = name
-    return "" if set(owner) == trainable else "some trainable parameters are not held by a Linear or Conv2d"
+    held = " or ".join(t.__name__ for t in layer_types)
+    return "" if set(owner) == trainable else f"some trainable parameters are not held by a {held}"
 
 
 def _layer_operands(module: nn.Module, a: torch.Tensor, delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

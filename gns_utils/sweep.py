@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from gns_utils.config import ConfigError, ExperimentConfig, RunConfig
 from gns_utils.critical_batch import best_runs
+from gns_utils.noise_scale import PerExampleNormMonitor
 from gns_utils.results import (FINAL_STATUSES, load_run_summary, provenance, run_dir, task_dir,
                                write_json_atomic)
 from gns_utils.theory import lr_grid
@@ -84,6 +85,7 @@ def run_sweep(cfg: ExperimentConfig, results_dir: str | Path, problem: Any = Non
         from gns_utils.problems import make_problem
 
         problem = make_problem(cfg)
+    _check_noise_method(problem, cfg)
     write_json_atomic(task_dir(results_dir, cfg.task) / "experiment.json", cfg.to_dict())
     summaries: list[dict] = []
     planned = {b: initial_lrs(cfg, b) for b in cfg.batch_sizes}
@@ -111,6 +113,16 @@ def run_sweep(cfg: ExperimentConfig, results_dir: str | Path, problem: Any = Non
         summaries.extend(done.values())
     bar.close()
     return runs_table(summaries)
+
+
+def _check_noise_method(problem: Any, cfg: ExperimentConfig) -> None:
+    """``noise_method='per_example'`` on a model it cannot handle: a ConfigError before any run."""
+    if cfg.noise_method != "per_example":
+        return
+    reason = PerExampleNormMonitor.unsupported(problem.build_model(cfg.model, cfg.model_kwargs))
+    if reason:
+        raise ConfigError(f"noise_method='per_example' cannot measure model {cfg.model!r}: {reason}. "
+                          "Use noise_method='micro_batch' (or 'auto', which picks it for such models).")
 
 
 def _centre_first(lrs: list[float]) -> list[float]:

@@ -2,9 +2,11 @@
 
 The run follows the paper's measurement recipe (App. A.2): a constant learning rate,
 the goal metric evaluated on (a fixed subset of) the training set, and the gradient
-noise scale measured at every step from micro-batch gradients (App. A.1) with
-:class:`gns_utils.noise_scale.GradientNoiseMonitor`, so B_simple over training is
-available afterwards.
+noise scale measured at every step (App. A.1, A.2), so B_simple over training is
+available afterwards: from per-example gradient norms taken inside the step's one
+backward (:class:`gns_utils.noise_scale.PerExampleNormMonitor`, nets of Linear layers)
+or from ``n_micro`` accumulated micro-batches
+(:class:`gns_utils.noise_scale.GradientNoiseMonitor`, any net); see :func:`noise_monitor`.
 
 A run ends with one of the statuses of :data:`gns_utils.results.STATUSES`:
 ``complete`` (the last goal was reached), ``budget_exhausted`` (the example budget
@@ -16,6 +18,7 @@ sweep). Divergence is recorded, never raised.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import shutil
 import time
@@ -29,7 +32,7 @@ from tqdm.auto import tqdm
 from gns_utils.config import RunConfig
 from gns_utils.critical_batch import steps_to_target
 from gns_utils.models import count_parameters
-from gns_utils.noise_scale import GradientNoiseMonitor, NoiseScaleEMA, hessian_noise_scale
+from gns_utils.noise_scale import GradientNoiseMonitor, NoiseScaleEMA, PerExampleNormMonitor, hessian_noise_scale
 from gns_utils.results import MetricsWriter, provenance, run_dir, write_json_atomic
 from gns_utils.seed import set_seed
 
@@ -59,6 +62,24 @@ def make_optimizer(model: torch.nn.Module, cfg: RunConfig) -> torch.optim.Optimi
         fused = all(p.device.type in ("cpu", "cuda") for p in params)
         return torch.optim.Adam(params, lr=cfg.lr, **{"fused": fused, **kwargs})
     raise ValueError(f"unknown optimizer {cfg.optimizer!r}")
+
+
+def noise_monitor(model: torch.nn.Module, method: str, n_micro: int) -> tuple[Any, int]:
+    """The step's noise source and its micro-batches per step, for ``RunConfig.noise_method``.
+
+    ``per_example`` (or ``auto`` when the model qualifies): a
+    :class:`~gns_utils.noise_scale.PerExampleNormMonitor` and 1 micro-batch, so a step costs
+    one forward/backward; otherwise a :class:`~gns_utils.noise_scale.GradientNoiseMonitor`
+    over ``n_micro`` micro-batches.
+
+    Raises:
+        ValueError: ``per_example`` asked for a model it cannot handle (the reason says why).
+    """
+    if method == "per_example" or (method == "auto" and not PerExampleNormMonitor.unsupported(model)):
+        return PerExampleNormMonitor(model), 1
+    if method not in ("auto", "micro_batch"):
+        raise ValueError(f"noise_method must be 'auto', 'per_example' or 'micro_batch', got {method!r}")
+    return GradientNoiseMonitor(model.parameters()), n_micro
 
 
 def eval_schedule(max_steps: int, per_decade: int) -> np.ndarray:
@@ -129,14 +150,13 @@ def train_run(problem: Any, cfg: RunConfig, results_dir: str | Path, progress: b
     model.train()
     optimizer = make_optimizer(model, cfg)
     sampler = EpochSampler(problem.n_train, cfg.batch_size, torch.Generator().manual_seed(cfg.seed), problem.device)
-    monitor = GradientNoiseMonitor(model.parameters())
+    monitor, n_micro = noise_monitor(model, cfg.noise_method, min(cfg.n_micro, cfg.batch_size))
     ema = NoiseScaleEMA(decay=NOISE_EMA_DECAY, adaptive=NOISE_EMA_ADAPTIVE)
     units_per_step = cfg.batch_size * problem.units_per_example
     max_steps = int(math.ceil(cfg.budget_examples / cfg.batch_size))
     schedule = set(eval_schedule(max_steps, cfg.evals_per_decade).tolist())
     if prune_after is not None:
         schedule.add(int(prune_after))
-    n_micro = min(cfg.n_micro, cfg.batch_size)
     goals_left = list(cfg.goals)
     b_noise_rows: list[dict[str, float]] = []
     interval = {"g2": 0.0, "tr": 0.0, "n": 0, "loss": 0.0, "steps": 0}
@@ -205,6 +225,7 @@ def train_run(problem: Any, cfg: RunConfig, results_dir: str | Path, progress: b
         "initial_loss": initial_loss,
         "initial_metric": history["metric"][0] if history["metric"] else None,
         "b_simple_final": ema.b_simple if ema.count else None,
+        "noise_method": "per_example" if isinstance(monitor, PerExampleNormMonitor) else "micro_batch",
         "noise_steps": ema.count,
         "noise_negative_g2": ema.n_negative_g2,
         "noise_skipped": monitor.n_skipped,
@@ -216,16 +237,20 @@ def train_run(problem: Any, cfg: RunConfig, results_dir: str | Path, progress: b
 
 
 def _train_step(problem: Any, model: torch.nn.Module, optimizer: torch.optim.Optimizer, sampler: EpochSampler,
-                monitor: GradientNoiseMonitor, ema: NoiseScaleEMA, interval: dict[str, float], n_micro: int,
+                monitor: GradientNoiseMonitor | PerExampleNormMonitor, ema: NoiseScaleEMA, interval: dict[str, float], n_micro: int,
                 grad_clip: float | None) -> float:
-    """One optimizer step over ``n_micro`` accumulated micro-batches; returns the batch loss."""
+    """One optimizer step over ``n_micro`` accumulated micro-batches (1 with per-example norms); returns the batch loss."""
     batch = problem.batch(sampler.next())
     total_units = problem.units(batch)
-    optimizer.zero_grad(set_to_none=False)
+    optimizer.zero_grad(set_to_none=True)  # the first backward then takes its gradient buffer, no addition
     loss_sum = 0.0
-    for micro in _split(batch, n_micro):
+    capture = monitor.capture if isinstance(monitor, PerExampleNormMonitor) else contextlib.nullcontext
+    for micro in _split(batch, n_micro) if n_micro > 1 else [batch]:
         units = problem.units(micro)
-        loss = problem.loss(model, micro) * (units / total_units)
+        with capture():
+            loss = problem.loss(model, micro)
+        if n_micro > 1:
+            loss = loss * (units / total_units)
         loss.backward()
         monitor.after_micro_batch(units)
         loss_sum += float(loss.detach())

@@ -37,6 +37,7 @@ def test_dict_override_merges_key_by_key():
     ({"budget_examples": 4}, "smaller than the largest batch size"),
     ({"lr_star": -1.0}, "lr_star must be > 0"),
     ({"model": "vgg"}, "model must be one of"),
+    ({"noise_method": "hessian"}, "noise_method must be one of"),
     ({"model_kwargs": {"depth": 3}}, r"model_kwargs \['depth'\] are not parameters of model 'mlp'"),
 ])
 def test_bad_parameters_fail_with_a_clear_message(overrides, message):

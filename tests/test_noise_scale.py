@@ -24,6 +24,7 @@ from gns_utils.noise_scale import (
     NoiseEstimate,
     NoiseScaleEMA,
     NoiseSource,
+    PerExampleNormMonitor,
     data_parallel_estimate,
     hessian_noise_scale,
     per_example_estimate,
@@ -390,6 +391,124 @@ def test_monitor_skips_and_errors(exact: Exact) -> None:
     monitor.after_micro_batch(8)
     with pytest.raises(ValueError, match="loss_scale was passed for some"):
         monitor.after_step()
+
+
+# ----------------------------------------------------------------------------- per-example norms in the training backward
+
+
+def per_example_step(model: nn.Module, monitor: PerExampleNormMonitor, loss_fn, parts, scales=None,
+                     units_per_example: float = 1.0):
+    """One step over micro-batches ``parts``, forward captured, default n_j/N scaling."""
+    total = sum(len(x) for x, _ in parts)
+    for p in model.parameters():
+        p.grad = None
+    for j, (x, y) in enumerate(parts):
+        scale = len(x) / total if scales is None else scales[j]
+        with monitor.capture():
+            loss = loss_fn(model(x), y)
+        (loss * scale).backward()
+        monitor.after_micro_batch(len(x) * units_per_example, None if scales is None else scales[j])
+    return monitor.after_step()
+
+
+def test_per_example_monitor_matches_sample_formulas(exact: Exact) -> None:
+    model = exact.model()
+    monitor = PerExampleNormMonitor(model)
+    assert isinstance(monitor, NoiseSource)
+    idx = np.arange(0, 40, 3)
+    g = exact.g[idx]
+    trace = ((g - g.mean(0)) ** 2).sum() / (len(g) - 1)
+    for parts in ([exact.tensors(idx)], [exact.tensors(idx[:5]), exact.tensors(idx[5:])]):
+        # one micro-batch, or two unequal ones with the default n_j/N scaling: the same estimate
+        est = per_example_step(model, monitor, mse_half, parts)
+        assert est.trace_sigma == pytest.approx(trace, rel=1e-10)
+        assert est.g2 == pytest.approx((g.mean(0) ** 2).sum() - trace / len(g), rel=1e-10)
+        assert est.b_small == 1.0 and est.b_big == pytest.approx(len(idx), rel=1e-12)
+    assert monitor.n_steps == 2
+
+
+@pytest.mark.parametrize("scaling", ["n_j/N", "1/k"])
+def test_per_example_monitor_unbiased(exact: Exact, scaling: str) -> None:
+    rng = np.random.default_rng(6)
+    sizes = [2, 3, 5]
+    scales = None if scaling == "n_j/N" else [1 / len(sizes)] * len(sizes)
+    model = exact.model()
+    monitor = PerExampleNormMonitor(model)
+    ests = []
+    for _ in range(300):
+        x, y = exact.tensors(rng.integers(0, 40, sum(sizes)))
+        ests.append(per_example_step(model, monitor, mse_half, list(zip(x.split(sizes), y.split(sizes))), scales))
+    assert ests[0].b_small == 1.0
+    assert ests[0].b_big == pytest.approx(10.0 if scaling == "n_j/N" else 1 / np.sum(1 / 9 / np.array(sizes)))
+    assert_unbiased([e.g2 for e in ests], exact.g2, "g2")
+    assert_unbiased([e.trace_sigma for e in ests], exact.trace_sigma, "trace_sigma")
+
+
+def test_per_example_monitor_matches_torch_func_on_mlps() -> None:
+    torch.manual_seed(7)
+    nets = {
+        "biases, in-place ReLU": nn.Sequential(nn.Linear(5, 7), nn.ReLU(inplace=True), nn.Linear(7, 3)),
+        "frozen bias": nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3)),
+        "frozen first weight": nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3)),
+    }
+    nets["frozen bias"][2].bias.requires_grad_(False)
+    nets["frozen first weight"][0].weight.requires_grad_(False)
+    x, y = torch.randn(12, 5), torch.randint(0, 3, (12,))
+    for name, net in nets.items():
+        est = per_example_step(net, PerExampleNormMonitor(net), F.cross_entropy, [(x[:4], y[:4]), (x[4:], y[4:])])
+        ref = per_example_estimate(net, F.cross_entropy, x, y, method="func")
+        assert est.g2 == pytest.approx(ref.g2, rel=1e-10), name
+        assert est.trace_sigma == pytest.approx(ref.trace_sigma, rel=1e-10), name
+        # the step's .grad is the ordinary batch-mean gradient
+        grads = [p.grad.clone() for p in net.parameters() if p.requires_grad]
+        net.zero_grad(set_to_none=True)
+        F.cross_entropy(net(x), y).backward()
+        for g, p in zip(grads, [p for p in net.parameters() if p.requires_grad]):
+            torch.testing.assert_close(g, p.grad)
+
+
+def test_per_example_monitor_sequences_gram_path() -> None:
+    # Linear layers on [n, T, features]: a sequence's gradient sums over its T positions
+    torch.manual_seed(8)
+    net = nn.Sequential(nn.Linear(6, 9), nn.Tanh(), nn.Linear(9, 40), nn.Flatten())
+    x, y = torch.randn(7, 3, 6), torch.randint(0, 120, (7,))
+    est = per_example_step(net, PerExampleNormMonitor(net), F.cross_entropy, [(x, y)], units_per_example=3)
+    ref = per_example_estimate(net, F.cross_entropy, x, y, method="func", units_per_example=3)
+    assert est.trace_sigma == pytest.approx(ref.trace_sigma, rel=1e-10)
+    assert est.g2 == pytest.approx(ref.g2, rel=1e-10) and (est.b_small, est.b_big) == (3.0, 21.0)
+
+
+def test_per_example_monitor_refuses_what_it_cannot_measure(exact: Exact) -> None:
+    conv = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(8, 2))
+    with pytest.raises(ValueError, match="Conv2d.*only Linear may.*use GradientNoiseMonitor"):
+        PerExampleNormMonitor(conv)
+    with pytest.raises(ValueError, match="BatchNorm in train mode"):
+        PerExampleNormMonitor(nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4, affine=False)))
+    assert PerExampleNormMonitor.unsupported(nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4, affine=False)).eval()) == ""
+    shared = nn.Linear(3, 3)
+    twice = nn.Sequential(shared, nn.Tanh(), shared)
+    monitor = PerExampleNormMonitor(twice)
+    with pytest.raises(RuntimeError, match="ran twice"), monitor.capture():
+        twice(torch.randn(4, 3, requires_grad=True))
+
+    model = exact.model()
+    monitor = PerExampleNormMonitor(model)
+    x, y = exact.tensors(np.arange(8))
+    mse_half(model(x), y).backward()  # not captured
+    with pytest.raises(RuntimeError, match="no forward was captured"):
+        monitor.after_micro_batch(8)
+    with monitor.capture():
+        loss = mse_half(model(x), y)
+    with pytest.raises(RuntimeError, match="backward reached 0 of the 1"):
+        monitor.after_micro_batch(8)
+    loss.backward()  # hooks of that forward still fire, but it was already given up: the next step is clean
+    with torch.no_grad(), monitor.capture():
+        model(x)  # evaluation inside capture is ignored
+    est = per_example_step(model, monitor, mse_half, [(x, y)])
+    assert est is not None and monitor.n_steps == 1
+    assert per_example_step(model, monitor, mse_half, [(x[:1], y[:1])]) is None and monitor.n_too_few == 1
+    with pytest.raises(ValueError, match="units must be positive"):
+        monitor.after_micro_batch(0)
 
 
 # ----------------------------------------------------------------------------- data-parallel source

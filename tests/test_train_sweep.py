@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from gns_utils import sweep as sweep_module
-from gns_utils.config import make_experiment
+from gns_utils.config import ConfigError, make_experiment
 from gns_utils.critical_batch import b_crit_by_goal, best_runs
 from gns_utils.problems import ClassificationProblem
 from gns_utils.results import load_metrics, load_run_summary, run_dir
@@ -182,3 +182,27 @@ def test_hopeless_rates_are_pruned_without_changing_the_best_runs(problem, tmp_p
         assert last_goal.min() < summary["n_steps"] <= 2 * last_goal.max() + 2  # slower than the fastest
     best = best_runs(table)
     assert not best["run_id"].isin(pruned["run_id"]).any() or best.merge(pruned[["run_id"]])["steps"].notna().all()
+
+
+def test_noise_method_per_example_for_linear_nets_micro_batches_otherwise(problem, tmp_path):
+    exp = make_experiment(BASE)
+    runs = {m: train_run(problem, exp.run(16, 0.2, noise_method=m, budget_examples=1600, goals=(-1.0,)), tmp_path,
+                         progress=False) for m in ("auto", "micro_batch")}
+    assert runs["auto"]["noise_method"] == "per_example" and runs["micro_batch"]["noise_method"] == "micro_batch"
+    for summary in runs.values():
+        assert summary["noise_steps"] == summary["n_steps"] == 100 and summary["b_simple_final"] > 0
+    # one backward of 16 or two of 8: the same training up to float rounding, both estimators unbiased
+    a, b = (load_metrics(tmp_path, "tiny", [s["run_id"]]) for s in runs.values())
+    np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-4)
+    assert 0.25 < runs["auto"]["b_simple_final"] / runs["micro_batch"]["b_simple_final"] < 4
+
+    gen = torch.Generator().manual_seed(0)
+    images = ClassificationProblem((torch.rand(64, 1, 8, 8, generator=gen), torch.randint(0, 2, (64,), generator=gen)),
+                                   "paper_cnn", {"in_channels": 1, "image_size": 8, "n_classes": 2,
+                                                 "channels": (2, 2), "hidden": 4}, 32, torch.device("cpu"))
+    cnn = make_experiment({**BASE, "task": "cnn", "model": "paper_cnn", "model_kwargs": {}, "batch_sizes": [4, 8, 16],
+                           "goals": [0.4], "budget_examples": 64})
+    assert train_run(images, cnn.run(8, 0.1), tmp_path, progress=False)["noise_method"] == "micro_batch"
+    with pytest.raises(ConfigError, match="noise_method='per_example' cannot measure model 'paper_cnn'.*Conv2d"):
+        run_sweep(make_experiment({**cnn.to_dict(), "noise_method": "per_example"}), tmp_path, images, progress=False)
+    assert not (tmp_path / "cnn" / "experiment.json").exists()  # refused before the sweep wrote anything
