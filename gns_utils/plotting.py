@@ -95,7 +95,12 @@ def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 150) -> tuple[P
     return png, pdf
 
 
-def _label(name: str) -> str:
+def _label(name: str, units: str | None = None) -> str:
+    """Axis label of a column; ``units`` ("images", "tokens" ...) names what ``examples`` and ``batch_units`` count."""
+    if units and name == "examples":
+        return f"{units} processed $E$"
+    if units and name == "batch_units":
+        return f"batch size $B$ ({units})"
     return AXIS_LABELS.get(name, name.replace("_", " "))
 
 
@@ -125,6 +130,7 @@ def plot_training_curves(
     y: str = "loss",
     hue: str = "batch_size",
     logy: bool = False,
+    units: str | None = None,
 ) -> Axes:
     """A metric against steps or examples, one line per ``hue`` value (Fig. 6).
 
@@ -136,6 +142,7 @@ def plot_training_curves(
         y: the metric column.
         hue: one line per value, coloured in sorted order.
         logy: log scale on y as well.
+        units: what ``examples`` and ``batch_units`` count ("images", "tokens"), for the labels.
 
     Returns:
         ``ax``.
@@ -149,10 +156,10 @@ def plot_training_curves(
     ax.set_xscale("log")
     if logy:
         ax.set_yscale("log")
-    ax.set_xlabel(_label(x))
+    ax.set_xlabel(_label(x, units))
     ax.set_ylabel(_label(y))
     if levels:
-        ax.legend(title=_label(hue), ncols=2 if len(levels) > 6 else 1)
+        ax.legend(title=_label(hue, units), ncols=2 if len(levels) > 6 else 1)
     return ax
 
 
@@ -162,6 +169,7 @@ def plot_pareto_fronts(
     best: pd.DataFrame,
     fits: Mapping[Any, TradeoffFit | None],
     extend: float = 4.0,
+    units: str | None = None,
 ) -> Axes:
     """Steps against examples per goal with the fitted eq. 2.11 hyperbolas (Fig. 7 left).
 
@@ -178,6 +186,7 @@ def plot_pareto_fronts(
         fits: ``{goal: TradeoffFit or None}``, e.g. from
             :func:`~gns_utils.critical_batch.fit_tradeoff_by_goal`.
         extend: factor by which the curve extends beyond the tested batch sizes.
+        units: what ``examples`` counts ("images", "tokens"), for the x label.
 
     Returns:
         ``ax``.
@@ -199,7 +208,7 @@ def plot_pareto_fronts(
                        edgecolor="black", linewidth=0.5, zorder=4)
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel(_label("examples"))
+    ax.set_xlabel(_label("examples", units))
     ax.set_ylabel(_label("step"))
     if goals:
         ax.legend(title=r"$\star$: $B=B_\mathrm{crit}$", ncols=2 if len(goals) > 5 else 1)
@@ -332,6 +341,7 @@ def plot_noise_scale(
     y: str = "b_simple",
     hue: str | None = None,
     invert_x: bool | None = None,
+    units: str | None = None,
 ) -> Axes:
     """``B_simple`` against loss, examples or steps (Fig. 8), log y.
 
@@ -343,6 +353,7 @@ def plot_noise_scale(
         y: the noise-scale column ("b_simple" falls back to a run's ``b_simple_ema``).
         hue: optional column, one line per value (e.g. model width or batch size).
         invert_x: override the default inversion.
+        units: what ``examples`` counts ("images", "tokens"), for the x label.
 
     Returns:
         ``ax``.
@@ -365,7 +376,7 @@ def plot_noise_scale(
         ax.set_xscale("log")
     if (x == "loss" if invert_x is None else invert_x) and not ax.xaxis_inverted():
         ax.invert_xaxis()
-    ax.set_xlabel(_label(x))
+    ax.set_xlabel(_label(x, units))
     ax.set_ylabel(_label("b_simple" if y == "b_simple_ema" else y))
     return ax
 

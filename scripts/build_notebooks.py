@@ -29,8 +29,9 @@ FIGURES_COMMON = {
 # Fig 6: training curves of the best-tuned run at each batch size, against steps and against examples.
 for name, res in results.items():
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    plotting.plot_training_curves(axes[0], res.curves, x="step", y=res.cfg.metric, hue="batch_units")
-    plotting.plot_training_curves(axes[1], res.curves, x="examples", y=res.cfg.metric, hue="batch_units")
+    units = res.summary["units"]
+    plotting.plot_training_curves(axes[0], res.curves, x="step", y=res.cfg.metric, hue="batch_units", units=units)
+    plotting.plot_training_curves(axes[1], res.curves, x="examples", y=res.cfg.metric, hue="batch_units", units=units)
     fig.suptitle(f"{name}: training {res.cfg.metric} per batch size (best learning rate)")
     plotting.save_figure(fig, res.figure_dir / "training_curves")
     plt.show()""",
@@ -38,7 +39,7 @@ for name, res in results.items():
 # Fig 7 left: steps against examples per goal, with the fitted (2.11) hyperbolas and their B_crit points.
 for name, res in results.items():
     fig, ax = plt.subplots(figsize=(6, 5))
-    plotting.plot_pareto_fronts(ax, res.best, res.fits)
+    plotting.plot_pareto_fronts(ax, res.best, res.fits, units=res.summary["units"])
     ax.set_title(f"{name}: Pareto fronts")
     plotting.save_figure(fig, res.figure_dir / "pareto_fronts")
     plt.show()""",
@@ -55,7 +56,7 @@ for name, res in results.items():
 for name, res in results.items():
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     plotting.plot_noise_scale(axes[0], res.noise, x="loss")
-    plotting.plot_noise_scale(axes[1], res.noise, x="examples")
+    plotting.plot_noise_scale(axes[1], res.noise, x="examples", units=res.summary["units"])
     fig.suptitle(f"{name}: B_simple over training (reference run)")
     plotting.save_figure(fig, res.figure_dir / "b_simple_over_training")
     plt.show()""",
@@ -182,7 +183,7 @@ widths_frame = run_width_study(study, results[cfg.task], results_root, problem, 
 # Fig 8: B_simple against training loss (the paper: curves nearly coincide) and against tokens (they differ).
 fig, axes = plt.subplots(1, 2, figsize=(11, 4))
 plotting.plot_noise_scale(axes[0], widths_frame, x="loss", hue="hidden")
-plotting.plot_noise_scale(axes[1], widths_frame, x="examples", hue="hidden")
+plotting.plot_noise_scale(axes[1], widths_frame, x="examples", hue="hidden", units="tokens")
 fig.suptitle("LSTM widths: B_simple (tokens) against loss and against tokens processed")
 plotting.save_figure(fig, results_root / study.task / "figures" / "widths_b_simple")
 plt.show()

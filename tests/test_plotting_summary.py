@@ -61,6 +61,18 @@ def test_save_figure_writes_png_and_pdf(tmp_path):
     assert png.read_bytes()[:4] == b"\x89PNG" and pdf.read_bytes()[:4] == b"%PDF"
 
 
+def test_axes_name_the_units_examples_count():
+    fig, axes = plt.subplots(1, 3)
+    frame = _metrics().assign(batch_units=lambda d: d["batch_size"] * 20, b_simple=50.0)
+    plotting.plot_training_curves(axes[0], frame, x="examples", y="loss", hue="batch_units", units="tokens")
+    plotting.plot_noise_scale(axes[1], frame, x="examples", units="tokens")
+    plotting.plot_pareto_fronts(axes[2], best_runs(_runs()), {})
+    assert axes[0].get_xlabel() == axes[1].get_xlabel() == "tokens processed $E$"
+    assert axes[0].get_legend().get_title().get_text() == "batch size $B$ (tokens)"
+    assert axes[2].get_xlabel() == "examples $E$"  # no units given
+    plt.close(fig)
+
+
 def test_critical_batch_plots_run(tmp_path):
     best = best_runs(_runs())
     fits = fit_tradeoff_by_goal(best)
