@@ -15,6 +15,11 @@ Each variant is interleaved with its baseline (``accum`` or ``plain``) in its ow
 Prints the median time of each and the ratios ``accum+monitor / accum`` (target ≤ 1.02)
 and ``per_example[layerwise] / plain`` (target ≤ 2).
 
+Then, for the cpu profile's MLP (784-256-10) at batch 32 and 1024, what the training
+engine does per step against a plain step: ``micro2+monitor`` (two micro-batches and
+:class:`~gns_utils.noise_scale.GradientNoiseMonitor`) and ``per_example_monitor`` (one
+forward/backward with :class:`~gns_utils.noise_scale.PerExampleNormMonitor`).
+
 Usage::
 
     python benchmarks/noise_overhead.py [--repeats 40] [--threads 2] [--chunk 16]
@@ -30,8 +35,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from gns_utils.models import PaperCNN
-from gns_utils.noise_scale import GradientNoiseMonitor, per_example_estimate
+from gns_utils.models import MLP, PaperCNN
+from gns_utils.noise_scale import GradientNoiseMonitor, PerExampleNormMonitor, per_example_estimate
 
 BATCH = 128
 N_MICRO = 4
@@ -97,13 +102,51 @@ def make_variants(chunk: int) -> dict[str, Variant]:
     }
 
 
-def run(names: list[str], repeats: int, chunk: int, inner: int = 2, warmup: int = 3) -> dict[str, float]:
-    """Median seconds per step of each named variant.
+def make_mlp_variants(batch: int) -> dict[str, Variant]:
+    """The engine's per-step noise measurements on the cpu profile's MLP, and a plain step."""
+    torch.manual_seed(0)
+    model = MLP(in_features=784, hidden=[256], n_classes=10)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    x = torch.randn(batch, 1, 28, 28)
+    y = torch.randint(0, 10, (batch,))
+    halves = list(zip(x.chunk(2), y.chunk(2)))
+    micro, per_example = GradientNoiseMonitor(model.parameters()), PerExampleNormMonitor(model)
+
+    def plain() -> None:
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        micro.reset()
+        opt.step()
+
+    def micro2() -> None:
+        opt.zero_grad()
+        for xb, yb in halves:
+            (F.cross_entropy(model(xb), yb) * 0.5).backward()
+            micro.after_micro_batch(len(xb))
+        micro.after_step()
+        opt.step()
+
+    def in_backward() -> None:
+        opt.zero_grad()
+        with per_example.capture():
+            loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        micro.reset()
+        per_example.after_micro_batch(batch)
+        per_example.after_step()
+        opt.step()
+
+    return {"plain": Variant(plain), "micro2+monitor": Variant(micro2), "per_example_monitor": Variant(in_backward)}
+
+
+def run(names: list[str], repeats: int, chunk: int, inner: int = 2, warmup: int = 3,
+        variants: dict[str, Variant] | None = None) -> dict[str, float]:
+    """Median seconds per step of each named variant (default: the CNN's, :func:`make_variants`).
 
     Variants are interleaved (order reversed every other repeat); each sample times
     ``inner`` consecutive steps.
     """
-    variants = make_variants(chunk)
+    variants = variants or make_variants(chunk)
     times: dict[str, list[float]] = {name: [] for name in names}
     for r in range(warmup + repeats):
         for name in names if r % 2 == 0 else names[::-1]:
@@ -140,6 +183,13 @@ def main() -> None:
               f"   ({repeats} samples of {inner} steps)")
         lines.append(f"ratio {variant + ' / ' + base:32s} {medians[variant] / medians[base]:6.3f}  ({note})")
     print("\n".join(lines))
+    print("MLP 784-256-10 (the cpu profile's), per-step noise measurement of the training engine (median ms per step)")
+    for batch, inner in ((32, 20), (1024, 2)):
+        names = ["plain", "micro2+monitor", "per_example_monitor"]
+        medians = run(names, args.repeats, args.chunk, inner=inner, variants=make_mlp_variants(batch))
+        print(f"  batch {batch:5d}: " + "   ".join(f"{n} {medians[n] * 1e3:7.3f}" for n in names)
+              + f"   ratios to plain: micro2+monitor {medians['micro2+monitor'] / medians['plain']:.2f}, "
+              f"per_example_monitor {medians['per_example_monitor'] / medians['plain']:.2f}")
 
 
 if __name__ == "__main__":
