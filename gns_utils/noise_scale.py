@@ -99,7 +99,9 @@ class NoiseEstimate:
 
 def _check_sq_norm(name: str, value: ArrayLike) -> None:
     """Raise ValueError unless every element of ``value`` is finite and ≥ 0."""
-    if isinstance(value, torch.Tensor):
+    if isinstance(value, (int, float)):  # the per-step case: no array machinery
+        finite, negative = math.isfinite(value), value < 0
+    elif isinstance(value, torch.Tensor):
         finite = bool(torch.isfinite(value).all())
         negative = finite and bool((value < 0).any())
     else:
@@ -641,7 +643,7 @@ class PerExampleNormMonitor:
         self._ran: set[nn.Module] = set()
         self._pending: list[torch.Tensor] = []
         self._examples = 0
-        self._sums: list[torch.Tensor] = []
+        self._sums: list[list[torch.Tensor]] = []
         self._n: list[float] = []
         self._units: list[float] = []
         self._scales: list[float | None] = []
@@ -682,9 +684,9 @@ class PerExampleNormMonitor:
                 self._pending.append(sq_norm_sum())
 
         if a.dim() == 2:  # one row per example: |g_i|^2 ∝ |δ_i|^2 (|a_i|^2 + 1), a_i's part computed now
-            aa = a.square().sum(1) if weight else a.new_zeros(n)
+            aa = torch.linalg.vector_norm(a, dim=1).square_() if weight else a.new_zeros(n)
             if bias:
-                aa = aa + 1.0
+                aa.add_(1.0)
             output.register_hook(lambda delta: record(lambda: torch.dot(delta.detach().square().sum(1), aa)))
             return
         a = a.reshape(n, -1, a.shape[-1])
@@ -711,7 +713,7 @@ class PerExampleNormMonitor:
         if len(pending) != ran:
             raise RuntimeError(f"the backward reached {len(pending)} of the {ran} Linear layers captured in the "
                                "forward; call after_micro_batch() right after loss.backward()")
-        self._sums.append(sum(p.double() for p in pending))
+        self._sums.append(pending)  # read with the gradient norms in after_step, in one transfer
         self._n.append(float(n))
         self._units.append(float(units))
         self._scales.append(loss_scale)
@@ -728,12 +730,16 @@ class PerExampleNormMonitor:
         if not sums or sum(n) < 2:
             self.n_too_few += 1
             return None
-        s = _loss_scales(np.asarray(units), scales).tolist()
+        s = [u / sum(units) for u in units] if all(x is None for x in scales) else \
+            _loss_scales(np.asarray(units), scales).tolist()
         grads = [p.grad.detach() for p in self.params if p.grad is not None]
-        norms = torch.stack(torch._foreach_norm(grads)).tolist()
-        big = math.fsum(v * v for v in norms) / sum(s) ** 2
+        values = torch.stack(list(torch._foreach_norm(grads)) + [t for layers in sums for t in layers]).tolist()
+        big = math.fsum(v * v for v in values[:len(grads)]) / sum(s) ** 2
         # g_i = (n_j / s_j) δ_iᵀ a_i in micro-batch j; the small norm is the mean of |g_i|^2 over all examples
-        small = sum(float(t) * (n_j / s_j) ** 2 for t, n_j, s_j in zip(sums, n, s)) / sum(n)
+        layer_sums, small = iter(values[len(grads):]), 0.0
+        for layers, n_j, s_j in zip(sums, n, s):
+            small += math.fsum(next(layer_sums) for _ in layers) * (n_j / s_j) ** 2
+        small /= sum(n)
         if not (math.isfinite(small) and math.isfinite(big)):
             self.n_skipped += 1
             return None
