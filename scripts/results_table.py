@@ -81,6 +81,10 @@ def print_tables(root) -> None:
         for key, name in (("ours", "ours (measured here)"), ("paper", "paper (Table 1)"), ("all", "both")):
             fit, ident = r2.get(f"{key}_fit"), r2.get(f"{key}_identity")
             print(f"| {name} | {'–' if fit is None else f'{fit:.2f}'} | {'–' if ident is None else f'{ident:.2f}'} |")
+    facts = key_numbers(root)
+    if facts:
+        print("\nKey numbers (computed by this script from the same files; the text below refers to them):\n")
+        print("\n".join(f"* {line}" for line in facts))
     log = root / "reproduce_log.json"
     if log.exists():
         data = json.loads(log.read_text())
@@ -89,6 +93,61 @@ def print_tables(root) -> None:
         print(f"\n`make reproduce` (profile {data['profile']}, {data.get('jobs', 1)} notebooks at a time): "
               f"{'–' if total is None else f'{total / 60:.1f}'} min in all; {parts}."
               + (f" Re-run alone since: {', '.join(data['rerun_alone'])}." if data.get("rerun_alone") else ""))
+
+
+def key_numbers(root) -> list[str]:
+    """The derived numbers the README's discussion quotes, one markdown line each.
+
+    B_crit's relative standard error and growth (first goal → last) per task, its span over
+    the tasks, the range of B_simple / B_crit, B_noise of the (2.6) fit to the best learning
+    rates at the last goal (image tasks; as in each task's ``figures/optimal_lr``), and the
+    Fig 8 width study's verdict (:func:`gns_utils.pipeline.width_study_verdict`).
+    """
+    import numpy as np
+
+    from gns_utils.critical_batch import best_runs
+    from gns_utils.pipeline import width_study_verdict
+    from gns_utils.results import load_metrics, load_runs
+    from gns_utils.sweep import runs_table
+    from gns_utils.theory import fit_optimal_lr
+
+    tasks = [s for s in (json.loads(p.read_text()) for p in sorted(root.glob("*/summary.json")))
+             if s.get("profile") and "domain" in s and s.get("b_crit") and s.get("b_crit_bound") == "none"]
+    if not tasks:
+        return []
+    lines = []
+    rel = [s["b_crit_stderr"] / s["b_crit"] for s in tasks if s.get("b_crit_stderr")]
+    growth = ", ".join(f"×{s['b_crit'] / s['b_crit_start']:.2g} ({s['task']})" for s in tasks if s.get("b_crit_start"))
+    lines.append(f"B_crit at the last goal has a relative standard error of {100 * min(rel):.0f}–{100 * max(rel):.0f} %; "
+                 f"from the first goal to the last it grows {growth}.")
+    b_crits = [s["b_crit"] for s in tasks]
+    ratios = [s["b_simple"] / s["b_crit"] for s in tasks if s.get("b_simple")]
+    lines.append(f"B_crit spans {np.log10(max(b_crits) / min(b_crits)):.1f} decades over the tasks "
+                 f"({min(b_crits):,.0f} → {max(b_crits):,.0f}); B_simple / B_crit ranges {min(ratios):.2f}–{max(ratios):.2f}.")
+    for s in tasks:
+        if s["domain"] != "image":
+            continue
+        runs = [json.loads(p.read_text()) for p in sorted((root / s["task"] / "runs").glob("*/summary.json"))]
+        sweep = [r for r in runs if not r["config"].get("b_noise_examples")]  # the reference re-run measures B_noise
+        best = best_runs(runs_table(sweep))
+        last = best[np.isclose(best["goal"], s["b_crit_goal"])].dropna(subset=["lr"])
+        if len(last) >= 3:
+            _, b_noise = fit_optimal_lr(last["batch_size"], last["lr"])
+            hessian = f"{s['b_noise']:,.0f}" if s.get("b_noise") else "–"
+            lines.append(f"{s['task']}: B_simple {s['b_simple']:,.0f}, Hessian B_noise (2.8) {hessian}, B_noise of "
+                         f"the (2.6) fit to the best learning rates {b_noise:,.0f}; B_crit {s['b_crit']:,.0f}.")
+    widths = root / "prose_lstm_adam_widths"
+    if widths.exists():
+        runs = load_runs(root, widths.name)
+        frame = load_metrics(root, widths.name)
+        if not runs.empty and not frame.empty:
+            hidden = {r["run_id"]: r["model_kwargs"].get("hidden") for _, r in runs.iterrows()}
+            frame["hidden"] = frame["run_id"].map(hidden)
+            verdict = width_study_verdict(frame)
+            lines.append(f"Fig 8 width study (LSTM widths {', '.join(str(h) for h in sorted(set(hidden.values())))}): "
+                         f"spread of log10 B_simple across widths {verdict['spread_vs_loss']:.2f} at equal loss vs "
+                         f"{verdict['spread_vs_tokens']:.2f} at equal tokens ({'held' if verdict['held'] else 'did not hold'}).")
+    return lines
 
 
 if __name__ == "__main__":
