@@ -94,12 +94,16 @@ def config_hash(config: Mapping[str, Any], length: int = 12) -> str:
 
 
 def git_state() -> dict[str, Any]:
-    """The repository's commit and whether the working tree has uncommitted changes."""
+    """The repository's commit and whether tracked files outside ``results/`` have uncommitted changes.
+
+    ``results/`` (the committed outputs) is left out of the dirty check: a rerun of
+    ``make reproduce`` rewrites it while it runs, and it holds no code.
+    """
     root = repo_root()
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results"],
+                               cwd=root, capture_output=True, text=True, timeout=10)
         if commit.returncode != 0:
             return {"git_commit": None, "git_dirty": None}
         return {"git_commit": commit.stdout.strip(), "git_dirty": bool(dirty.stdout.strip())}

@@ -206,3 +206,25 @@ def test_noise_method_per_example_for_linear_nets_micro_batches_otherwise(proble
     with pytest.raises(ConfigError, match="noise_method='per_example' cannot measure model 'paper_cnn'.*Conv2d"):
         run_sweep(make_experiment({**cnn.to_dict(), "noise_method": "per_example"}), tmp_path, images, progress=False)
     assert not (tmp_path / "cnn" / "experiment.json").exists()  # refused before the sweep wrote anything
+
+
+def test_provenance_dirty_flag_ignores_the_results_folder(tmp_path, monkeypatch):
+    import subprocess
+
+    from gns_utils import results
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "out.json").write_text("{}\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    monkeypatch.setattr(results, "repo_root", lambda: tmp_path)
+    assert results.git_state()["git_dirty"] is False
+    (tmp_path / "results" / "out.json").unlink()  # make reproduce rewriting its outputs
+    assert results.git_state()["git_dirty"] is False
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert results.git_state()["git_dirty"] is True
