@@ -750,7 +750,7 @@ class PerExampleNormMonitor:
 
 
 def _linear_sq_norm_sum(d: torch.Tensor, a: torch.Tensor, weight: bool, bias: bool) -> torch.Tensor:
-    """``Σ_i |δ_iᵀ a_i|^2 + |Σ_t δ_it|^2`` over the examples of ``d: [n, T, out]``, ``a: [n, T, in]`` (float64 scalar).
+    """``Σ_i |δ_iᵀ a_i|^2 + |Σ_t δ_it|^2`` over the examples of ``d: [n, T, out]``, ``a: [n, T, in]`` (float64).
 
     Gram matrices or outer products, whichever is cheaper (see :func:`_products_sq_norm_and_sum`).
     """

@@ -237,9 +237,9 @@ def train_run(problem: Any, cfg: RunConfig, results_dir: str | Path, progress: b
 
 
 def _train_step(problem: Any, model: torch.nn.Module, optimizer: torch.optim.Optimizer, sampler: EpochSampler,
-                monitor: GradientNoiseMonitor | PerExampleNormMonitor, ema: NoiseScaleEMA, interval: dict[str, float], n_micro: int,
-                grad_clip: float | None) -> float:
-    """One optimizer step over ``n_micro`` accumulated micro-batches (1 with per-example norms); returns the batch loss."""
+                monitor: GradientNoiseMonitor | PerExampleNormMonitor, ema: NoiseScaleEMA, interval: dict[str, float],
+                n_micro: int, grad_clip: float | None) -> float:
+    """One optimizer step over ``n_micro`` micro-batches (1 with per-example norms); returns the batch loss."""
     batch = problem.batch(sampler.next())
     total_units = problem.units(batch)
     optimizer.zero_grad(set_to_none=True)  # the first backward then takes its gradient buffer, no addition
