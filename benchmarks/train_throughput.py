@@ -1,6 +1,6 @@
 """Examples per second: the training engine against a plain DataLoader loop, side by side.
 
-Usage: python benchmarks/train_throughput.py [--repeats 3] [--examples 40960]
+Usage: python benchmarks/train_throughput.py [--repeats 5] [--examples 40960]
 
 For each model (a small MLP, the cpu profile's 784-256-10, and the paper's MNIST CNN)
 and batch size (32, 1024) on random 28×28 images, it times, for the same number of
@@ -112,7 +112,7 @@ def engine(model_name: str, problem: ClassificationProblem, batch_size: int, n_e
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--examples", type=int, default=40960, help="examples per timed MLP run (CNN: a quarter)")
     args = parser.parse_args()
     torch.set_num_threads(2)
