@@ -124,18 +124,24 @@ def key_numbers(root) -> list[str]:
     ratios = [s["b_simple"] / s["b_crit"] for s in tasks if s.get("b_simple")]
     lines.append(f"B_crit spans {np.log10(max(b_crits) / min(b_crits)):.1f} decades over the tasks "
                  f"({min(b_crits):,.0f} → {max(b_crits):,.0f}); B_simple / B_crit ranges {min(ratios):.2f}–{max(ratios):.2f}.")
+    points, spans, edges, optimal_lr_lines = [], [], 0, []
     for s in tasks:
-        if s["domain"] != "image":
-            continue
         runs = [json.loads(p.read_text()) for p in sorted((root / s["task"] / "runs").glob("*/summary.json"))]
         sweep = [r for r in runs if not r["config"].get("b_noise_examples")]  # the reference re-run measures B_noise
         best = best_runs(runs_table(sweep))
-        last = best[np.isclose(best["goal"], s["b_crit_goal"])].dropna(subset=["lr"])
-        if len(last) >= 3:
+        last = best[np.isclose(best["goal"], s["b_crit_goal"])].dropna(subset=["steps"])
+        points.append(len(last))
+        spans.append(np.log2(last["batch_size"].max() / last["batch_size"].min()))
+        edges += int(last["lr_on_edge"].sum())
+        if s["domain"] == "image" and len(last) >= 3:
             _, b_noise = fit_optimal_lr(last["batch_size"], last["lr"])
             hessian = f"{s['b_noise']:,.0f}" if s.get("b_noise") else "–"
-            lines.append(f"{s['task']}: B_simple {s['b_simple']:,.0f}, Hessian B_noise (2.8) {hessian}, B_noise of "
-                         f"the (2.6) fit to the best learning rates {b_noise:,.0f}; B_crit {s['b_crit']:,.0f}.")
+            optimal_lr_lines.append(f"{s['task']}: B_simple {s['b_simple']:,.0f}, Hessian B_noise (2.8) {hessian}, "
+                                    f"B_noise of the (2.6) fit to the best learning rates {b_noise:,.0f}; "
+                                    f"B_crit {s['b_crit']:,.0f}.")
+    lines.append(f"The last-goal fits use {min(points)}–{max(points)} batch sizes spanning "
+                 f"2^{min(spans):.0f}–2^{max(spans):.0f}; best learning rates on the edge of their grid: {edges}.")
+    lines += optimal_lr_lines
     widths = root / "prose_lstm_adam_widths"
     if widths.exists():
         runs = load_runs(root, widths.name)
