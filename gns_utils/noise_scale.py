@@ -30,6 +30,8 @@ Sources of the (small, big) pair, all returning a :class:`NoiseEstimate`:
   ``torch.func`` per-example gradients, or per-layer norms for Linear/Conv2d nets.
 * :class:`GradientNoiseMonitor` micro-batches and their accumulated gradient, a few
   percent of a step inside a gradient-accumulation loop.
+* :class:`PerExampleNormMonitor` single examples and the batch, from per-example norms
+  taken inside the training step's one backward (nets of ``nn.Linear`` layers).
 * :func:`data_parallel_estimate` each rank's local gradient and the all-reduced one.
   All step-wise sources follow the :class:`NoiseSource` protocol.
 
