@@ -55,3 +55,20 @@ def test_readme_tables_are_the_scripts_output():
     readme = repo_path("README.md").read_text()
     block = readme.split(module.START, 1)[1].split(module.END, 1)[0]
     assert module.tables(RESULTS) in block, "README tables are stale: run `python scripts/results_table.py --readme README.md`"
+
+
+def test_key_numbers_match_the_task_summaries():
+    # recomputed here from the task summaries, independently of scripts/results_table.py
+    spec = importlib.util.spec_from_file_location("results_table", repo_path("scripts", "results_table.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    text = "\n".join(module.key_numbers(RESULTS))
+    tasks = [json.loads((RESULTS / t / "summary.json").read_text()) for t in _cpu_tasks()]
+    ratios = [s["b_simple"] / s["b_crit"] for s in tasks]
+    assert f"ranges {min(ratios):.2f}–{max(ratios):.2f}" in text
+    b_crit = [s["b_crit"] for s in tasks]
+    assert f"({min(b_crit):,.0f} → {max(b_crit):,.0f})" in text
+    rel = [s["b_crit_stderr"] / s["b_crit"] for s in tasks]
+    assert f"{100 * min(rel):.0f}–{100 * max(rel):.0f} %" in text
+    for s in tasks:
+        assert f"×{s['b_crit'] / s['b_crit_start']:.2g} ({s['task']})" in text
