@@ -414,7 +414,30 @@ def _total_sq_norm(row_norms: list[torch.Tensor]) -> torch.Tensor:
     return torch.dot(flat, flat)
 
 
-class GradientNoiseMonitor:
+class _StepMonitor:
+    """What the step-wise monitors share: their counters, hook removal and argument checks."""
+
+    def __init__(self) -> None:
+        self.n_steps = 0
+        self.n_skipped = 0
+        self.n_too_few = 0
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    def remove(self) -> None:
+        """Remove the hooks; the monitor is unusable afterwards."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    @staticmethod
+    def _check_micro_batch(units: float, loss_scale: float | None) -> None:
+        if not units > 0:
+            raise ValueError(f"units must be positive, got {units}")
+        if loss_scale is not None and not loss_scale > 0:
+            raise ValueError(f"loss_scale must be positive, got {loss_scale}")
+
+
+class GradientNoiseMonitor(_StepMonitor):
     """``|G|^2`` and ``tr Σ`` from the micro-batches of gradient accumulation (A.2).
 
     A gradient hook on every parameter sees each micro-batch's gradient as it arrives,
@@ -470,9 +493,7 @@ class GradientNoiseMonitor:
         self.params = [p for p in params if p.requires_grad]
         if not self.params:
             raise ValueError("GradientNoiseMonitor needs at least one parameter with requires_grad=True")
-        self.n_steps = 0
-        self.n_skipped = 0
-        self.n_too_few = 0
+        super().__init__()
         self._pending: list[torch.Tensor | None] = [None] * len(self.params)
         self._repeated = False
         self._handles = [p.register_hook(self._make_hook(i)) for i, p in enumerate(self.params)]
@@ -493,12 +514,6 @@ class GradientNoiseMonitor:
         self._units: list[float] = []
         self._scales: list[float | None] = []
 
-    def remove(self) -> None:
-        """Remove the gradient hooks; the monitor is unusable afterwards."""
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
-
     def after_micro_batch(self, units: float, loss_scale: float | None = None) -> None:
         """Record the micro-batch whose ``backward()`` just ran.
 
@@ -512,10 +527,7 @@ class GradientNoiseMonitor:
             RuntimeError: no gradient arrived since the last call, or a parameter
                 received two gradients (two backward passes in one micro-batch).
         """
-        if not units > 0:
-            raise ValueError(f"units must be positive, got {units}")
-        if loss_scale is not None and not loss_scale > 0:
-            raise ValueError(f"loss_scale must be positive, got {loss_scale}")
+        self._check_micro_batch(units, loss_scale)
         norms = [n for n in self._pending if n is not None]
         repeated = self._repeated
         self._pending = [None] * len(self.params)
@@ -573,7 +585,7 @@ def _loss_scales(units: np.ndarray, scales: list[float | None]) -> np.ndarray:
     return units / units.sum()
 
 
-class PerExampleNormMonitor:
+class PerExampleNormMonitor(_StepMonitor):
     """``|G|^2`` and ``tr Σ`` from per-example gradient norms inside the training backward (A.2, ``B_small = 1``).
 
     For networks whose trainable parameters all sit in ``nn.Linear`` layers. During an
@@ -620,9 +632,7 @@ class PerExampleNormMonitor:
         self.layers = [m for m in model.modules() if isinstance(m, nn.Linear)
                        and any(p.requires_grad for p in m.parameters(recurse=False))]
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self.n_steps = 0
-        self.n_skipped = 0
-        self.n_too_few = 0
+        super().__init__()
         self._capturing = False
         self._generation = 0  # advanced whenever captured forwards are consumed or given up
         self._handles = [m.register_forward_hook(self._forward_hook) for m in self.layers]
@@ -631,13 +641,7 @@ class PerExampleNormMonitor:
     @staticmethod
     def unsupported(model: nn.Module) -> str:
         """Why the monitor cannot handle ``model`` ('' when it can)."""
-        reason = _layerwise_unsupported(model, (nn.Linear,))
-        if reason:
-            return reason
-        for name, module in model.named_modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.training:
-                return f"{name!r} is a BatchNorm in train mode (it couples the examples of a batch)"
-        return ""
+        return _layerwise_unsupported(model, (nn.Linear,)) or _train_mode_batchnorm(model)
 
     def reset(self) -> None:
         """Forget the current step's micro-batches (gradients of forwards captured before are then ignored)."""
@@ -649,12 +653,6 @@ class PerExampleNormMonitor:
         self._n: list[float] = []
         self._units: list[float] = []
         self._scales: list[float | None] = []
-
-    def remove(self) -> None:
-        """Remove the hooks; the monitor is unusable afterwards."""
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
 
     @contextmanager
     def capture(self) -> Iterator[None]:
@@ -702,10 +700,7 @@ class PerExampleNormMonitor:
             ValueError: ``units`` or ``loss_scale`` not positive.
             RuntimeError: no captured forward, or its backward did not reach every layer.
         """
-        if not units > 0:
-            raise ValueError(f"units must be positive, got {units}")
-        if loss_scale is not None and not loss_scale > 0:
-            raise ValueError(f"loss_scale must be positive, got {loss_scale}")
+        self._check_micro_batch(units, loss_scale)
         pending, ran, n = self._pending, len(self._ran), self._examples
         self._pending, self._ran, self._examples = [], set(), 0
         self._generation += 1
@@ -732,21 +727,21 @@ class PerExampleNormMonitor:
         if not sums or sum(n) < 2:
             self.n_too_few += 1
             return None
-        s = [u / sum(units) for u in units] if all(x is None for x in scales) else \
-            _loss_scales(np.asarray(units), scales).tolist()
+        s = _loss_scales(np.asarray(units), scales).tolist()
+        s_total, n_total = sum(s), sum(n)
         grads = [p.grad.detach() for p in self.params if p.grad is not None]
         values = torch.stack(list(torch._foreach_norm(grads)) + [t for layers in sums for t in layers]).tolist()
-        big = math.fsum(v * v for v in values[:len(grads)]) / sum(s) ** 2
+        big = math.fsum(v * v for v in values[:len(grads)]) / s_total**2
         # g_i = (n_j / s_j) δ_iᵀ a_i in micro-batch j; the small norm is the mean of |g_i|^2 over all examples
         layer_sums, small = iter(values[len(grads):]), 0.0
         for layers, n_j, s_j in zip(sums, n, s):
             small += math.fsum(next(layer_sums) for _ in layers) * (n_j / s_j) ** 2
-        small /= sum(n)
+        small /= n_total
         if not (math.isfinite(small) and math.isfinite(big)):
             self.n_skipped += 1
             return None
-        b_small = sum(n) / sum(n_j * n_j / u_j for n_j, u_j in zip(n, units))  # 1 / mean of 1/(units per example)
-        b_big = 1.0 / sum((s_j / sum(s)) ** 2 / u_j for s_j, u_j in zip(s, units))
+        b_small = n_total / sum(n_j * n_j / u_j for n_j, u_j in zip(n, units))  # 1 / mean of 1/(units per example)
+        b_big = 1.0 / sum((s_j / s_total) ** 2 / u_j for s_j, u_j in zip(s, units))
         self.n_steps += 1
         return two_batch_estimates(small, big, b_small, b_big)
 
@@ -818,12 +813,20 @@ def _split_state(model: nn.Module) -> tuple[ParamDict, ParamDict]:
     return params, consts
 
 
-def _check_functional(model: nn.Module) -> None:
-    """Per-example gradients are undefined with batch statistics: refuse train-mode BatchNorm."""
+def _train_mode_batchnorm(model: nn.Module) -> str:
+    """'' or why per-example gradients are undefined: a BatchNorm in train mode couples the examples."""
     for name, module in model.named_modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.training:
-            raise ValueError(f"module {name or type(module).__name__!r} is a BatchNorm in train mode; per-example "
-                             "gradients need model.eval() (running statistics)")
+            return (f"module {name or type(module).__name__!r} is a BatchNorm in train mode; per-example "
+                    "gradients need model.eval() (running statistics)")
+    return ""
+
+
+def _check_functional(model: nn.Module) -> None:
+    """Per-example gradients are undefined with batch statistics: refuse train-mode BatchNorm."""
+    reason = _train_mode_batchnorm(model)
+    if reason:
+        raise ValueError(reason)
 
 
 def _check_batch(inputs: torch.Tensor, targets: torch.Tensor, chunk_size: int, minimum: int) -> int:
