@@ -107,7 +107,7 @@ def key_numbers(root) -> list[str]:
 
     from gns_utils.critical_batch import best_runs
     from gns_utils.pipeline import width_study_verdict
-    from gns_utils.results import load_metrics, load_runs
+    from gns_utils.results import load_metrics, load_run_summary, load_runs
     from gns_utils.sweep import runs_table
     from gns_utils.theory import fit_optimal_lr
 
@@ -126,7 +126,7 @@ def key_numbers(root) -> list[str]:
                  f"({min(b_crits):,.0f} → {max(b_crits):,.0f}); B_simple / B_crit ranges {min(ratios):.2f}–{max(ratios):.2f}.")
     points, spans, edges, optimal_lr_lines = [], [], 0, []
     for s in tasks:
-        runs = [json.loads(p.read_text()) for p in sorted((root / s["task"] / "runs").glob("*/summary.json"))]
+        runs = [r for f in sorted((root / s["task"] / "runs").glob("*")) if (r := load_run_summary(f)) is not None]
         sweep = [r for r in runs if not r["config"].get("b_noise_examples")]  # the reference re-run measures B_noise
         best = best_runs(runs_table(sweep))
         last = best[np.isclose(best["goal"], s["b_crit_goal"])].dropna(subset=["steps"])
