@@ -1,6 +1,8 @@
 # Two commands a newcomer needs (both create the environment and the data if missing):
-#   make reproduce   run every notebook at PROFILE (default cpu) into results/, then the summary
+#   make reproduce   train every run of every notebook at PROFILE (default cpu) anew into results/,
+#                    then compare with the committed results (results/reproduction.md)
 #   make test        the whole test suite, every notebook included at smoke size
+# Also: make lab (JupyterLab on the notebooks), make benchmarks, one target per notebook.
 SHELL := /bin/bash
 PROFILE ?= cpu
 # Domain notebooks run in parallel, one per core, single-threaded; one at a time on a GPU.
@@ -14,21 +16,21 @@ export HF_HUB_OFFLINE ?= 1
 export MPLBACKEND ?= Agg
 export PYTHONUNBUFFERED := 1
 
-.PHONY: env data test smoke reproduce image language autoencoder summary benchmarks notebooks-clean
+.PHONY: env data test smoke reproduce lab image language autoencoder summary benchmarks
 
 # The virtual environment, installed from the exact lock; rebuilt when the lock changes.
 $(STAMP): requirements.lock pyproject.toml
 	@if [ -f $(STAMP) ]; then echo "requirements.lock changed: rebuilding $(VENV)"; rm -rf $(VENV); fi
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.lock
-	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e ".[experiments,dev]"
 	@touch $@
 
 env: $(STAMP)
 
 # Offline datasets (Debian Fashion-MNIST, plain-text corpora); idempotent.
 data: $(STAMP)
-	$(PY) -m gns_utils.data prepare
+	$(PY) -m gns_utils.experiments.prepare
 
 test: data
 	$(PY) -m pytest -q
@@ -37,21 +39,27 @@ test: data
 smoke: data
 	$(PY) -m pytest -q -m notebook
 
-# The main job: every domain notebook at PROFILE, then the summary. Executed copies and
-# every figure / summary land in results/.
+# The main job: every domain notebook at PROFILE, trained anew (an interrupted run resumes), then
+# the summary and the comparison with the committed reference; then the README's results tables.
+REPRODUCE := $(PY) -m gns_utils.experiments.reproduce --profile $(PROFILE) --jobs $(JOBS)
 reproduce: data
-	$(PY) scripts/reproduce.py --profile $(PROFILE) --jobs $(JOBS)
-	$(PY) scripts/results_table.py --readme README.md
+	$(REPRODUCE)
+	$(PY) -m gns_utils.experiments.tables --readme README.md
 
+# One notebook, trained anew and compared with the reference (then `make summary` redraws Fig 4).
 image: data
-	$(PY) scripts/reproduce.py --profile $(PROFILE) --only 01_image_classification
+	$(REPRODUCE) --only 01_image_classification
 language: data
-	$(PY) scripts/reproduce.py --profile $(PROFILE) --only 02_language_model
+	$(REPRODUCE) --only 02_language_model
 autoencoder: data
-	$(PY) scripts/reproduce.py --profile $(PROFILE) --only 03_autoencoder
+	$(REPRODUCE) --only 03_autoencoder
 summary: $(STAMP)
-	$(PY) scripts/reproduce.py --profile $(PROFILE) --only 99_summary
+	$(REPRODUCE) --only 99_summary
 
-# Speed ratios against baselines timed in the same process; the output is kept in results/benchmarks.txt.
+# JupyterLab on the project's environment: open a notebook in notebooks/ and step through it.
+lab: data
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
+
+# Speed ratios against baselines timed in the same process; the output is kept in benchmarks/results.txt.
 benchmarks: $(STAMP)
-	( $(PY) benchmarks/noise_overhead.py && $(PY) benchmarks/train_throughput.py ) | tee results/benchmarks.txt
+	( $(PY) benchmarks/noise_overhead.py && $(PY) benchmarks/train_throughput.py ) | tee benchmarks/results.txt

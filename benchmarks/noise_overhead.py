@@ -5,9 +5,9 @@ mode with dropout) on CPU with 2 threads, for these variants, all in one process
 
 * ``plain``        one forward/backward on the batch, ``optimizer.step()``.
 * ``accum``        plain accumulation of 4 micro-batches of 32.
-* ``accum+monitor`` the same with :class:`gns_utils.noise_scale.GradientNoiseMonitor`.
+* ``accum+monitor`` the same with :class:`gns_utils.noise.GradientNoiseMonitor`.
 * ``per_example[layerwise]`` / ``per_example[func]``
-  :func:`gns_utils.noise_scale.per_example_estimate` with that ``method`` and
+  :func:`gns_utils.noise.per_example_estimate` with that ``method`` and
   ``accumulate_grad=True`` (its mean gradient replaces the backward), ``optimizer.step()``.
 
 Each variant is interleaved with its baseline (``accum`` or ``plain``) in its own phase
@@ -17,8 +17,8 @@ and ``per_example[layerwise] / plain`` (target ≤ 2).
 
 Then, for the cpu profile's MLP (784-256-10) at batch 32 and 1024, what the training
 engine does per step against a plain step: ``micro2+monitor`` (two micro-batches and
-:class:`~gns_utils.noise_scale.GradientNoiseMonitor`) and ``per_example_monitor`` (one
-forward/backward with :class:`~gns_utils.noise_scale.PerExampleNormMonitor`).
+:class:`~gns_utils.noise.GradientNoiseMonitor`) and ``per_example_monitor`` (one
+forward/backward with :class:`~gns_utils.noise.PerExampleNormMonitor`).
 
 Usage::
 
@@ -35,8 +35,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from gns_utils.models import MLP, PaperCNN
-from gns_utils.noise_scale import GradientNoiseMonitor, PerExampleNormMonitor, per_example_estimate
+from gns_utils.experiments.models import MLP, PaperCNN
+from gns_utils.noise import GradientNoiseMonitor, PerExampleNormMonitor, per_example_estimate
 
 BATCH = 128
 N_MICRO = 4

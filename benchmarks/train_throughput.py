@@ -6,7 +6,7 @@ For each model (a small MLP, the cpu profile's 784-256-10, and the paper's MNIST
 and batch size (32, 1024) on random 28×28 images, it times, for the same number of
 examples, interleaved, median of repeats:
 
-* ``engine``: ``gns_utils.train.train_run`` — tensors on the device, sampling without
+* ``engine``: ``gns_utils.experiments.train.train_run`` — tensors on the device, sampling without
   replacement, B_simple measured at every step (per-example norms in the step's one
   backward for the MLP, 2 micro-batches for the CNN: ``train.noise_monitor``),
   evaluations, metrics file;
@@ -34,11 +34,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from gns_utils.config import make_experiment
-from gns_utils.models import build_model
-from gns_utils.noise_scale import NoiseScaleEMA, PerExampleNormMonitor
-from gns_utils.problems import ClassificationProblem
-from gns_utils.train import noise_monitor, train_run
+from gns_utils.experiments.config import make_experiment
+from gns_utils.experiments.models import build_model
+from gns_utils.noise import NoiseScaleEMA, PerExampleNormMonitor
+from gns_utils.experiments.problems import ClassificationProblem
+from gns_utils.experiments.train import noise_monitor, train_run
 
 MODELS = {"mlp": {"in_features": 784, "hidden": [256]}, "paper_cnn": {}}
 

@@ -1,7 +1,7 @@
-"""gns_utils: the gradient noise scale and the critical batch size.
+"""gns_utils: the gradient noise scale and the critical batch size, for your own training.
 
-A replication of McCandlish, Kaplan, Amodei et al., "An Empirical Model of
-Large-Batch Training" (arXiv:1812.06162, 2018).
+A replication of McCandlish, Kaplan, Amodei et al., "An Empirical Model of Large-Batch
+Training" (arXiv:1812.06162, 2018), and the library that measures its quantities.
 
 Symbols used throughout the package (the paper's notation):
 
@@ -13,22 +13,81 @@ Symbols used throughout the package (the paper's notation):
 * ``S_min``, ``E_min``  fewest optimizer steps / examples that reach a goal.
 * ``B_crit``    ``E_min / S_min``, the critical batch size (eq. 2.12).
 
-Modules:
+The library (this namespace; it needs torch, numpy, scipy and pandas only):
 
-* :mod:`gns_utils.noise_scale`    estimators of ``|G|^2``, ``tr Σ``, B_simple, B_noise.
-* :mod:`gns_utils.critical_batch` steps-to-target and the (2.11) fit giving B_crit.
-* :mod:`gns_utils.theory`         the paper's closed-form predictions (2.6, 2.7, 2.11, App. D).
-* :mod:`gns_utils.data`           dataset loaders (offline first).
-* :mod:`gns_utils.models`         the paper's networks, scaled by parameters.
-* :mod:`gns_utils.config`         frozen run / sweep configurations.
-* :mod:`gns_utils.train`          one training run at one (batch size, learning rate).
-* :mod:`gns_utils.sweep`          batch-size × learning-rate sweeps, resumable.
-* :mod:`gns_utils.results`        the on-disk results store and provenance.
-* :mod:`gns_utils.plotting`       figures; every helper takes an ``ax``.
+* :mod:`gns_utils.noise`           estimators of ``|G|^2``, ``tr Σ``, B_simple (A.1, A.2) and B_noise (2.8).
+* :mod:`gns_utils.critical_batch`  steps-to-target and the (2.11) fit giving B_crit with errors.
+* :mod:`gns_utils.theory`          the paper's closed forms (2.6, 2.7, 2.11, A.3, App. D).
+
+The experiments harness that reproduces the paper (data, models, sweeps, the run store,
+figures) is :mod:`gns_utils.experiments`; it imports the library, never the reverse.
 """
 
-from gns_utils.paths import repo_path
-from gns_utils.seed import set_seed
+from gns_utils.critical_batch import (
+                                      TradeoffFit,
+                                      b_crit_by_goal,
+                                      best_runs,
+                                      fit_tradeoff,
+                                      fit_tradeoff_by_goal,
+                                      steps_to_target,
+)
+from gns_utils.noise import (
+                                      GradientNoiseMonitor,
+                                      HessianNoiseScale,
+                                      NoiseEstimate,
+                                      NoiseScaleEMA,
+                                      NoiseSource,
+                                      PerExampleNormMonitor,
+                                      RatioUncertainty,
+                                      data_parallel_estimate,
+                                      hessian_noise_scale,
+                                      per_example_estimate,
+                                      ratio_of_means_jackknife,
+                                      two_batch_estimates,
+)
+from gns_utils.theory import (
+                                      adaptive_batch_size,
+                                      adaptive_gain,
+                                      adaptive_speedup,
+                                      examples_for_batch,
+                                      fit_optimal_lr,
+                                      lr_grid,
+                                      lr_grid_centre,
+                                      optimal_improvement,
+                                      optimal_lr,
+                                      steps_for_batch,
+                                      training_average,
+)
 
-__all__ = ["repo_path", "set_seed"]
-__version__ = "0.1.0"
+__all__ = [
+    "GradientNoiseMonitor",
+    "HessianNoiseScale",
+    "NoiseEstimate",
+    "NoiseScaleEMA",
+    "NoiseSource",
+    "PerExampleNormMonitor",
+    "RatioUncertainty",
+    "TradeoffFit",
+    "adaptive_batch_size",
+    "adaptive_gain",
+    "adaptive_speedup",
+    "b_crit_by_goal",
+    "best_runs",
+    "data_parallel_estimate",
+    "examples_for_batch",
+    "fit_optimal_lr",
+    "fit_tradeoff",
+    "fit_tradeoff_by_goal",
+    "hessian_noise_scale",
+    "lr_grid",
+    "lr_grid_centre",
+    "optimal_improvement",
+    "optimal_lr",
+    "per_example_estimate",
+    "ratio_of_means_jackknife",
+    "steps_for_batch",
+    "steps_to_target",
+    "training_average",
+    "two_batch_estimates",
+]
+__version__ = "0.2.0"

@@ -170,24 +170,25 @@ def steps_to_target(
 
 
 # --------------------------------------------------------------------------- best runs
-_REQUIRED = ("batch_size", "lr", "goal", "steps")
 
 
-def best_runs(runs: pd.DataFrame, keep_unreached: bool = False) -> pd.DataFrame:
+def best_runs(runs: pd.DataFrame, keep_unreached: bool = False, batch: str = "batch_size") -> pd.DataFrame:
     """The fastest run per (goal, batch size) of a learning-rate sweep (App. A.3).
 
     Args:
-        runs: tidy long frame, one row per (run, goal), with columns ``batch_size``,
+        runs: tidy long frame, one row per (run, goal), with columns ``batch_size`` (or ``batch``),
             ``lr``, ``goal``, ``steps`` (steps to the goal, NaN = not reached) and any
             extra columns (``run_id``, ``status`` ...), which are carried along from the
             winning row.
         keep_unreached: if False (default) a (goal, batch size) where no run reached
             the goal is dropped; if True it is kept with NaN ``lr``, ``steps`` and
             ``examples`` (carried columns NaN too).
+        batch: the column holding the batch size B, in the units ``examples`` should count
+            (e.g. ``"batch_units"``: images, tokens or frames); kept under that name.
 
     Returns:
-        One row per (goal, batch size): ``goal, batch_size, lr, steps, examples``
-        (``= batch_size·steps``, i.e. ``E``), ``n_lr`` (distinct rates tried at that
+        One row per (goal, batch size): ``goal, <batch>, lr, steps, examples``
+        (``= B·steps``, i.e. ``E``, in the units of ``batch``), ``n_lr`` (distinct rates tried at that
         batch size, over the whole frame), ``lr_on_edge`` (True when the best rate is
         the smallest or largest rate tried at that batch size, including when only one
         rate was tried: widen the grid), then the carried columns. Goals keep their
@@ -198,26 +199,27 @@ def best_runs(runs: pd.DataFrame, keep_unreached: bool = False) -> pd.DataFrame:
     Raises:
         ValueError: a required column is missing.
     """
-    missing = [c for c in _REQUIRED if c not in runs.columns]
+    required = (batch, "lr", "goal", "steps")
+    missing = [c for c in required if c not in runs.columns]
     if missing:
-        raise ValueError(f"runs is missing required column(s) {missing}; it needs {list(_REQUIRED)}")
-    extra = [c for c in runs.columns if c not in _REQUIRED]
-    grid = runs.groupby("batch_size")["lr"].agg(lr_min="min", lr_max="max", n_lr="nunique")
+        raise ValueError(f"runs is missing required column(s) {missing}; it needs {list(required)}")
+    extra = [c for c in runs.columns if c not in required]
+    grid = runs.groupby(batch)["lr"].agg(lr_min="min", lr_max="max", n_lr="nunique")
     goal_order = {g: k for k, g in enumerate(pd.unique(runs["goal"]))}
 
     reached = runs[np.isfinite(runs["steps"].to_numpy(dtype=float))]
     ordered = reached.sort_values(["steps", "lr"], kind="mergesort")
-    best = ordered.drop_duplicates(["goal", "batch_size"], keep="first")
+    best = ordered.drop_duplicates(["goal", batch], keep="first")
     if keep_unreached:
-        keys = runs[["goal", "batch_size"]].drop_duplicates()
-        best = keys.merge(best, on=["goal", "batch_size"], how="left")
-    best = best.assign(_order=best["goal"].map(goal_order)).sort_values(["_order", "batch_size"], kind="mergesort")
-    best = best.drop(columns="_order").join(grid, on="batch_size")
-    best["examples"] = best["batch_size"] * best["steps"]
+        keys = runs[["goal", batch]].drop_duplicates()
+        best = keys.merge(best, on=["goal", batch], how="left")
+    best = best.assign(_order=best["goal"].map(goal_order)).sort_values(["_order", batch], kind="mergesort")
+    best = best.drop(columns="_order").join(grid, on=batch)
+    best["examples"] = best[batch] * best["steps"]
     lr = best["lr"]
     best["lr_on_edge"] = lr.notna() & ((lr <= best["lr_min"]) | (lr >= best["lr_max"]))
     best["n_lr"] = best["n_lr"].astype(int)
-    columns = ["goal", "batch_size", "lr", "steps", "examples", "n_lr", "lr_on_edge", *extra]
+    columns = ["goal", batch, "lr", "steps", "examples", "n_lr", "lr_on_edge", *extra]
     return best[columns].reset_index(drop=True)
 
 
@@ -492,13 +494,14 @@ _TABLE_COLUMNS = [
 
 
 def fit_tradeoff_by_goal(
-    best: pd.DataFrame, bootstrap: int = 0, seed: int = 0, confidence: float = 0.95
+    best: pd.DataFrame, bootstrap: int = 0, seed: int = 0, confidence: float = 0.95, batch: str = "batch_size"
 ) -> dict[Any, TradeoffFit | None]:
     """:func:`fit_tradeoff` for each goal of a :func:`best_runs` frame.
 
     Args:
-        best: output of :func:`best_runs` (columns ``goal``, ``batch_size``, ``steps``).
+        best: output of :func:`best_runs` (columns ``goal``, ``<batch>``, ``steps``).
         bootstrap, seed, confidence: passed to :func:`fit_tradeoff` (same seed per goal).
+        batch: the column holding the batch size B (its units are those of B_crit).
 
     Returns:
         ``{goal: TradeoffFit}`` in the frame's goal order; ``None`` for a goal with fewer
@@ -507,15 +510,16 @@ def fit_tradeoff_by_goal(
     fits: dict[Any, TradeoffFit | None] = {}
     for goal, group in best.groupby("goal", sort=False):
         ok = group[np.isfinite(group["steps"].to_numpy(dtype=float))]
-        if len(ok) < 3 or ok["batch_size"].nunique() < 2:
+        if len(ok) < 3 or ok[batch].nunique() < 2:
             fits[goal] = None
             continue
-        fits[goal] = fit_tradeoff(ok["batch_size"], ok["steps"], bootstrap=bootstrap, seed=seed, confidence=confidence)
+        fits[goal] = fit_tradeoff(ok[batch], ok["steps"], bootstrap=bootstrap, seed=seed, confidence=confidence)
     return fits
 
 
 def b_crit_by_goal(
-    best: pd.DataFrame, bootstrap: int = 0, seed: int = 0, confidence: float = 0.95
+    best: pd.DataFrame, bootstrap: int = 0, seed: int = 0, confidence: float = 0.95, batch: str = "batch_size",
+    fits: dict[Any, TradeoffFit | None] | None = None,
 ) -> pd.DataFrame:
     """``B_crit`` per goal: how the critical batch size grows as training proceeds.
 
@@ -525,6 +529,8 @@ def b_crit_by_goal(
     Args:
         best: output of :func:`best_runs`.
         bootstrap, seed, confidence: passed to :func:`fit_tradeoff`.
+        batch: the column holding the batch size B.
+        fits: :func:`fit_tradeoff_by_goal` of ``best`` when already computed (not refitted).
 
     Returns:
         One row per goal: ``goal, b_crit, b_crit_stderr, ci_low, ci_high, s_min, e_min,
@@ -532,7 +538,8 @@ def b_crit_by_goal(
         edge, if ``best`` has ``lr_on_edge``). Goals with too few points get NaN values
         and ``bound="insufficient"``; bound warnings of the fits propagate.
     """
-    fits = fit_tradeoff_by_goal(best, bootstrap=bootstrap, seed=seed, confidence=confidence)
+    if fits is None:
+        fits = fit_tradeoff_by_goal(best, bootstrap=bootstrap, seed=seed, confidence=confidence, batch=batch)
     rows = []
     for goal, fit in fits.items():
         group = best[best["goal"] == goal]

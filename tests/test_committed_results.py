@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from gns_utils import repo_path
-from gns_utils.profiles import presets
+from gns_utils.experiments.paths import repo_path
+from gns_utils.experiments.profiles import presets
 
 RESULTS = repo_path("results")
 R2_KEYS = {"ours_fit", "ours_identity", "paper_fit", "paper_identity", "all_fit", "all_identity"}

@@ -2,8 +2,8 @@
 
 import pytest
 
-from gns_utils.config import ConfigError, make_experiment
-from gns_utils.profiles import PRESETS, experiment_configs, presets
+from gns_utils.experiments.config import ConfigError, make_experiment
+from gns_utils.experiments.profiles import PRESETS, experiment_configs, presets
 
 
 @pytest.mark.parametrize("domain", sorted(PRESETS))

@@ -19,8 +19,10 @@ import pytest
 from fabricate import write_cifar10, write_idx, write_mnist_like, write_svhn_mat
 import torch
 
-from gns_utils import data
-from gns_utils.data import DatasetIntegrityError, DatasetNotFoundError, ImageTensors
+from gns_utils.experiments import data
+from gns_utils.experiments import prepare
+from gns_utils.experiments.data import ImageTensors
+from gns_utils.experiments.paths import DatasetIntegrityError, DatasetNotFoundError
 
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -206,7 +208,7 @@ def test_load_images_dispatch(tmp_path: Path) -> None:
 
 
 def test_prepare_without_apt_or_text_reports_missing(tmp_path: Path) -> None:
-    report = data.prepare(tmp_path, apt=False, text=False)
+    report = prepare.prepare(tmp_path, apt=False, text=False)
     assert any("fashion_mnist: NOT available" in line and "apt-get install" in line for line in report)
 
 

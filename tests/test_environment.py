@@ -2,7 +2,7 @@
 
 import re
 
-from gns_utils import repo_path
+from gns_utils.experiments.paths import repo_path
 
 
 def _pins(lines):

@@ -5,7 +5,7 @@ import json
 import papermill as pm
 import pytest
 
-from gns_utils import repo_path
+from gns_utils.experiments.paths import repo_path
 
 pytestmark = pytest.mark.notebook
 

@@ -14,9 +14,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from gns_utils import plotting  # noqa: E402
+from gns_utils.experiments import plotting  # noqa: E402
 from gns_utils.critical_batch import b_crit_by_goal, best_runs, fit_tradeoff_by_goal  # noqa: E402
-from gns_utils.summary import (  # noqa: E402
+from gns_utils.experiments.summary import (  # noqa: E402
     PAPER_SOURCE,
     TABLE_COLUMNS,
     load_task_summaries,

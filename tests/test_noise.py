@@ -1,4 +1,4 @@
-"""Tests of gns_utils.noise_scale against exact answers.
+"""Tests of gns_utils.noise against exact answers.
 
 The exact problem is linear regression on a finite dataset of N points, sampled with
 replacement: per-example loss ½(xᵀw − y)², per-example gradient g_i = x_i(x_iᵀw − y_i),
@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gns_utils.noise_scale import (
+from gns_utils.noise import (
     GradientNoiseMonitor,
     NoiseEstimate,
     NoiseScaleEMA,

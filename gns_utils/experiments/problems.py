@@ -25,7 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gns_utils.models import build_model
+from gns_utils.experiments.data import load_images
+from gns_utils.experiments.models import build_model
+from gns_utils.experiments.text import load_sequences
 
 Batch = tuple[torch.Tensor, ...]
 
@@ -159,21 +161,17 @@ def make_problem(cfg: Any, device: torch.device | str | None = None) -> _Problem
     """Load the data named by an experiment / run config and wrap it as a problem.
 
     Raises:
-        gns_utils.data.DatasetNotFoundError: the dataset is not on this machine (the
+        gns_utils.experiments.data.DatasetNotFoundError: the dataset is not on this machine (the
             message says where it looked and the command that gets it).
     """
     device = resolve_device(device or cfg.device) if not isinstance(device, torch.device) else device
     kw = dict(cfg.data_kwargs)
     if cfg.domain == "language":
-        from gns_utils import text
-
-        sequences = text.load_sequences(cfg.dataset, **kw)
+        sequences = load_sequences(cfg.dataset, **kw)
         model_kwargs = {"vocab_size": int(sequences.max()) + 1, **cfg.model_kwargs}
         if "vocab_size" in kw:
             model_kwargs["vocab_size"] = max(int(kw["vocab_size"]), model_kwargs["vocab_size"])
         return LanguageModelProblem(sequences, cfg.model, model_kwargs, cfg.eval_examples, device)
-    from gns_utils.data import load_images
-
     images = load_images(cfg.dataset, **kw)
     if cfg.domain == "image":
         model_kwargs = dict(cfg.model_kwargs)

@@ -2,13 +2,17 @@
 
 :func:`run_experiment` is everything a domain notebook computes for one task:
 
-1. load the data once (:func:`gns_utils.problems.make_problem`);
-2. run or resume the batch-size × learning-rate sweep (:func:`gns_utils.sweep.run_sweep`);
-3. fit (2.11) per goal for B_crit with errors (:func:`gns_utils.critical_batch.b_crit_by_goal`);
+1. load the data once (:func:`gns_utils.experiments.problems.make_problem`);
+2. run or resume the batch-size × learning-rate sweep (:func:`gns_utils.experiments.sweep.run_sweep`);
+3. fit (2.11) per goal, once, for B_crit with errors (:func:`gns_utils.critical_batch.fit_tradeoff_by_goal`);
 4. re-run the reference run (the best-tuned run nearest B_crit) with the Hessian
    B_noise (2.8) measured at each goal, when the config asks for it; the re-run
    follows the same trajectory (same seed, B_noise is measured in eval mode);
-5. write ``<results_dir>/<task>/summary.json`` (:func:`gns_utils.report.summarize_task`).
+5. read the metrics of the runs the figures need, once, and write
+   ``<results_dir>/<task>/summary.json`` (:func:`gns_utils.experiments.report.summarize_task`).
+
+Every batch size here is in two columns: ``batch_units`` (B in the task's units: images or
+tokens, as each run recorded it) and ``batch_examples`` (examples or sequences per step).
 """
 
 from __future__ import annotations
@@ -20,12 +24,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from gns_utils.config import ExperimentConfig
-from gns_utils.critical_batch import TradeoffFit, b_crit_by_goal, best_runs, fit_tradeoff_by_goal
-from gns_utils.problems import make_problem
-from gns_utils.report import reference_run, summarize_task
-from gns_utils.results import load_metrics, task_dir
-from gns_utils.sweep import run_or_load, run_sweep
+from gns_utils.critical_batch import (
+    TradeoffFit,
+    b_crit_by_goal,
+    best_runs,
+    fit_tradeoff_by_goal,
+)
+from gns_utils.experiments.config import ExperimentConfig
+from gns_utils.experiments.problems import make_problem
+from gns_utils.experiments.profiles import DEFAULT_WIDTHS, WIDTHS_SUFFIX
+from gns_utils.experiments.report import reference_run, summarize_task
+from gns_utils.experiments.store import load_metrics, run_dir, task_dir
+from gns_utils.experiments.sweep import run_or_load, run_sweep
 
 
 @dataclass
@@ -35,7 +45,7 @@ class TaskResult:
     Attributes:
         cfg: the experiment.
         summary: the task summary written to disk.
-        table: long run table (one row per run and goal).
+        table: long run table (one row per run and goal; ``batch_units``, ``batch_examples``).
         best: fastest run per (goal, batch size) — the points of the (2.11) fits.
         by_goal: B_crit per goal with errors.
         fits: the (2.11) fit of each goal (None where it had too few points).
@@ -62,11 +72,12 @@ def run_experiment(cfg: ExperimentConfig, results_dir: str | Path, progress: boo
     """Sweep, fit, measure and summarise one task (resuming whatever already ran)."""
     problem = problem if problem is not None else make_problem(cfg)
     table = run_sweep(cfg, results_dir, problem=problem, progress=progress)
-    best = best_runs(table)
+    best = best_runs(table, batch="batch_units")
     if best.dropna(subset=["steps"]).empty:
         raise RuntimeError(
             f"task {cfg.task}: no run reached any goal {cfg.goals}; raise budget_examples or choose easier goals")
-    by_goal = b_crit_by_goal(best)
+    fits = fit_tradeoff_by_goal(best, batch="batch_units")
+    by_goal = b_crit_by_goal(best, batch="batch_units", fits=fits)
     last = by_goal.dropna(subset=["b_crit"])
     ref = reference_run(best, float(last["b_crit"].iloc[-1]) if len(last) else np.nan)
     ref_id = ref["run_id"]
@@ -75,16 +86,14 @@ def run_experiment(cfg: ExperimentConfig, results_dir: str | Path, progress: boo
         summary, _ = run_or_load(problem, ref_cfg, results_dir, progress)
         if summary["status"] != "failed":
             ref_id = summary["run_id"]
-    summary = summarize_task(cfg, table, by_goal, results_dir, reference_run_id=ref_id)
-    best_ids = best.dropna(subset=["steps"]).sort_values("goal").drop_duplicates("batch_size")["run_id"]
-    curves = load_metrics(results_dir, cfg.task, best_ids)
-    if len(curves):
-        units = curves["examples"] / curves["step"].where(curves["step"] > 0)
-        curves["batch_units"] = units.groupby(curves["run_id"]).transform("max")
-    noise = load_metrics(results_dir, cfg.task, [ref_id])
-    b_noise_file = task_dir(results_dir, cfg.task) / "runs" / ref_id / "b_noise.csv"
+    best_ids = best.dropna(subset=["steps"]).sort_values("goal").drop_duplicates("batch_units")["run_id"]
+    metrics = load_metrics(results_dir, cfg.task, {*best_ids, ref_id})
+    curves = metrics[metrics["run_id"].isin(set(best_ids))].reset_index(drop=True)
+    noise = metrics[metrics["run_id"] == ref_id].reset_index(drop=True)
+    b_noise_file = run_dir(results_dir, cfg.task, ref_id) / "b_noise.csv"
     b_noise = pd.read_csv(b_noise_file) if b_noise_file.exists() else pd.DataFrame()
-    return TaskResult(cfg, summary, table, best, by_goal, fit_tradeoff_by_goal(best), curves, noise, b_noise,
+    summary = summarize_task(cfg, table, by_goal, noise, b_noise, results_dir)
+    return TaskResult(cfg, summary, table, best, by_goal, fits, curves, noise, b_noise,
                       task_dir(results_dir, cfg.task) / "figures")
 
 
@@ -103,11 +112,7 @@ class WidthStudy:
 
     @property
     def task(self) -> str:
-        return f"{self.base.task}_widths"
-
-
-#: Widths of the study per profile (the paper compared three LSTM sizes).
-DEFAULT_WIDTHS = {"smoke": (16, 32), "cpu": (64, 128, 256), "paper": (512, 1024, 2048)}
+        return self.base.task + WIDTHS_SUFFIX
 
 
 def width_study_config(base: ExperimentConfig, widths: list[int] | None = None) -> WidthStudy:
@@ -133,10 +138,9 @@ def run_width_study(study: WidthStudy, result: TaskResult, results_dir: str | Pa
         The runs' metrics, tidy, with a ``hidden`` column.
     """
     ref = result.summary["reference_run"]
-    units = problem.units_per_example
     frames = []
     for width in study.widths:
-        run_cfg = study.base.run(int(round(ref["batch_size"] / units)), ref["lr"], task=study.task,
+        run_cfg = study.base.run(ref["batch_examples"], ref["lr"], task=study.task,
                                  model_kwargs={**study.base.model_kwargs, "hidden": width})
         run_or_load(problem, run_cfg, results_dir, progress)
         frame = load_metrics(results_dir, study.task, [run_cfg.run_id])

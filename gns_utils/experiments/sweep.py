@@ -25,13 +25,19 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from gns_utils.config import ConfigError, ExperimentConfig, RunConfig
-from gns_utils.critical_batch import best_runs
-from gns_utils.noise_scale import PerExampleNormMonitor
-from gns_utils.results import (FINAL_STATUSES, load_run_summary, provenance, run_dir, task_dir,
-                               write_json_atomic)
+from gns_utils.experiments.config import ConfigError, ExperimentConfig, RunConfig
+from gns_utils.experiments.problems import make_problem
+from gns_utils.experiments.store import (
+    FINAL_STATUSES,
+    load_run_summary,
+    provenance,
+    run_dir,
+    task_dir,
+    write_json_atomic,
+)
+from gns_utils.experiments.train import train_run
+from gns_utils.noise import PerExampleNormMonitor
 from gns_utils.theory import lr_grid
-from gns_utils.train import train_run
 
 #: A run at a batch size stops after this multiple of the fewest steps any run there needed for the last goal.
 PRUNE_FACTOR = 2.0
@@ -61,6 +67,7 @@ def run_or_load(problem: Any, cfg: RunConfig, results_dir: str | Path, progress:
         return train_run(problem, cfg, results_dir, progress=progress, prune_after=prune_after), True
     except Exception as err:  # noqa: BLE001 — recorded, the sweep continues
         summary = {"run_id": cfg.run_id, "status": "failed", "config": cfg.to_dict(),
+                   "batch_units": cfg.batch_size * problem.units_per_example,
                    "error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc(),
                    "steps_to_goal": {str(g): None for g in cfg.goals},
                    "provenance": provenance(device=str(getattr(problem, "device", None)), seed=cfg.seed)}
@@ -79,27 +86,28 @@ def run_sweep(cfg: ExperimentConfig, results_dir: str | Path, problem: Any = Non
         progress: tqdm bars for the sweep and each run.
 
     Returns:
-        :func:`runs_table` of the runs this sweep used.
+        :func:`runs_table` of the runs this sweep used; its ``trained`` column says which
+        were trained by this call (False: a finished run found in the store and reused).
     """
     if problem is None:
-        from gns_utils.problems import make_problem
-
         problem = make_problem(cfg)
     _check_noise_method(problem, cfg)
     write_json_atomic(task_dir(results_dir, cfg.task) / "experiment.json", cfg.to_dict())
     summaries: list[dict] = []
+    trained: list[bool] = []
     planned = {b: initial_lrs(cfg, b) for b in cfg.batch_sizes}
     bar = tqdm(total=sum(len(v) for v in planned.values()), desc=f"sweep {cfg.task}", disable=not progress)
     for batch_size in cfg.batch_sizes:
         lrs = sorted(planned[batch_size])
         done: dict[float, dict] = {}
+        fresh: dict[float, bool] = {}
         widened = {"low": 0, "high": 0}
         while True:
             for lr in _centre_first(lrs):
                 if lr in done:
                     continue
-                summary, _ = run_or_load(problem, cfg.run(batch_size, lr), results_dir, progress,
-                                         prune_after=_prune_bound(done.values(), cfg.goals))
+                summary, fresh[lr] = run_or_load(problem, cfg.run(batch_size, lr), results_dir, progress,
+                                                 prune_after=_prune_bound(done.values(), cfg.goals))
                 _check_goals_not_met_at_start(summary)
                 done[lr] = summary
                 bar.update(1)
@@ -111,8 +119,9 @@ def run_sweep(cfg: ExperimentConfig, results_dir: str | Path, problem: Any = Non
             lrs = sorted(done) + [min(done) / cfg.lr_grid_spacing if side == "low" else max(done) * cfg.lr_grid_spacing]
             bar.total += 1
         summaries.extend(done.values())
+        trained.extend(fresh[lr] for lr in done)
     bar.close()
-    return runs_table(summaries)
+    return runs_table(summaries, trained)
 
 
 def _check_noise_method(problem: Any, cfg: ExperimentConfig) -> None:
@@ -165,24 +174,22 @@ def _edge_to_widen(summaries: list[dict], goals: tuple[float, ...]) -> str | Non
     return None
 
 
-def runs_table(summaries: list[dict]) -> pd.DataFrame:
-    """Long table: one row per (run, goal) with ``batch_size`` in batch units, ``lr``, ``steps``.
+def runs_table(summaries: list[dict], trained: list[bool] | None = None) -> pd.DataFrame:
+    """Long table: one row per (run, goal) with the batch size in both units, ``lr``, ``steps``.
 
-    ``batch_size`` is in the paper's units (images, or tokens for language models),
-    ``batch_examples`` in examples; ``steps`` is NaN when the run did not reach the goal.
-    This is the input of :func:`gns_utils.critical_batch.best_runs`.
+    ``batch_units`` is B in the task's units (images, tokens or frames), as each run
+    recorded it; ``batch_examples`` counts examples (sequences for language models);
+    ``steps`` is NaN when the run did not reach the goal; ``trained`` (when given) says
+    whether the run was trained by the sweep that made the table. This is the input of
+    :func:`gns_utils.critical_batch.best_runs` with ``batch="batch_units"``.
     """
+    columns = ["run_id", "status", "batch_units", "batch_examples", "lr", "goal", "steps", "trained"]
     rows = []
-    for s in summaries:
+    for k, s in enumerate(summaries):
         cfg = s["config"]
-        units = s.get("units_per_example", 1)
         for goal, steps in s.get("steps_to_goal", {}).items():
-            rows.append({"run_id": s["run_id"], "status": s["status"], "batch_size": cfg["batch_size"] * units,
+            rows.append({"run_id": s["run_id"], "status": s["status"], "batch_units": s["batch_units"],
                          "batch_examples": cfg["batch_size"], "lr": cfg["lr"], "goal": float(goal),
-                         "steps": np.nan if steps is None else float(steps)})
-    return pd.DataFrame(rows, columns=["run_id", "status", "batch_size", "batch_examples", "lr", "goal", "steps"])
-
-
-def sweep_best(table: pd.DataFrame) -> pd.DataFrame:
-    """Fastest run per (goal, batch size): the points of the (2.11) fit."""
-    return best_runs(table)
+                         "steps": np.nan if steps is None else float(steps),
+                         "trained": None if trained is None else bool(trained[k])})
+    return pd.DataFrame(rows, columns=columns)

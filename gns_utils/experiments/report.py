@@ -1,6 +1,7 @@
 """From a finished sweep to the task's numbers: B_crit per goal, B_simple, B_noise.
 
-Reads the results store only (never trains) and writes ``<results_dir>/<task>/summary.json``:
+Works on what :mod:`gns_utils.experiments.pipeline` has loaded (it never trains or reads run
+files) and writes ``<results_dir>/<task>/summary.json``:
 
 * ``b_crit``, ``b_crit_stderr``   the (2.11) fit at the last goal (the "full run" value).
 * ``b_crit_start``                the fit at the first goal ("start of training").
@@ -25,51 +26,59 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from gns_utils.config import ExperimentConfig
-from gns_utils.results import load_metrics, provenance, run_dir, task_dir, write_json_atomic
+from gns_utils.experiments.config import ExperimentConfig
+from gns_utils.experiments.store import provenance, task_dir, write_json_atomic
 from gns_utils.theory import training_average
 
 
 def reference_run(best: pd.DataFrame, b_crit: float) -> pd.Series:
-    """The best-tuned run (last goal it reached) at the batch size nearest ``b_crit`` (log scale)."""
+    """The best-tuned run (last goal it reached) at the batch size nearest ``b_crit`` (log scale).
+
+    Args:
+        best: :func:`gns_utils.critical_batch.best_runs` of the sweep, with ``batch_units``.
+        b_crit: B_crit at the last goal, in the same units (NaN: the geometric middle).
+    """
     reached = best.dropna(subset=["steps"])
     last_goal = reached["goal"].min()
     candidates = reached[reached["goal"] == last_goal]
-    target = b_crit if np.isfinite(b_crit) else float(np.exp(np.log(candidates["batch_size"]).mean()))
-    pick = candidates.iloc[int(np.argmin(np.abs(np.log(candidates["batch_size"]) - np.log(target))))]
-    return pick
+    log_b = np.log(candidates["batch_units"].to_numpy(float))
+    target = np.log(b_crit) if np.isfinite(b_crit) else float(log_b.mean())
+    return candidates.iloc[int(np.argmin(np.abs(log_b - target)))]
 
 
-def summarize_task(cfg: ExperimentConfig, table: pd.DataFrame, by_goal: pd.DataFrame, results_dir: str | Path,
-                   reference_run_id: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def summarize_task(cfg: ExperimentConfig, table: pd.DataFrame, by_goal: pd.DataFrame, reference: pd.DataFrame,
+                   b_noise: pd.DataFrame, results_dir: str | Path, extra: dict[str, Any] | None = None
+                   ) -> dict[str, Any]:
     """Collect B_crit per goal and the reference run's B_simple / B_noise; write the task summary.
+
+    Reads nothing: every input is already in memory.
 
     Args:
         cfg: the experiment.
-        table: :func:`gns_utils.sweep.run_sweep`'s run table.
+        table: :func:`gns_utils.experiments.sweep.run_sweep`'s run table.
         by_goal: :func:`gns_utils.critical_batch.b_crit_by_goal` of the sweep's best runs.
+        reference: the ``metrics.csv`` rows of the reference run, on which B_simple is measured
+            (:func:`gns_utils.experiments.store.load_metrics`).
+        b_noise: the reference run's ``b_noise.csv`` rows (empty when B_noise was not measured).
         results_dir: root of the results store.
-        reference_run_id: the run on which B_simple (and B_noise) are measured.
         extra: fields to add to the summary.
 
     Returns:
         The summary, also written to ``<results_dir>/<task>/summary.json``.
     """
+    if reference.empty:
+        raise ValueError(f"task {cfg.task}: the reference run has no metrics")
     last, first = by_goal.iloc[-1], by_goal.iloc[0]
-    noise = load_metrics(results_dir, cfg.task, [reference_run_id])
-    if noise.empty:
-        raise FileNotFoundError(f"no finished run {reference_run_id} under {task_dir(results_dir, cfg.task)}")
-    batch_units = float((noise["examples"] / noise["step"].where(noise["step"] > 0)).max())
-    b_simple, b_simple_start = b_simple_over_training(noise, batch_units, cfg.metric, float(cfg.goals[0]))
-    b_noise_file = run_dir(results_dir, cfg.task, reference_run_id) / "b_noise.csv"
-    b_noise_table = pd.read_csv(b_noise_file) if b_noise_file.exists() else pd.DataFrame()
+    batch_units = float(reference["batch_units"].iloc[0])
+    b_simple, b_simple_start = b_simple_over_training(reference, batch_units, cfg.metric, float(cfg.goals[0]))
+    runs = table.drop_duplicates("run_id")
     summary: dict[str, Any] = {
         "task": cfg.task,
         "domain": cfg.domain,
         "dataset": cfg.dataset,
         "model": cfg.model,
         "optimizer": cfg.optimizer,
-        "units": "tokens" if cfg.domain == "language" else "images",
+        "units": cfg.units,
         "metric": cfg.metric,
         "b_crit": _num(last["b_crit"]),
         "b_crit_stderr": _num(last["b_crit_stderr"]),
@@ -81,12 +90,14 @@ def summarize_task(cfg: ExperimentConfig, table: pd.DataFrame, by_goal: pd.DataF
         "b_crit_start_bound": first["bound"],
         "b_simple": _num(b_simple),
         "b_simple_start": _num(b_simple_start),
-        "b_noise": _num(b_noise_table["trace_h_sigma"].sum() / b_noise_table["g_h_g"].sum()) if len(b_noise_table) else None,
-        "reference_run": {"run_id": reference_run_id, "batch_size": batch_units,
-                          "lr": float(noise["lr"].iloc[0])},
-        "n_runs": int(table["run_id"].nunique()),
+        "b_noise": _num(b_noise["trace_h_sigma"].sum() / b_noise["g_h_g"].sum()) if len(b_noise) else None,
+        "reference_run": {"run_id": str(reference["run_id"].iloc[0]), "batch_units": batch_units,
+                          "batch_examples": int(reference["batch_examples"].iloc[0]),
+                          "lr": float(reference["lr"].iloc[0])},
+        "n_runs": int(len(runs)),
+        "n_runs_trained": int(runs["trained"].fillna(False).astype(bool).sum()),
         "goals": by_goal.to_dict(orient="records"),
-        "b_noise_checkpoints": b_noise_table.to_dict(orient="records"),
+        "b_noise_checkpoints": b_noise.to_dict(orient="records"),
         "profile": cfg.profile,
         "config": cfg.to_dict(),
         "provenance": provenance(device=cfg.device, seed=cfg.seed),
@@ -94,6 +105,16 @@ def summarize_task(cfg: ExperimentConfig, table: pd.DataFrame, by_goal: pd.DataF
     }
     write_json_atomic(task_dir(results_dir, cfg.task) / "summary.json", summary)
     return summary
+
+
+#: The columns of :func:`task_table`.
+TASK_TABLE_COLUMNS = ("task", "units", "b_crit_start", "b_crit", "b_crit_stderr", "b_crit_bound", "b_simple_start",
+                      "b_simple", "b_noise", "n_runs", "n_runs_trained")
+
+
+def task_table(summaries: list[dict[str, Any]]) -> pd.DataFrame:
+    """Task summaries side by side, one row per task (:data:`TASK_TABLE_COLUMNS`; B in each task's ``units``)."""
+    return pd.DataFrame([{k: s.get(k) for k in TASK_TABLE_COLUMNS} for s in summaries], columns=TASK_TABLE_COLUMNS)
 
 
 def b_simple_over_training(metrics: pd.DataFrame, batch_units: float, metric: str, first_goal: float

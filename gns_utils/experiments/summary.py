@@ -39,6 +39,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from gns_utils.experiments.profiles import PRESETS, presets
+from gns_utils.experiments.store import provenance, write_json_atomic
+
 __all__ = [
     "PAPER_SOURCE",
     "PAPER_TABLE_PATH",
@@ -301,7 +304,7 @@ def r2_report(table: pd.DataFrame) -> dict[str, float]:
 
 # --------------------------------------------------------------------------- outputs
 def profile_tasks(profile: str) -> list[str]:
-    """Names of the tasks every notebook runs at ``profile`` (from :mod:`gns_utils.profiles`).
+    """Names of the tasks every notebook runs at ``profile`` (from :mod:`gns_utils.experiments.profiles`).
 
     Args:
         profile: "smoke", "cpu" or "paper".
@@ -309,8 +312,6 @@ def profile_tasks(profile: str) -> list[str]:
     Returns:
         Task names over all domains, in preset order.
     """
-    from gns_utils.profiles import PRESETS, presets  # deferred: the summary needs no training code
-
     return [p["task"] for domain in PRESETS for p in presets(domain, profile)]
 
 
@@ -333,8 +334,6 @@ def write_summary(
     Returns:
         The path written.
     """
-    from gns_utils.results import provenance, write_json_atomic
-
     records = json.loads(table.to_json(orient="records"))
     data = {"profile": profile, "paper_source": PAPER_SOURCE, "tasks": records,
             "r2": {k: (None if not np.isfinite(v) else float(v)) for k, v in r2.items()},

@@ -21,12 +21,16 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from gns_utils.results import config_hash
+from gns_utils.experiments.models import AUTOENCODER_ARCHS, MODELS, Autoencoder
+from gns_utils.experiments.store import config_hash
 
+#: The presets every notebook runs at (defined in :mod:`gns_utils.experiments.profiles`).
 PROFILES = ("smoke", "cpu", "paper")
+#: What the batch size B counts in each domain (the paper's units for B, B_crit and B_simple).
+UNITS = {"image": "images", "language": "tokens", "autoencoder": "images"}
 OPTIMIZERS = ("sgd", "momentum", "adam")
 METRICS = ("error", "loss")
-DOMAINS = ("image", "language", "autoencoder")
+DOMAINS = tuple(UNITS)
 NOISE_METHODS = ("auto", "per_example", "micro_batch")
 
 
@@ -72,6 +76,11 @@ class _RunFields:
         """Plain-Python copy (for JSON)."""
         return _asdict(self)
 
+    @property
+    def units(self) -> str:
+        """What the batch size B counts: ``"images"`` or ``"tokens"`` (:data:`UNITS`)."""
+        return UNITS[self.domain]
+
 
 @dataclass(frozen=True, kw_only=True)
 class ExperimentConfig(_RunFields):
@@ -80,9 +89,9 @@ class ExperimentConfig(_RunFields):
     Attributes:
         task: results sub-folder name, e.g. ``"fashion_mnist_mlp_sgd"``.
         domain: ``image`` | ``language`` | ``autoencoder``.
-        dataset: dataset name understood by :mod:`gns_utils.problems`.
+        dataset: dataset name understood by :mod:`gns_utils.experiments.problems`.
         data_kwargs: dataset options (subset size, tokenizer, sequence length ...).
-        model: registry name in :mod:`gns_utils.models`.
+        model: registry name in :mod:`gns_utils.experiments.models`.
         model_kwargs: keyword arguments of the model.
         optimizer: ``sgd`` | ``momentum`` (0.9) | ``adam``.
         optimizer_kwargs: extra optimizer arguments (e.g. ``betas`` for Adam).
@@ -99,9 +108,9 @@ class ExperimentConfig(_RunFields):
         n_micro: micro-batches per step when B_simple is measured from micro-batches (>= 2).
         noise_method: how each step measures |G|^2 and tr Σ: ``per_example`` (per-example
             gradient norms inside the step's one backward, for nets whose trainable layers
-            are all ``nn.Linear``; :class:`~gns_utils.noise_scale.PerExampleNormMonitor`),
+            are all ``nn.Linear``; :class:`~gns_utils.noise.PerExampleNormMonitor`),
             ``micro_batch`` (``n_micro`` accumulated micro-batches, any net;
-            :class:`~gns_utils.noise_scale.GradientNoiseMonitor`) or ``auto`` (the first
+            :class:`~gns_utils.noise.GradientNoiseMonitor`) or ``auto`` (the first
             where the model qualifies, else the second).
         eval_examples: fixed training subset on which goals are evaluated.
         evals_per_decade: evaluations per decade of steps (log-spaced schedule).
@@ -129,7 +138,7 @@ class ExperimentConfig(_RunFields):
         """The :class:`RunConfig` of one (B, ε) point of this experiment.
 
         Sweep runs do not measure B_noise (``b_noise_examples=0``) unless ``changes`` asks;
-        only the reference run does (see :mod:`gns_utils.pipeline`).
+        only the reference run does (see :mod:`gns_utils.experiments.pipeline`).
         """
         base = {f.name: getattr(self, f.name) for f in dataclasses.fields(_RunFields)}
         base.update(batch_size=int(batch_size), lr=float(lr), b_noise_examples=0)
@@ -210,8 +219,6 @@ def _check_experiment(cfg: ExperimentConfig) -> None:
 
 def _model_problems(model: str, model_kwargs: Mapping[str, Any]) -> list[str]:
     """Unknown model names, unknown ``model_kwargs`` keys or a bad ``arch`` (checked before training)."""
-    from gns_utils.models import AUTOENCODER_ARCHS, MODELS, Autoencoder
-
     if model not in MODELS:
         return [f"model must be one of {tuple(MODELS)}, got {model!r}"]
     cls = Autoencoder if model == "vae" else MODELS[model]
@@ -268,7 +275,7 @@ def make_experiment(preset: Mapping[str, Any], overrides: Mapping[str, Any] | No
     """Build an :class:`ExperimentConfig` from a preset and user overrides.
 
     Args:
-        preset: a profile's full set of fields (see :mod:`gns_utils.profiles`).
+        preset: a profile's full set of fields (see :mod:`gns_utils.experiments.profiles`).
         overrides: fields to replace; a value of ``None`` keeps the preset's value, and a
             dict for a dict field (``data_kwargs``, ``model_kwargs`` ...) updates the preset's
             dict key by key (again skipping ``None`` values).

@@ -6,17 +6,21 @@
 * ``paper``  the paper's datasets and models (GPU and internet): MNIST, SVHN,
              CIFAR-10, Billion Word.
 
-Each preset is a complete :class:`gns_utils.config.ExperimentConfig` as a dict;
+Each preset is a complete :class:`gns_utils.experiments.config.ExperimentConfig` as a dict;
 notebooks override single fields with their parameters.
 """
 
 from __future__ import annotations
 
 from copy import deepcopy
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from gns_utils.config import ExperimentConfig
+from gns_utils.experiments.config import (
+    PROFILES,
+    ConfigError,
+    ExperimentConfig,
+    make_experiment,
+)
 
 # --------------------------------------------------------------------------------------
 # Image classification (notebook 01). Goals: training error levels.
@@ -116,6 +120,19 @@ PRESETS: dict[str, dict[str, list[dict[str, Any]]]] = {
 }
 
 
+#: Widths of the Fig 8 model-size study (``model_kwargs["hidden"]`` of the LSTM; the paper compared three).
+DEFAULT_WIDTHS = {"smoke": (16, 32), "cpu": (64, 128, 256), "paper": (512, 1024, 2048)}
+
+#: The results folder of a language task's width study is ``<task><WIDTHS_SUFFIX>``.
+WIDTHS_SUFFIX = "_widths"
+
+#: The domain notebooks and the domain each one runs (99_summary reads their files).
+NOTEBOOK_DOMAINS = {"01_image_classification": "image", "02_language_model": "language", "03_autoencoder": "autoencoder"}
+
+assert all(set(by_profile) == set(PROFILES) for by_profile in (*PRESETS.values(), DEFAULT_WIDTHS)), \
+    "every preset table must cover exactly config.PROFILES"
+
+
 def presets(domain: str, profile: str) -> list[dict[str, Any]]:
     """Deep copies of the presets of ``domain`` at ``profile`` (one per task).
 
@@ -130,7 +147,7 @@ def presets(domain: str, profile: str) -> list[dict[str, Any]]:
 
 
 def experiment_configs(domain: str, profile: str, tasks: list[str] | None = None,
-                       **overrides: Any) -> list["ExperimentConfig"]:
+                       **overrides: Any) -> list[ExperimentConfig]:
     """Validated configs of a notebook: the profile's presets with the notebook's overrides.
 
     Args:
@@ -140,11 +157,9 @@ def experiment_configs(domain: str, profile: str, tasks: list[str] | None = None
         **overrides: ExperimentConfig fields; ``None`` keeps the preset's value.
 
     Raises:
-        gns_utils.config.ConfigError: unknown task or parameter, wrong type or value —
+        gns_utils.experiments.config.ConfigError: unknown task or parameter, wrong type or value —
             raised here, before any data is loaded.
     """
-    from gns_utils.config import ConfigError, make_experiment
-
     chosen = presets(domain, profile)
     names = [p["task"] for p in chosen]
     if tasks is not None:
@@ -153,3 +168,9 @@ def experiment_configs(domain: str, profile: str, tasks: list[str] | None = None
             raise ConfigError(f"unknown tasks {unknown} for {domain}/{profile}; choose from {names}")
         chosen = [p for p in chosen if p["task"] in tasks]
     return [make_experiment(p, overrides) for p in chosen]
+
+
+def task_names(domain: str, profile: str) -> list[str]:
+    """The result folders a domain notebook writes at ``profile``: its tasks (and the Fig 8 study's)."""
+    names = [p["task"] for p in presets(domain, profile)]
+    return names + [name + WIDTHS_SUFFIX for name in names] if domain == "language" else names

@@ -1,9 +1,10 @@
 """The README's results tables (markdown) from the committed task summaries.
 
-Usage: python scripts/results_table.py [--results-dir results] [--readme README.md]
+Usage: python -m gns_utils.experiments.tables [--results-dir results] [--readme README.md]
 
 Every number comes from ``results/<task>/summary.json`` (written by the notebook named in
-the table), ``results/summary.json`` (99_summary) and ``results/reproduce_log.json``;
+the table), ``results/summary.json`` (99_summary), ``results/reproduction.json`` and
+``results/reproduce_log.json`` (the reproduction, :mod:`gns_utils.experiments.reproduce`);
 nothing is typed by hand. Prints the tables; with ``--readme`` also writes them into that
 file between the ``<!-- results:start -->`` and ``<!-- results:end -->`` markers
 (``make reproduce`` does this for README.md).
@@ -16,10 +17,18 @@ import contextlib
 import io
 import json
 
-from gns_utils.paths import repo_path
+import numpy as np
+
+from gns_utils.critical_batch import best_runs
+from gns_utils.experiments.paths import repo_path
+from gns_utils.experiments.pipeline import width_study_verdict
+from gns_utils.experiments.profiles import NOTEBOOK_DOMAINS, WIDTHS_SUFFIX
+from gns_utils.experiments.store import load_metrics, load_run_summaries
+from gns_utils.experiments.sweep import runs_table
+from gns_utils.theory import fit_optimal_lr
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
-NOTEBOOK = {"image": "01_image_classification", "language": "02_language_model", "autoencoder": "03_autoencoder"}
+NOTEBOOK = {domain: notebook for notebook, domain in NOTEBOOK_DOMAINS.items()}
 
 
 def _fmt(value: float | None, bound: str | None = None) -> str:
@@ -43,7 +52,7 @@ def main() -> None:
             raise SystemExit(f"{readme}: markers {START} ... {END} not found; add them where the tables belong")
         head, rest = text.split(START, 1)
         tail = rest.split(END, 1)[1]
-        block = f"{START}\n<!-- written by `python scripts/results_table.py --readme README.md` (run by `make reproduce`) -->\n"
+        block = f"{START}\n<!-- written by `python -m gns_utils.experiments.tables --readme README.md` (run by `make reproduce`) -->\n"
         readme.write_text(f"{head}{block}{text_tables}{END}{tail}")
         print(f"[results_table] wrote the tables into {readme}")
 
@@ -85,14 +94,22 @@ def print_tables(root) -> None:
     if facts:
         print("\nKey numbers (computed by this script from the same files; the text below refers to them):\n")
         print("\n".join(f"* {line}" for line in facts))
-    log = root / "reproduce_log.json"
-    if log.exists():
-        data = json.loads(log.read_text())
-        parts = ", ".join(f"{k} {v['wall_time_s'] / 60:.1f} min ({v['status']})" for k, v in data["notebooks"].items())
-        total = data.get("total_wall_time_s")
-        print(f"\n`make reproduce` (profile {data['profile']}, {data.get('jobs', 1)} notebooks at a time): "
-              f"{'–' if total is None else f'{total / 60:.1f}'} min in all; {parts}."
-              + (f" Re-run alone since: {', '.join(data['rerun_alone'])}." if data.get("rerun_alone") else ""))
+    comparison = root / "reproduction.json"
+    if comparison.exists():
+        data = json.loads(comparison.read_text())
+        minutes = data["total_wall_time_s"] / 60
+        verdict = ("identical to float rounding" if data["identical"] else "agrees" if data["agrees"]
+                   else "does NOT agree")
+        print(f"\nThe last `make reproduce` (profile {data['profile']}, {', '.join(data['notebooks'])}) trained "
+              f"{data['n_runs'] - data['n_runs_from_before']} of its {data['n_runs']} runs anew in {minutes:.1f} min "
+              f"({_notebook_times(root)}); against the results committed before it, it {verdict} "
+              "(`results/reproduction.md`).")
+
+
+def _notebook_times(root) -> str:
+    """Each notebook's wall time in the last reproduction (``reproduce_log.json``)."""
+    log = json.loads((root / "reproduce_log.json").read_text())
+    return ", ".join(f"{k} {v['wall_time_s'] / 60:.1f} min" for k, v in log["notebooks"].items())
 
 
 def key_numbers(root) -> list[str]:
@@ -101,16 +118,8 @@ def key_numbers(root) -> list[str]:
     B_crit's relative standard error and growth (first goal → last) per task, its span over
     the tasks, the range of B_simple / B_crit, B_noise of the (2.6) fit to the best learning
     rates at the last goal (image tasks; as in each task's ``figures/optimal_lr``), and the
-    Fig 8 width study's verdict (:func:`gns_utils.pipeline.width_study_verdict`).
+    Fig 8 width study's verdict (:func:`gns_utils.experiments.pipeline.width_study_verdict`).
     """
-    import numpy as np
-
-    from gns_utils.critical_batch import best_runs
-    from gns_utils.pipeline import width_study_verdict
-    from gns_utils.results import load_metrics, load_run_summary, load_runs
-    from gns_utils.sweep import runs_table
-    from gns_utils.theory import fit_optimal_lr
-
     tasks = [s for s in (json.loads(p.read_text()) for p in sorted(root.glob("*/summary.json")))
              if s.get("profile") and "domain" in s and s.get("b_crit") and s.get("b_crit_bound") == "none"]
     if not tasks:
@@ -126,15 +135,15 @@ def key_numbers(root) -> list[str]:
                  f"({min(b_crits):,.0f} → {max(b_crits):,.0f}); B_simple / B_crit ranges {min(ratios):.2f}–{max(ratios):.2f}.")
     points, spans, edges, optimal_lr_lines = [], [], 0, []
     for s in tasks:
-        runs = [r for f in sorted((root / s["task"] / "runs").glob("*")) if (r := load_run_summary(f)) is not None]
+        runs = load_run_summaries(root, s["task"])
         sweep = [r for r in runs if not r["config"].get("b_noise_examples")]  # the reference re-run measures B_noise
-        best = best_runs(runs_table(sweep))
+        best = best_runs(runs_table(sweep), batch="batch_units")
         last = best[np.isclose(best["goal"], s["b_crit_goal"])].dropna(subset=["steps"])
         points.append(len(last))
-        spans.append(np.log2(last["batch_size"].max() / last["batch_size"].min()))
+        spans.append(np.log2(last["batch_units"].max() / last["batch_units"].min()))
         edges += int(last["lr_on_edge"].sum())
         if s["domain"] == "image" and len(last) >= 3:
-            _, b_noise = fit_optimal_lr(last["batch_size"], last["lr"])
+            _, b_noise = fit_optimal_lr(last["batch_units"], last["lr"])
             hessian = f"{s['b_noise']:,.0f}" if s.get("b_noise") else "–"
             optimal_lr_lines.append(f"{s['task']}: B_simple {s['b_simple']:,.0f}, Hessian B_noise (2.8) {hessian}, "
                                     f"B_noise of the (2.6) fit to the best learning rates {b_noise:,.0f}; "
@@ -142,12 +151,12 @@ def key_numbers(root) -> list[str]:
     lines.append(f"The last-goal fits use {min(points)}–{max(points)} batch sizes spanning "
                  f"2^{min(spans):.0f}–2^{max(spans):.0f}; best learning rates on the edge of their grid: {edges}.")
     lines += optimal_lr_lines
-    widths = root / "prose_lstm_adam_widths"
-    if widths.exists():
-        runs = load_runs(root, widths.name)
-        frame = load_metrics(root, widths.name)
-        if not runs.empty and not frame.empty:
-            hidden = {r["run_id"]: r["model_kwargs"].get("hidden") for _, r in runs.iterrows()}
+    for s in tasks:
+        study = s["task"] + WIDTHS_SUFFIX
+        runs = load_run_summaries(root, study)
+        frame = load_metrics(root, study)
+        if runs and not frame.empty:
+            hidden = {r["run_id"]: r["config"]["model_kwargs"].get("hidden") for r in runs}
             frame["hidden"] = frame["run_id"].map(hidden)
             verdict = width_study_verdict(frame)
             lines.append(f"Fig 8 width study (LSTM widths {', '.join(str(h) for h in sorted(set(hidden.values())))}): "

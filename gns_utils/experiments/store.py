@@ -30,7 +30,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import pandas as pd
 
-from gns_utils.paths import repo_root
+from gns_utils.experiments.paths import repo_root
 
 #: Every status a finished run can have.
 STATUSES = ("complete", "diverged", "budget_exhausted", "pruned", "failed")
@@ -194,21 +194,19 @@ def load_run_summary(path: str | os.PathLike, expected_run_id: str | None = None
     return summary
 
 
-def load_runs(results_dir: str | os.PathLike, task: str) -> pd.DataFrame:
-    """One row per finished run of a task: its config fields, status and results."""
-    rows = []
-    for folder in sorted((task_dir(results_dir, task) / "runs").glob("*")):
-        summary = load_run_summary(folder)
-        if summary is None:
-            continue
-        row = {"run_id": summary["run_id"], "status": summary["status"], **summary.get("config", {})}
-        row.update({k: v for k, v in summary.items() if k not in ("config", "provenance", "steps_to_goal")})
-        rows.append(row)
-    return pd.DataFrame(rows)
+def load_run_summaries(results_dir: str | os.PathLike, task: str) -> list[dict[str, Any]]:
+    """The summaries of every finished run of a task, in folder order (interrupted runs left out)."""
+    folders = sorted((task_dir(results_dir, task) / "runs").glob("*"))
+    return [s for s in (load_run_summary(f) for f in folders) if s is not None]
 
 
 def load_metrics(results_dir: str | os.PathLike, task: str, run_ids: Iterable[str] | None = None) -> pd.DataFrame:
-    """All ``metrics.csv`` rows of a task's finished runs, tidy, with ``run_id``, ``batch_size``, ``lr``."""
+    """All ``metrics.csv`` rows of a task's finished runs, tidy.
+
+    Adds, from each run's summary, ``run_id``, ``batch_examples`` (examples, or sequences,
+    per step: the config's ``batch_size``), ``batch_units`` (B in the task's units: images,
+    tokens or frames, as the run recorded it), ``lr`` and ``status``.
+    """
     frames = []
     wanted = set(run_ids) if run_ids is not None else None
     for folder in sorted((task_dir(results_dir, task) / "runs").glob("*")):
@@ -220,8 +218,9 @@ def load_metrics(results_dir: str | os.PathLike, task: str, run_ids: Iterable[st
             continue
         frame = pd.read_csv(metrics)
         frame.insert(0, "run_id", summary["run_id"])
-        frame.insert(1, "batch_size", summary["config"]["batch_size"])
-        frame.insert(2, "lr", summary["config"]["lr"])
-        frame.insert(3, "status", summary["status"])
+        frame.insert(1, "batch_examples", summary["config"]["batch_size"])
+        frame.insert(2, "batch_units", summary["batch_units"])
+        frame.insert(3, "lr", summary["config"]["lr"])
+        frame.insert(4, "status", summary["status"])
         frames.append(frame)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

@@ -1,0 +1,101 @@
+"""The notebooks' figures: one call draws one figure of a task and saves it (PNG + PDF).
+
+Each function takes what :func:`gns_utils.experiments.pipeline.run_experiment` returned for a
+task (a :class:`~gns_utils.experiments.pipeline.TaskResult`), draws with the ``ax``-level
+helpers of :mod:`gns_utils.experiments.plotting`, writes ``<task>/figures/<name>.png|pdf``
+with :func:`~gns_utils.experiments.plotting.save_figure`, and returns the figure (a notebook
+shows it). Symbols as in the paper: ``B`` batch size, ``S`` steps, ``E = B·S`` examples,
+``B_crit = E_min/S_min`` (2.12), ``B_simple = tr Σ/|G|²`` (2.9), ``ε_opt(B)`` (2.6).
+
+* :func:`training_curves`       Fig 6: the goal metric per batch size against steps and examples.
+* :func:`pareto_fronts`         Fig 7 left: steps against examples per goal with the (2.11) fits.
+* :func:`b_crit_by_goal`        Fig 7 right: B_crit per goal beside B_simple (and B_noise).
+* :func:`optimal_lr`            Fig 5 left: the best learning rate against B with the (2.6) curve.
+* :func:`noise_over_training`   B_simple of the reference run against loss and examples.
+* :func:`width_study`           Fig 8: B_simple of several widths against loss and tokens.
+* :func:`b_crit_vs_b_simple`    Fig 4: B_crit against B_simple, one point per task.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import pandas as pd
+from matplotlib.figure import Figure
+
+from gns_utils.experiments import plotting
+from gns_utils.experiments.pipeline import TaskResult
+
+__all__ = ["b_crit_by_goal", "b_crit_vs_b_simple", "noise_over_training", "optimal_lr", "pareto_fronts",
+           "training_curves", "width_study"]
+
+
+def _save(fig: Figure, res: TaskResult, name: str, title: str) -> Figure:
+    fig.suptitle(f"{res.cfg.task}: {title}")
+    plotting.save_figure(fig, res.figure_dir / name)
+    return fig
+
+
+def training_curves(res: TaskResult) -> Figure:
+    """Fig 6: the goal metric of the best-tuned run at each B, against steps S and examples E."""
+    plotting.set_style()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, x in zip(axes, ("step", "examples")):
+        plotting.plot_training_curves(ax, res.curves, x=x, y=res.cfg.metric, hue="batch_units", units=res.cfg.units)
+    return _save(fig, res, "training_curves", f"training {res.cfg.metric} per batch size (best learning rate)")
+
+
+def pareto_fronts(res: TaskResult) -> Figure:
+    """Fig 7 left: S against E per goal, with the fitted (2.11) hyperbolas; ★ marks B = B_crit."""
+    plotting.set_style()
+    fig, ax = plt.subplots(figsize=(6, 5))
+    plotting.plot_pareto_fronts(ax, res.best, res.fits, units=res.cfg.units)
+    return _save(fig, res, "pareto_fronts", "Pareto fronts")
+
+
+def b_crit_by_goal(res: TaskResult) -> Figure:
+    """Fig 7 right: B_crit per goal (± s.e.) and B_simple (B_noise where measured) of the reference run."""
+    plotting.set_style()
+    fig, ax = plt.subplots(figsize=(6, 5))
+    plotting.plot_b_crit_by_goal(ax, res.by_goal, noise=res.noise, b_noise=res.b_noise, metric=res.cfg.metric)
+    ax.set_ylabel(f"batch size ({res.cfg.units})")
+    return _save(fig, res, "b_crit_by_goal", "B_crit and B_simple over training")
+
+
+def optimal_lr(res: TaskResult) -> Figure:
+    """Fig 5 left: the best learning rate at each B (last goal) with the fitted (2.6) ε_max/(1 + B_noise/B)."""
+    plotting.set_style()
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    plotting.plot_optimal_lr(ax, res.best, goal=res.cfg.goals[-1], units=res.cfg.units)
+    return _save(fig, res, "optimal_lr", f"optimal learning rate ({res.cfg.optimizer})")
+
+
+def noise_over_training(res: TaskResult) -> Figure:
+    """B_simple (2.9) of the reference run against the training loss and against examples processed."""
+    plotting.set_style()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    plotting.plot_noise_scale(axes[0], res.noise, x="loss")
+    plotting.plot_noise_scale(axes[1], res.noise, x="examples", units=res.cfg.units)
+    return _save(fig, res, "b_simple_over_training", "B_simple over training (reference run)")
+
+
+def width_study(frame: pd.DataFrame, figure_dir: str | Path, units: str = "tokens") -> Figure:
+    """Fig 8: B_simple of each width (``hidden``) against loss and against tokens processed."""
+    plotting.set_style()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    plotting.plot_noise_scale(axes[0], frame, x="loss", hue="hidden")
+    plotting.plot_noise_scale(axes[1], frame, x="examples", hue="hidden", units=units)
+    fig.suptitle(f"LSTM widths: B_simple ({units}) against loss and against {units} processed")
+    plotting.save_figure(fig, Path(figure_dir) / "widths_b_simple")
+    return fig
+
+
+def b_crit_vs_b_simple(table: pd.DataFrame, path: str | Path, title: str) -> Figure:
+    """Fig 4: B_crit against B_simple, our tasks and the paper's, with y = x (a :func:`summary_table`)."""
+    plotting.set_style()
+    fig, ax = plt.subplots(figsize=(7.5, 6.5))
+    plotting.plot_bcrit_vs_bsimple(ax, table)
+    ax.set_title(title)
+    plotting.save_figure(fig, path)
+    return fig

@@ -1,0 +1,321 @@
+"""``make reproduce``: train every run of a profile anew, then compare with the committed reference.
+
+Usage::
+
+    python -m gns_utils.experiments.reproduce [--profile cpu|smoke|paper] [--only NOTEBOOK ...]
+                                              [--jobs N] [--results-dir results]
+
+A reproduction never replays committed results:
+
+1. **Fresh start** (no reproduction in progress in ``<results_dir>``): the reference — the task
+   summaries of the ``results/`` the checkout's commit holds (``git``; the files on disk when the
+   folder is not tracked) — is copied to ``<results_dir>/.reproduction/reference/``, and every
+   output of the notebooks to run (their task folders with all run folders, executed copies,
+   figures) is deleted. The marker ``<results_dir>/.reproduction/state.json`` records the profile,
+   the notebooks, the start time and the commit.
+2. The notebooks run through papermill, ``--jobs`` domain notebooks at a time (each kernel
+   single-threaded), then ``99_summary``. Every run is trained now.
+3. **Interrupted?** Run the same command again: the marker says a reproduction is in progress, so
+   the runs it finished are kept (the sweeps resume) and only the rest is trained.
+4. **At the end** the new task summaries are compared with the reference: per task B_crit (± s.e.),
+   B_simple and their ratio, and the difference in standard errors; the verdict is printed and
+   written to ``<results_dir>/reproduction.json`` and ``reproduction.md``. Every run folder is
+   checked to have been trained after the reproduction started. The marker is removed.
+
+A notebook that fails is reported and the others still run; the marker then stays, so the next
+call resumes. ``<results_dir>/reproduce_log.json`` keeps the wall time of every notebook and of
+the whole reproduction (over all calls that made it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any
+
+import papermill as pm
+
+from gns_utils.experiments.config import PROFILES
+from gns_utils.experiments.paths import repo_path, repo_root
+from gns_utils.experiments.profiles import NOTEBOOK_DOMAINS, task_names
+from gns_utils.experiments.store import load_run_summaries, provenance, read_json, write_json_atomic
+
+SUMMARY_NOTEBOOK = "99_summary"
+#: Longest first, so that two workers finish together; the summary runs last, alone.
+NOTEBOOKS = ["02_language_model", "01_image_classification", "03_autoencoder", SUMMARY_NOTEBOOK]
+#: B_crit agrees when the two fits differ by at most this many combined standard errors.
+AGREE_STDERRS = 2.0
+#: B_simple (no standard error is stored) agrees when the two values are within this factor.
+AGREE_FACTOR = 1.25
+STATE_DIR = ".reproduction"
+
+
+def outputs(results_dir: Path, notebook: str, profile: str) -> list[Path]:
+    """What a notebook writes under ``results_dir`` at ``profile`` (deleted on a fresh start)."""
+    paths = [results_dir / f"{notebook}.ipynb"]
+    if notebook == SUMMARY_NOTEBOOK:
+        return paths + [results_dir / "summary.json", results_dir / "figures"]
+    return paths + [results_dir / task for task in task_names(NOTEBOOK_DOMAINS[notebook], profile)]
+
+
+def _reference_files(results_dir: Path) -> dict[str, bytes]:
+    """The committed task summaries and cross-task summary: ``{relative path: content}``.
+
+    From ``git`` at ``HEAD`` when ``results_dir`` is tracked in the repository; else the
+    files on disk.
+    """
+    wanted = lambda rel: rel == "summary.json" or (rel.count("/") == 1 and rel.endswith("/summary.json"))  # noqa: E731
+    try:
+        rel_dir = results_dir.resolve().relative_to(repo_root().resolve()).as_posix()
+        listed = subprocess.run(["git", "ls-tree", "-r", "--name-only", "HEAD", "--", rel_dir], cwd=repo_root(),
+                                capture_output=True, text=True, timeout=60, check=True).stdout.split()
+        files = {}
+        for path in listed:
+            rel = path[len(rel_dir) + 1:]
+            if wanted(rel):
+                files[rel] = subprocess.run(["git", "show", f"HEAD:{path}"], cwd=repo_root(), capture_output=True,
+                                            timeout=60, check=True).stdout
+        if files:
+            return files
+    except (ValueError, OSError, subprocess.SubprocessError):
+        pass
+    return {p.relative_to(results_dir).as_posix(): p.read_bytes()
+            for p in [results_dir / "summary.json", *results_dir.glob("*/summary.json")]
+            if p.is_file() and wanted(p.relative_to(results_dir).as_posix())}
+
+
+def start_or_resume(results_dir: Path, profile: str, notebooks: list[str]) -> dict[str, Any]:
+    """Begin a fresh reproduction (reference aside, outputs deleted) or resume the one in progress.
+
+    Returns:
+        The state (``profile``, ``notebooks``, ``started``, ``resumed``, ``git_commit``, ``elapsed_s``).
+
+    Raises:
+        SystemExit: a reproduction of another profile or set of notebooks is in progress here.
+    """
+    state_dir = results_dir / STATE_DIR
+    state = read_json(state_dir / "state.json")
+    if state is not None:
+        if state["profile"] != profile or sorted(state["notebooks"]) != sorted(notebooks):
+            raise SystemExit(
+                f"a reproduction of profile {state['profile']!r} ({', '.join(state['notebooks'])}) is in progress in "
+                f"{results_dir}; finish it by running that command again, or delete {state_dir} to start over")
+        state["resumed"] += 1
+        print(f"[reproduce] resuming the reproduction started {state['started']} (finished runs are kept)", flush=True)
+        return state
+    if state_dir.exists():
+        shutil.rmtree(state_dir)
+    reference = state_dir / "reference"
+    for rel, content in _reference_files(results_dir).items():
+        (reference / rel).parent.mkdir(parents=True, exist_ok=True)
+        (reference / rel).write_bytes(content)
+    removed = 0
+    for notebook in notebooks:
+        for path in outputs(results_dir, notebook, profile):
+            if path.is_dir():
+                shutil.rmtree(path)
+                removed += 1
+            elif path.exists():
+                path.unlink()
+                removed += 1
+    state = {"profile": profile, "notebooks": notebooks, "resumed": 0, "elapsed_s": 0.0,
+             "started": provenance()["timestamp"], "git_commit": provenance()["git_commit"]}
+    write_json_atomic(state_dir / "state.json", state)
+    n_ref = len([p for p in reference.rglob("summary.json")]) if reference.exists() else 0
+    print(f"[reproduce] fresh start: {n_ref} reference summaries kept aside in {reference}; "
+          f"{removed} previous outputs deleted, so every run is trained now", flush=True)
+    return state
+
+
+def run_notebook(name: str, profile: str, results_dir: str) -> dict[str, Any]:
+    """Execute one notebook with papermill; return its status, error and wall time."""
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # inherited by the kernel: one thread per notebook
+    print(f"[reproduce] {name} at profile={profile} started", flush=True)
+    t0 = time.perf_counter()
+    entry: dict[str, Any] = {"output": str(Path(results_dir) / f"{name}.ipynb")}
+    parameters = {"profile": profile, "results_dir": results_dir}
+    if name != SUMMARY_NOTEBOOK:
+        parameters["progress"] = False
+    try:
+        pm.execute_notebook(str(repo_path("notebooks", f"{name}.ipynb")), str(repo_path(results_dir) / f"{name}.ipynb"),
+                            parameters=parameters, cwd=str(repo_path("notebooks")), progress_bar=False,
+                            log_output=False)
+        entry["status"] = "ok"
+    except Exception as err:  # noqa: BLE001 — report and go on with the other notebooks
+        entry["status"] = "failed"
+        entry["error"] = f"{type(err).__name__}: {str(err)[-2000:]}"
+        print(f"[reproduce] {name} FAILED: {entry['error']}", file=sys.stderr, flush=True)
+    entry["wall_time_s"] = round(time.perf_counter() - t0, 1)
+    print(f"[reproduce] {name}: {entry['status']} in {entry['wall_time_s'] / 60:.1f} min", flush=True)
+    return entry
+
+
+def _z(new: float | None, new_se: float | None, ref: float | None, ref_se: float | None) -> float | None:
+    """``(new − ref) / sqrt(se_new² + se_ref²)``; None when something is missing."""
+    if None in (new, ref, new_se, ref_se):
+        return None
+    combined = math.hypot(new_se, ref_se)
+    return (new - ref) / combined if combined > 0 else (0.0 if new == ref else math.inf)
+
+
+def compare(reference_dir: Path, results_dir: Path, tasks: list[str]) -> dict[str, Any]:
+    """Each task's new B_crit, B_simple and ratio against the reference's, with a verdict.
+
+    Returns:
+        ``{"tasks": [...], "r2": {...}, "agrees": bool, "identical": bool, "criteria": str}``;
+        per task ``b_crit``, ``b_crit_stderr``, ``b_simple``, ``ratio`` new and reference,
+        ``b_crit_z`` (difference in combined standard errors), ``b_simple_factor`` and
+        ``agrees`` (None when the reference has no such task).
+    """
+    rows = []
+    for task in tasks:
+        new = read_json(results_dir / task / "summary.json")
+        ref = read_json(reference_dir / task / "summary.json")
+        if new is None:
+            rows.append({"task": task, "agrees": False, "note": "no new summary (the notebook failed)"})
+            continue
+        row: dict[str, Any] = {"task": task, "units": new.get("units")}
+        for key in ("b_crit", "b_crit_stderr", "b_simple"):
+            row[key], row[f"{key}_reference"] = new.get(key), (ref or {}).get(key)
+        for side in ("", "_reference"):
+            b_crit, b_simple = row[f"b_crit{side}"], row[f"b_simple{side}"]
+            row[f"ratio{side}"] = b_simple / b_crit if b_crit and b_simple else None
+        if ref is None:
+            rows.append({**row, "agrees": None, "note": "not in the reference"})
+            continue
+        row["b_crit_z"] = _z(row["b_crit"], row["b_crit_stderr"], row["b_crit_reference"],
+                             row["b_crit_stderr_reference"])
+        row["b_simple_factor"] = (row["b_simple"] / row["b_simple_reference"]
+                                  if row["b_simple"] and row["b_simple_reference"] else None)
+        row["identical"] = all(_close(row[k], row[f"{k}_reference"]) for k in ("b_crit", "b_crit_stderr", "b_simple"))
+        b_crit_agrees = (row["identical"] or _close(row["b_crit"], row["b_crit_reference"]) if row["b_crit_z"] is None
+                         else abs(row["b_crit_z"]) <= AGREE_STDERRS)  # a bound (no s.e.) must match exactly
+        row["agrees"] = bool(b_crit_agrees and row["b_simple_factor"] is not None
+                             and 1 / AGREE_FACTOR <= row["b_simple_factor"] <= AGREE_FACTOR)
+        rows.append(row)
+    new_r2 = (read_json(results_dir / "summary.json") or {}).get("r2", {})
+    ref_r2 = (read_json(reference_dir / "summary.json") or {}).get("r2", {})
+    compared = [r for r in rows if r.get("agrees") is not None]
+    return {
+        "tasks": rows,
+        "r2": {k: {"new": new_r2.get(k), "reference": ref_r2.get(k)} for k in sorted(set(new_r2) | set(ref_r2))},
+        "agrees": bool(compared) and all(r["agrees"] for r in compared),
+        "identical": bool(compared) and all(r.get("identical") for r in compared),
+        "criteria": (f"B_crit within {AGREE_STDERRS:g} combined standard errors of the reference, and B_simple "
+                     f"within a factor {AGREE_FACTOR:g}"),
+    }
+
+
+def _close(a: float | None, b: float | None, rel: float = 1e-6) -> bool:
+    return a is None and b is None or (a is not None and b is not None and math.isclose(a, b, rel_tol=rel))
+
+
+def _fmt(value: float | None, digits: str = ",.0f") -> str:
+    return "–" if value is None else format(value, digits)
+
+
+def comparison_markdown(comparison: dict[str, Any], header: str) -> str:
+    """The comparison as a markdown report with a plain verdict."""
+    lines = [f"# Reproduction against the committed reference\n\n{header}\n",
+             "| task (units) | B_crit new ± s.e. | B_crit reference ± s.e. | difference (s.e.) "
+             "| B_simple new | B_simple reference | B_simple / B_crit new, reference | agrees |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in comparison["tasks"]:
+        if "b_crit" not in r:
+            lines.append(f"| {r['task']} | – | – | – | – | – | – | no ({r['note']}) |")
+            continue
+        z = "–" if r.get("b_crit_z") is None else f"{r['b_crit_z']:+.2f}"
+        verdict = {True: "yes", False: "**no**", None: r.get("note", "–")}[r["agrees"]]
+        lines.append(f"| {r['task']} ({r['units']}) | {_fmt(r['b_crit'])} ± {_fmt(r['b_crit_stderr'])} "
+                     f"| {_fmt(r['b_crit_reference'])} ± {_fmt(r['b_crit_stderr_reference'])} | {z} "
+                     f"| {_fmt(r['b_simple'], ',.1f')} | {_fmt(r['b_simple_reference'], ',.1f')} "
+                     f"| {_fmt(r['ratio'], '.2f')}, {_fmt(r['ratio_reference'], '.2f')} | {verdict} |")
+    if comparison["r2"]:
+        lines += ["", "| R² (log10 B_crit on log10 B_simple) | new | reference |", "|---|---|---|"]
+        lines += [f"| {k} | {_fmt(v['new'], '.2f')} | {_fmt(v['reference'], '.2f')} |" for k, v in comparison["r2"].items()]
+    if not any(r.get("agrees") is not None for r in comparison["tasks"]):
+        verdict = "Nothing to compare: the reference holds none of these tasks."
+    elif comparison["identical"]:
+        verdict = "The reproduction AGREES with the reference: every B_crit, its standard error and B_simple are identical to float rounding."
+    elif comparison["agrees"]:
+        verdict = f"The reproduction AGREES with the reference ({comparison['criteria']}), though not identically."
+    else:
+        verdict = f"The reproduction DOES NOT AGREE with the reference on every task ({comparison['criteria']})."
+    return "\n".join(lines + ["", f"**Verdict.** {verdict}", ""])
+
+
+def _runs_before(results_dir: Path, tasks: list[str], started: str) -> tuple[int, int]:
+    """(runs in the task folders, runs among them stamped before ``started``: replayed, not trained)."""
+    total = before = 0
+    for task in tasks:
+        for summary in load_run_summaries(results_dir, task):
+            total += 1
+            before += summary.get("provenance", {}).get("timestamp", "") < started
+    return total, before
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", default="cpu", choices=PROFILES)
+    parser.add_argument("--only", nargs="*", choices=NOTEBOOKS, help="run only these notebooks")
+    parser.add_argument("--results-dir", default="results", help="results root (relative to the repository)")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="domain notebooks run at once")
+    args = parser.parse_args(argv)
+
+    notebooks = [n for n in NOTEBOOKS if n in (args.only or NOTEBOOKS)]
+    results = repo_path(args.results_dir)
+    results.mkdir(parents=True, exist_ok=True)
+    state = start_or_resume(results, args.profile, notebooks)
+    start = time.perf_counter()
+    log_path = results / "reproduce_log.json"
+    old_log = read_json(log_path) if state["resumed"] else None
+    log = {"profile": args.profile, "jobs": args.jobs, "notebooks": dict((old_log or {}).get("notebooks", {})),
+           "started": state["started"], "resumed": state["resumed"], "provenance": provenance()}
+    domain = [n for n in notebooks if n != SUMMARY_NOTEBOOK]
+    with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        futures = {pool.submit(run_notebook, name, args.profile, args.results_dir): name for name in domain}
+        for future in as_completed(futures):
+            log["notebooks"][futures[future]] = future.result()
+            write_json_atomic(log_path, log)
+    if SUMMARY_NOTEBOOK in notebooks:
+        log["notebooks"][SUMMARY_NOTEBOOK] = run_notebook(SUMMARY_NOTEBOOK, args.profile, args.results_dir)
+    state["elapsed_s"] += time.perf_counter() - start
+    log["total_wall_time_s"] = round(state["elapsed_s"], 1)
+    write_json_atomic(log_path, log)
+    failed = [n for n in notebooks if log["notebooks"][n]["status"] != "ok"]
+    if failed:
+        write_json_atomic(results / STATE_DIR / "state.json", state)
+        print(f"[reproduce] {len(failed)} notebook(s) failed: {failed}. The reproduction is NOT finished; "
+              "run the same command again to resume it (finished runs are kept).", flush=True)
+        return 1
+
+    tasks = [t for n in domain for t in task_names(NOTEBOOK_DOMAINS[n], args.profile)]
+    measured = [t for t in tasks if (results / t / "summary.json").exists()]
+    comparison = compare(results / STATE_DIR / "reference", results, measured)
+    n_runs, n_before = _runs_before(results, tasks, state["started"])
+    comparison.update(profile=args.profile, notebooks=notebooks, started=state["started"],
+                      git_commit=state["git_commit"], total_wall_time_s=log["total_wall_time_s"],
+                      n_runs=n_runs, n_runs_from_before=n_before, provenance=provenance())
+    header = (f"Profile `{args.profile}`, started {state['started']} at commit "
+              f"`{(state['git_commit'] or 'unknown')[:12]}`; {n_runs} runs, {n_runs - n_before} of them trained by this "
+              f"reproduction ({n_before} from before it started); {log['total_wall_time_s'] / 60:.1f} min in all. "
+              "Reference: the task summaries of the `results/` at that commit.")
+    report = comparison_markdown(comparison, header)
+    write_json_atomic(results / "reproduction.json", comparison)
+    (results / "reproduction.md").write_text(report)
+    shutil.rmtree(results / STATE_DIR)
+    print(report, flush=True)
+    print(f"[reproduce] finished in {log['total_wall_time_s'] / 60:.1f} min; comparison written to "
+          f"{results / 'reproduction.md'}", flush=True)
+    return 0 if n_before == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
