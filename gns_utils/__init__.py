@@ -23,71 +23,18 @@ The experiments harness that reproduces the paper (data, models, sweeps, the run
 figures) is :mod:`gns_utils.experiments`; it imports the library, never the reverse.
 """
 
-from gns_utils.critical_batch import (
-                                      TradeoffFit,
-                                      b_crit_by_goal,
-                                      best_runs,
-                                      fit_tradeoff,
-                                      fit_tradeoff_by_goal,
-                                      steps_to_target,
-)
-from gns_utils.noise import (
-                                      GradientNoiseMonitor,
-                                      HessianNoiseScale,
-                                      NoiseEstimate,
-                                      NoiseScaleEMA,
-                                      NoiseSource,
-                                      PerExampleNormMonitor,
-                                      RatioUncertainty,
-                                      data_parallel_estimate,
-                                      hessian_noise_scale,
-                                      per_example_estimate,
-                                      ratio_of_means_jackknife,
-                                      two_batch_estimates,
-)
-from gns_utils.theory import (
-                                      adaptive_batch_size,
-                                      adaptive_gain,
-                                      adaptive_speedup,
-                                      examples_for_batch,
-                                      fit_optimal_lr,
-                                      lr_grid,
-                                      lr_grid_centre,
-                                      optimal_improvement,
-                                      optimal_lr,
-                                      steps_for_batch,
-                                      training_average,
-)
+from gns_utils import noise
+from gns_utils.critical_batch import (TradeoffFit, b_crit_by_goal, best_runs, fit_tradeoff, fit_tradeoff_by_goal,
+                                      steps_to_target)
+from gns_utils.noise import (GradientNoiseMonitor, HessianNoiseScale, NoiseEstimate, NoiseScaleEMA, NoiseSource,
+                             PerExampleNormMonitor, RatioUncertainty, data_parallel_estimate, hessian_noise_scale,
+                             per_example_estimate, ratio_of_means_jackknife, two_batch_estimates)
+from gns_utils.theory import (adaptive_batch_size, adaptive_gain, adaptive_speedup, examples_for_batch,
+                              fit_optimal_lr, lr_grid, lr_grid_centre, optimal_improvement, optimal_lr,
+                              steps_for_batch, training_average)
 
-__all__ = [
-    "GradientNoiseMonitor",
-    "HessianNoiseScale",
-    "NoiseEstimate",
-    "NoiseScaleEMA",
-    "NoiseSource",
-    "PerExampleNormMonitor",
-    "RatioUncertainty",
-    "TradeoffFit",
-    "adaptive_batch_size",
-    "adaptive_gain",
-    "adaptive_speedup",
-    "b_crit_by_goal",
-    "best_runs",
-    "data_parallel_estimate",
-    "examples_for_batch",
-    "fit_optimal_lr",
-    "fit_tradeoff",
-    "fit_tradeoff_by_goal",
-    "hessian_noise_scale",
-    "lr_grid",
-    "lr_grid_centre",
-    "optimal_improvement",
-    "optimal_lr",
-    "per_example_estimate",
-    "ratio_of_means_jackknife",
-    "steps_for_batch",
-    "steps_to_target",
-    "training_average",
-    "two_batch_estimates",
-]
+__all__ = sorted([*noise.__all__, "TradeoffFit", "b_crit_by_goal", "best_runs", "fit_tradeoff",
+                  "fit_tradeoff_by_goal", "steps_to_target", "adaptive_batch_size", "adaptive_gain",
+                  "adaptive_speedup", "examples_for_batch", "fit_optimal_lr", "lr_grid", "lr_grid_centre",
+                  "optimal_improvement", "optimal_lr", "steps_for_batch", "training_average"])
 __version__ = "0.2.0"

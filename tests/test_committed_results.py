@@ -1,11 +1,12 @@
 """The committed results/ of the last `make reproduce`: complete, in the documented schema, and
-the README's tables are exactly what `scripts/results_table.py` prints from them (no hand edits)."""
+the README's tables are exactly what `python -m gns_utils.experiments.tables` prints from them (no hand
+edits), and the run was a reproduction (every run trained anew) compared with the reference before it."""
 
-import importlib.util
 import json
 
 import pytest
 
+from gns_utils.experiments import tables as module
 from gns_utils.experiments.paths import repo_path
 from gns_utils.experiments.profiles import presets
 
@@ -49,19 +50,13 @@ def test_task_summary_fields_and_fit_quality(task):
 
 
 def test_readme_tables_are_the_scripts_output():
-    spec = importlib.util.spec_from_file_location("results_table", repo_path("scripts", "results_table.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
     readme = repo_path("README.md").read_text()
     block = readme.split(module.START, 1)[1].split(module.END, 1)[0]
-    assert module.tables(RESULTS) in block, "README tables are stale: run `python scripts/results_table.py --readme README.md`"
+    assert module.tables(RESULTS) in block, "README tables are stale: run `python -m gns_utils.experiments.tables --readme README.md`"
 
 
 def test_key_numbers_match_the_task_summaries():
-    # recomputed here from the task summaries, independently of scripts/results_table.py
-    spec = importlib.util.spec_from_file_location("results_table", repo_path("scripts", "results_table.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    # recomputed here from the task summaries, independently of gns_utils.experiments.tables
     text = "\n".join(module.key_numbers(RESULTS))
     tasks = [json.loads((RESULTS / t / "summary.json").read_text()) for t in _cpu_tasks()]
     ratios = [s["b_simple"] / s["b_crit"] for s in tasks]
@@ -72,3 +67,14 @@ def test_key_numbers_match_the_task_summaries():
     assert f"{100 * min(rel):.0f}–{100 * max(rel):.0f} %" in text
     for s in tasks:
         assert f"×{s['b_crit'] / s['b_crit_start']:.2g} ({s['task']})" in text
+
+
+def test_committed_run_is_a_reproduction_compared_with_its_reference():
+    comparison = json.loads((RESULTS / "reproduction.json").read_text())
+    assert comparison["profile"] == "cpu" and comparison["n_runs_from_before"] == 0 and comparison["n_runs"] > 100
+    assert {row["task"] for row in comparison["tasks"]} >= set(_cpu_tasks())
+    for task in _cpu_tasks():  # the comparison holds the numbers of the committed task summaries
+        summary = json.loads((RESULTS / task / "summary.json").read_text())
+        (row,) = [r for r in comparison["tasks"] if r["task"] == task]
+        assert row["b_crit"] == summary["b_crit"] and row["b_simple"] == summary["b_simple"]
+    assert not (RESULTS / ".reproduction").exists()

@@ -32,3 +32,34 @@ def test_torch_and_torchvision_import_together():
 def test_pyproject_ranges_stay_loose():
     text = repo_path("pyproject.toml").read_text()
     assert "torch>=" in text and "torch==" not in text
+
+
+def test_library_import_leaves_the_harness_and_its_dependencies_unimported():
+    import subprocess
+    import sys
+
+    code = ("import sys, gns_utils; from gns_utils import GradientNoiseMonitor, NoiseScaleEMA, fit_tradeoff; "
+            "print(' '.join(sorted(m for m in sys.modules if '.' not in m or m.startswith('gns_utils'))))")
+    loaded = set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split())
+    for heavy in ("papermill", "datasets", "tokenizers", "seaborn", "matplotlib", "torchvision", "gns_utils.experiments"):
+        assert heavy not in loaded, f"`import gns_utils` imported {heavy}"
+    assert {"torch", "numpy", "scipy", "gns_utils.noise", "gns_utils.critical_batch", "gns_utils.theory"} <= loaded
+
+
+def test_library_modules_never_import_the_harness():
+    import ast
+
+    for path in [*repo_path("gns_utils").glob("*.py"), *repo_path("gns_utils", "noise").glob("*.py")]:
+        tree = ast.parse(path.read_text())
+        names = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module]
+        names += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+        assert not [n for n in names if n.startswith("gns_utils.experiments")], path
+
+
+def test_public_api_is_exported():
+    import gns_utils
+
+    for name in gns_utils.__all__:
+        assert hasattr(gns_utils, name), name
+    assert {"GradientNoiseMonitor", "PerExampleNormMonitor", "NoiseScaleEMA", "fit_tradeoff",
+            "hessian_noise_scale", "per_example_estimate", "training_average"} <= set(gns_utils.__all__)

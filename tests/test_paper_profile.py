@@ -10,7 +10,7 @@ from fabricate import write_cifar10, write_mnist_like, write_svhn_mat
 from gns_utils.experiments.pipeline import run_experiment
 from gns_utils.experiments.profiles import experiment_configs
 
-LR = {"sgd": 0.1, "adam": 3e-3, "momentum": 0.02}
+LR = {"sgd": 0.1, "adam": 3e-3, "momentum": 0.005}
 SMOKE = dict(batch_sizes=[4, 8, 16], budget_examples=640, lr_b_star=1.0, goals=[2.25, 2.2], metric="loss", eval_examples=64,
              evals_per_decade=6, b_noise_examples=0, device="cpu")
 

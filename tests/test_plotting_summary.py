@@ -14,8 +14,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from gns_utils.experiments import plotting  # noqa: E402
 from gns_utils.critical_batch import b_crit_by_goal, best_runs, fit_tradeoff_by_goal  # noqa: E402
+from gns_utils.experiments import plotting  # noqa: E402
 from gns_utils.experiments.summary import (  # noqa: E402
     PAPER_SOURCE,
     TABLE_COLUMNS,
@@ -42,13 +42,13 @@ def _runs() -> pd.DataFrame:
     for goal, b_crit in [(1.0, 30.0), (0.5, 300.0)]:
         for b in BATCHES:
             for lr, factor in [(0.05, 1.3), (0.1, 1.0), (0.2, 1.1)]:
-                rows.append(dict(goal=goal, batch_size=b, lr=lr, steps=100 * (1 + b_crit / b) * factor))
+                rows.append(dict(goal=goal, batch_units=b, lr=lr, steps=100 * (1 + b_crit / b) * factor))
     return pd.DataFrame(rows)
 
 
 def _metrics() -> pd.DataFrame:
     step = np.arange(1, 51)
-    return pd.concat([pd.DataFrame(dict(batch_size=b, step=step, examples=b * step, loss=2 * np.exp(-step * b / 500)))
+    return pd.concat([pd.DataFrame(dict(batch_units=b, step=step, examples=b * step, loss=2 * np.exp(-step * b / 500)))
                       for b in BATCHES])
 
 
@@ -63,10 +63,10 @@ def test_save_figure_writes_png_and_pdf(tmp_path):
 
 def test_axes_name_the_units_examples_count():
     fig, axes = plt.subplots(1, 3)
-    frame = _metrics().assign(batch_units=lambda d: d["batch_size"] * 20, b_simple=50.0)
+    frame = _metrics().assign(batch_units=lambda d: d["batch_units"] * 20, b_simple=50.0)
     plotting.plot_training_curves(axes[0], frame, x="examples", y="loss", hue="batch_units", units="tokens")
     plotting.plot_noise_scale(axes[1], frame, x="examples", units="tokens")
-    plotting.plot_pareto_fronts(axes[2], best_runs(_runs()), {})
+    plotting.plot_pareto_fronts(axes[2], best_runs(_runs(), batch="batch_units"), {})
     assert axes[0].get_xlabel() == axes[1].get_xlabel() == "tokens processed $E$"
     assert axes[0].get_legend().get_title().get_text() == "batch size $B$ (tokens)"
     assert axes[2].get_xlabel() == "examples $E$"  # no units given
@@ -74,9 +74,9 @@ def test_axes_name_the_units_examples_count():
 
 
 def test_critical_batch_plots_run(tmp_path):
-    best = best_runs(_runs())
-    fits = fit_tradeoff_by_goal(best)
-    table = b_crit_by_goal(best)
+    best = best_runs(_runs(), batch="batch_units")
+    fits = fit_tradeoff_by_goal(best, batch="batch_units")
+    table = b_crit_by_goal(best, batch="batch_units")
     fig, axes = plt.subplots(2, 3, figsize=(12, 7))
     plotting.plot_training_curves(axes[0, 0], _metrics(), x="step", y="loss")
     plotting.plot_pareto_fronts(axes[0, 1], best, fits)
@@ -97,14 +97,14 @@ def test_plots_accept_run_metrics_and_fit_lr_curve():
     # A run's metrics.csv has b_simple_ema, not b_simple; B_noise comes from b_noise.csv.
     metrics = pd.DataFrame(dict(step=[10, 20, 40, 80], examples=[320, 640, 1280, 2560],
                                 error=[0.6, 0.4, 0.2, 0.1], b_simple_ema=[20.0, np.nan, 90.0, 300.0]))
-    table = b_crit_by_goal(best_runs(_runs()))
+    table = b_crit_by_goal(best_runs(_runs(), batch="batch_units"), batch="batch_units")
     fig, axes = plt.subplots(1, 3)
     plotting.plot_b_crit_by_goal(axes[0], table, noise=metrics, metric="error",
                                  b_noise=pd.DataFrame(dict(goal=[1.0, 0.5], b_noise=[25.0, 250.0])))
     assert axes[0].get_xlabel() == "goal (training error)" and len(axes[0].lines) >= 1
     plotting.plot_noise_scale(axes[1], metrics, x="examples")
     assert len(axes[1].lines[0].get_xdata()) == 3  # NaN point dropped
-    lrs = pd.DataFrame(dict(goal=1.0, batch_size=[8, 32, 128, 512], lr=[0.01, 0.035, 0.08, 0.1]))
+    lrs = pd.DataFrame(dict(goal=1.0, batch_units=[8, 32, 128, 512], lr=[0.01, 0.035, 0.08, 0.1]))
     plotting.plot_optimal_lr(axes[2], pd.concat([lrs, lrs.assign(goal=2.0, lr=1.0)]), goal=1.0)
     assert len(axes[2].collections[0].get_offsets()) == 4 and len(axes[2].lines) == 2
 

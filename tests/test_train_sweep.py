@@ -89,9 +89,10 @@ def test_divergence_is_recorded_not_raised(problem, tmp_path):
 def test_small_sweep_feeds_the_tradeoff_fit(problem, tmp_path):
     table = run_sweep(make_experiment(BASE), tmp_path, problem=problem, progress=False)
     assert set(table["batch_examples"]) == {4, 16, 64}
-    best = best_runs(table)
+    assert table["trained"].all() and set(table["batch_units"]) == {4, 16, 64}  # images: units = examples
+    best = best_runs(table, batch="batch_units")
     assert set(best["goal"]) == {0.3, 0.15}
-    fits = b_crit_by_goal(best)
+    fits = b_crit_by_goal(best, batch="batch_units")
     assert len(fits) == 2 and np.isfinite(fits["b_crit"]).any()
     assert (load_metrics(tmp_path, "tiny")["run_id"].nunique()) == table["run_id"].nunique()
 
@@ -125,6 +126,8 @@ def test_interrupted_sweep_resumes_only_missing_runs(problem, tmp_path, monkeypa
     table = run_sweep(cfg, tmp_path, problem=problem, progress=False)
     assert table["run_id"].nunique() == 6
     assert len(resumed) == 3 and not set(resumed) & set(calls)
+    trained = table.drop_duplicates("run_id").set_index("run_id")["trained"]
+    assert set(trained[trained].index) == set(resumed)  # the table says which runs this sweep trained
 
     # a truncated summary and a deleted folder are both redone; nothing else is
     ids = sorted(table["run_id"].unique())
@@ -180,7 +183,7 @@ def test_hopeless_rates_are_pruned_without_changing_the_best_runs(problem, tmp_p
         summary = load_run_summary(run_dir(tmp_path, "tiny", run["run_id"]))
         last_goal = table[(table.batch_examples == run.batch_examples) & (table.goal == 0.15)]["steps"]
         assert last_goal.min() < summary["n_steps"] <= 2 * last_goal.max() + 2  # slower than the fastest
-    best = best_runs(table)
+    best = best_runs(table, batch="batch_units")
     assert not best["run_id"].isin(pruned["run_id"]).any() or best.merge(pruned[["run_id"]])["steps"].notna().all()
 
 

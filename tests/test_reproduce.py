@@ -1,0 +1,87 @@
+"""`make reproduce` trains anew: the reference goes aside, outputs are deleted, an interrupted run resumes,
+and the end compares with the reference."""
+
+import json
+
+import pytest
+
+from gns_utils.experiments import reproduce
+from gns_utils.experiments.store import write_json_atomic
+
+NOTEBOOKS = ["01_image_classification", "99_summary"]
+
+
+def _task_summary(b_crit, se, b_simple, units="images"):
+    return {"task": "t", "units": units, "b_crit": b_crit, "b_crit_stderr": se, "b_simple": b_simple}
+
+
+def _old_results(root):
+    """A committed-looking results folder of the smoke image task."""
+    write_json_atomic(root / "smoke_image" / "summary.json", _task_summary(14.0, 7.0, 34.0))
+    write_json_atomic(root / "smoke_image" / "runs" / "old" / "summary.json", {"status": "complete"})
+    write_json_atomic(root / "summary.json", {"r2": {"ours_fit": 0.5}})
+    (root / "01_image_classification.ipynb").write_text("{}")
+    (root / "README.md").write_text("schema")
+
+
+def test_fresh_start_puts_the_reference_aside_and_deletes_the_outputs(tmp_path):
+    _old_results(tmp_path)
+    state = reproduce.start_or_resume(tmp_path, "smoke", NOTEBOOKS)
+    assert state["resumed"] == 0 and state["profile"] == "smoke"
+    assert not (tmp_path / "smoke_image").exists() and not (tmp_path / "summary.json").exists()
+    assert not (tmp_path / "01_image_classification.ipynb").exists()
+    assert (tmp_path / "README.md").exists()  # not an output of the notebooks
+    reference = tmp_path / reproduce.STATE_DIR / "reference"
+    assert json.loads((reference / "smoke_image" / "summary.json").read_text())["b_crit"] == 14.0
+    assert (reference / "summary.json").exists()
+    assert (tmp_path / reproduce.STATE_DIR / "state.json").exists()
+
+
+def test_an_interrupted_reproduction_resumes_and_keeps_its_runs(tmp_path):
+    _old_results(tmp_path)
+    reproduce.start_or_resume(tmp_path, "smoke", NOTEBOOKS)
+    write_json_atomic(tmp_path / "smoke_image" / "runs" / "new" / "summary.json", {"status": "complete"})
+    state = reproduce.start_or_resume(tmp_path, "smoke", NOTEBOOKS)  # the same command again
+    assert state["resumed"] == 1
+    assert (tmp_path / "smoke_image" / "runs" / "new" / "summary.json").exists()
+    reference = tmp_path / reproduce.STATE_DIR / "reference" / "smoke_image" / "summary.json"
+    assert json.loads(reference.read_text())["b_crit"] == 14.0  # still the committed one
+    with pytest.raises(SystemExit, match="in progress"):
+        reproduce.start_or_resume(tmp_path, "cpu", NOTEBOOKS)
+
+
+@pytest.mark.parametrize("new, agrees, identical", [
+    (_task_summary(14.0, 7.0, 34.0), True, True),
+    (_task_summary(30.0, 7.0, 34.0), True, False),    # 16 apart, combined s.e. 9.9: 1.6 s.e.
+    (_task_summary(45.0, 7.0, 34.0), False, False),   # 3.1 s.e.
+    (_task_summary(14.0, 7.0, 45.0), False, False),   # B_simple 1.32× the reference
+])
+def test_comparison_verdict(tmp_path, new, agrees, identical):
+    write_json_atomic(tmp_path / "ref" / "t" / "summary.json", _task_summary(14.0, 7.0, 34.0))
+    write_json_atomic(tmp_path / "new" / "t" / "summary.json", new)
+    result = reproduce.compare(tmp_path / "ref", tmp_path / "new", ["t"])
+    assert (result["agrees"], result["identical"]) == (agrees, identical)
+    text = reproduce.comparison_markdown(result, "header")
+    assert ("AGREES" in text) == agrees and ("DOES NOT AGREE" in text) == (not agrees)
+
+
+def test_a_bound_agrees_only_when_equal(tmp_path):
+    write_json_atomic(tmp_path / "ref" / "t" / "summary.json", _task_summary(8.0, None, 0.6))
+    write_json_atomic(tmp_path / "new" / "t" / "summary.json", _task_summary(8.0, None, 0.6))
+    assert reproduce.compare(tmp_path / "ref", tmp_path / "new", ["t"])["agrees"]
+    write_json_atomic(tmp_path / "new" / "t" / "summary.json", _task_summary(9.0, None, 0.6))
+    assert not reproduce.compare(tmp_path / "ref", tmp_path / "new", ["t"])["agrees"]
+
+
+@pytest.mark.notebook
+def test_reproduce_trains_every_run_and_compares(tmp_path, capsys):
+    _old_results(tmp_path)
+    assert reproduce.main(["--profile", "smoke", "--only", "01_image_classification",
+                           "--results-dir", str(tmp_path), "--jobs", "1"]) == 0
+    assert not (tmp_path / "smoke_image" / "runs" / "old").exists()
+    comparison = json.loads((tmp_path / "reproduction.json").read_text())
+    assert comparison["n_runs"] >= 6 and comparison["n_runs_from_before"] == 0
+    (row,) = comparison["tasks"]
+    assert row["task"] == "smoke_image" and row["b_crit_reference"] == 14.0 and row["b_crit"] > 0
+    assert not (tmp_path / reproduce.STATE_DIR).exists()  # finished: no reproduction in progress
+    assert "Verdict" in capsys.readouterr().out and (tmp_path / "reproduction.md").exists()
