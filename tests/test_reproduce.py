@@ -21,6 +21,7 @@ def _old_results(root):
     write_json_atomic(root / "smoke_image" / "runs" / "old" / "summary.json", {"status": "complete"})
     write_json_atomic(root / "summary.json", {"r2": {"ours_fit": 0.5}})
     (root / "01_image_classification.ipynb").write_text("{}")
+    (root / "reproduction.md").write_text("the last reproduction")
     (root / "README.md").write_text("schema")
 
 
@@ -30,6 +31,7 @@ def test_fresh_start_puts_the_reference_aside_and_deletes_the_outputs(tmp_path):
     assert state["resumed"] == 0 and state["profile"] == "smoke"
     assert not (tmp_path / "smoke_image").exists() and not (tmp_path / "summary.json").exists()
     assert not (tmp_path / "01_image_classification.ipynb").exists()
+    assert not (tmp_path / "reproduction.md").exists()  # nothing describes an old reproduction while one runs
     assert (tmp_path / "README.md").exists()  # not an output of the notebooks
     reference = tmp_path / reproduce.STATE_DIR / "reference"
     assert json.loads((reference / "smoke_image" / "summary.json").read_text())["b_crit"] == 14.0

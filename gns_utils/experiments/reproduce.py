@@ -11,7 +11,7 @@ A reproduction never replays committed results:
    summaries of the ``results/`` the checkout's commit holds (``git``; the files on disk when the
    folder is not tracked) — is copied to ``<results_dir>/.reproduction/reference/``, and every
    output of the notebooks to run (their task folders with all run folders, executed copies,
-   figures) is deleted. The marker ``<results_dir>/.reproduction/state.json`` records the profile,
+   figures) is deleted, with the record of the last reproduction (:data:`RECORD_FILES`). The marker ``<results_dir>/.reproduction/state.json`` records the profile,
    the notebooks, the start time and the commit.
 2. The notebooks run through papermill, ``--jobs`` domain notebooks at a time (each kernel
    single-threaded), then ``99_summary``. Every run is trained now.
@@ -55,6 +55,8 @@ AGREE_STDERRS = 2.0
 #: B_simple (no standard error is stored) agrees when the two values are within this factor.
 AGREE_FACTOR = 1.25
 STATE_DIR = ".reproduction"
+#: The record of a reproduction, written at its end (and by each notebook, the log).
+RECORD_FILES = ("reproduction.json", "reproduction.md", "reproduce_log.json")
 
 
 def outputs(results_dir: Path, notebook: str, profile: str) -> list[Path]:
@@ -117,14 +119,15 @@ def start_or_resume(results_dir: Path, profile: str, notebooks: list[str]) -> di
         (reference / rel).parent.mkdir(parents=True, exist_ok=True)
         (reference / rel).write_bytes(content)
     removed = 0
-    for notebook in notebooks:
-        for path in outputs(results_dir, notebook, profile):
-            if path.is_dir():
-                shutil.rmtree(path)
-                removed += 1
-            elif path.exists():
-                path.unlink()
-                removed += 1
+    # the record of the last reproduction goes too: while this one runs, nothing may describe an old one
+    record = [results_dir / name for name in RECORD_FILES] if set(notebooks) - {SUMMARY_NOTEBOOK} else []
+    for path in record + [p for notebook in notebooks for p in outputs(results_dir, notebook, profile)]:
+        if path.is_dir():
+            shutil.rmtree(path)
+            removed += 1
+        elif path.exists():
+            path.unlink()
+            removed += 1
     state = {"profile": profile, "notebooks": notebooks, "resumed": 0, "elapsed_s": 0.0,
              "started": provenance()["timestamp"], "git_commit": provenance()["git_commit"]}
     write_json_atomic(state_dir / "state.json", state)
@@ -296,6 +299,10 @@ def main(argv: list[str] | None = None) -> int:
               "run the same command again to resume it (finished runs are kept).", flush=True)
         return 1
 
+    if not domain:  # the summary alone trains nothing: the record of the last reproduction stays as it is
+        shutil.rmtree(results / STATE_DIR)
+        print("[reproduce] 99_summary redrawn from the task summaries (nothing trained, nothing to compare)")
+        return 0
     tasks = [t for n in domain for t in task_names(NOTEBOOK_DOMAINS[n], args.profile)]
     measured = [t for t in tasks if (results / t / "summary.json").exists()]
     comparison = compare(results / STATE_DIR / "reference", results, measured)
