@@ -132,8 +132,8 @@ def start_or_resume(results_dir: Path, profile: str, notebooks: list[str]) -> di
              "started": provenance()["timestamp"], "git_commit": provenance()["git_commit"]}
     write_json_atomic(state_dir / "state.json", state)
     n_ref = len([p for p in reference.rglob("summary.json")]) if reference.exists() else 0
-    print(f"[reproduce] fresh start: {n_ref} reference summaries kept aside in {reference}; "
-          f"{removed} previous outputs deleted, so every run is trained now", flush=True)
+    print(f"[reproduce] fresh start: {n_ref} reference summaries kept aside in {reference}; {removed} previous "
+          f"outputs deleted{', so every run is trained now' if record else ''}", flush=True)
     return state
 
 
@@ -291,7 +291,8 @@ def main(argv: list[str] | None = None) -> int:
         log["notebooks"][SUMMARY_NOTEBOOK] = run_notebook(SUMMARY_NOTEBOOK, args.profile, args.results_dir)
     state["elapsed_s"] += time.perf_counter() - start
     log["total_wall_time_s"] = round(state["elapsed_s"], 1)
-    write_json_atomic(log_path, log)
+    if domain:  # the summary alone keeps the log of the last reproduction
+        write_json_atomic(log_path, log)
     failed = [n for n in notebooks if log["notebooks"][n]["status"] != "ok"]
     if failed:
         write_json_atomic(results / STATE_DIR / "state.json", state)
