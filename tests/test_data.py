@@ -7,11 +7,8 @@ torchvision's own readers, exactly as user data is.
 
 from __future__ import annotations
 
-import gzip
 import os
-import pickle
 import re
-import struct
 from pathlib import Path
 
 import numpy as np

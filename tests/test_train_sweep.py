@@ -1,7 +1,6 @@
 """The training and sweep engine on a tiny synthetic problem (seconds on a CPU)."""
 
 import json
-import math
 
 import numpy as np
 import pandas as pd
