@@ -28,7 +28,8 @@ from gns_utils.critical_batch import (TradeoffFit, b_crit_by_goal, best_runs, fi
                                       steps_to_target)
 from gns_utils.noise import (GradientNoiseMonitor, HessianNoiseScale, NoiseEstimate, NoiseScaleEMA, NoiseSource,
                              PerExampleNormMonitor, RatioUncertainty, data_parallel_estimate, hessian_noise_scale,
-                             per_example_estimate, ratio_of_means_jackknife, two_batch_estimates)
+                             per_example_estimate, ratio_of_means_jackknife, two_batch_estimates,
+                             WindowedNoiseScale, windowed_b_simple)
 from gns_utils.theory import (adaptive_batch_size, adaptive_gain, adaptive_speedup, examples_for_batch,
                               fit_optimal_lr, lr_grid, lr_grid_centre, optimal_improvement, optimal_lr,
                               steps_for_batch, training_average)

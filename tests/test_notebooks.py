@@ -42,6 +42,7 @@ def test_domain_notebook_at_smoke_size(name, results):
         assert summary["units"] == ("tokens" if name.startswith("02") else "images")
         assert summary["b_simple"] is not None and summary["b_simple"] > 0
         assert len(summary["goals"]) == 2
+        assert all(g["b_simple_local_median"] > 0 and g["b_simple_local_n_runs"] >= 1 for g in summary["goals"])
         figures = {p.name for p in (results / task / "figures").iterdir()}
         for fig in ("training_curves", "pareto_fronts", "b_crit_by_goal", "b_simple_over_training"):
             assert {f"{fig}.png", f"{fig}.pdf"} <= figures, (task, sorted(figures))
@@ -64,6 +65,10 @@ def test_summary_notebook_reads_files_only(results):
     assert summary["r2"]["paper_fit"] is not None and 0 < summary["r2"]["paper_fit"] <= 1
     assert (results / "figures" / "b_crit_vs_b_simple.png").exists()
     assert (results / "figures" / "b_crit_vs_b_simple_start.pdf").exists()
+    assert (results / "figures" / "b_crit_vs_b_simple_by_goal.png").exists()
+    assert set(summary["r2_by_goal"]) == {"b_simple_local_median", "b_simple_local_small_b"}
+    points = summary["goal_points"]
+    assert points and all(p["b_crit"] > 0 and p["b_simple_local_median"] > 0 for p in points)
 
 
 def test_bad_parameter_fails_before_training(tmp_path):

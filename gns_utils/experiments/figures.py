@@ -14,6 +14,7 @@ shows it). Symbols as in the paper: ``B`` batch size, ``S`` steps, ``E = B·S`` 
 * :func:`noise_over_training`   B_simple of the reference run against loss and examples.
 * :func:`width_study`           Fig 8: B_simple of several widths against loss and tokens.
 * :func:`b_crit_vs_b_simple`    Fig 4: B_crit against B_simple, one point per task.
+* :func:`b_crit_vs_b_simple_by_goal`  Fig 4 per goal: B_crit(goal) against B_simple where it is reached.
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ from matplotlib.figure import Figure
 
 from gns_utils.experiments import plotting
 from gns_utils.experiments.pipeline import TaskResult
+from gns_utils.experiments.report import matched_by_goal
 
-__all__ = ["b_crit_by_goal", "b_crit_vs_b_simple", "noise_over_training", "optimal_lr", "pareto_fronts",
+__all__ = ["b_crit_by_goal", "b_crit_vs_b_simple", "b_crit_vs_b_simple_by_goal", "noise_over_training", "optimal_lr", "pareto_fronts",
            "training_curves", "width_study"]
 
 
@@ -55,10 +57,12 @@ def pareto_fronts(res: TaskResult) -> Figure:
 
 
 def b_crit_by_goal(res: TaskResult) -> Figure:
-    """Fig 7 right: B_crit per goal (± s.e.) and B_simple (B_noise where measured) of the reference run."""
+    """Fig 7 right: B_crit per goal (± s.e.) beside B_simple measured where each goal is reached (median and
+    range over the best runs of all batch sizes), the reference run's B_simple EMA, and B_noise where measured."""
     plotting.set_style()
     fig, ax = plt.subplots(figsize=(6, 5))
-    plotting.plot_b_crit_by_goal(ax, res.by_goal, noise=res.noise, b_noise=res.b_noise, metric=res.cfg.metric)
+    plotting.plot_b_crit_by_goal(ax, res.by_goal, noise=res.noise, b_noise=res.b_noise, metric=res.cfg.metric,
+                                 matched=matched_by_goal(res.matched))
     ax.set_ylabel(f"batch size ({res.cfg.units})")
     return _save(fig, res, "b_crit_by_goal", "B_crit and B_simple over training")
 
@@ -96,6 +100,16 @@ def b_crit_vs_b_simple(table: pd.DataFrame, path: str | Path, title: str) -> Fig
     plotting.set_style()
     fig, ax = plt.subplots(figsize=(7.5, 6.5))
     plotting.plot_bcrit_vs_bsimple(ax, table)
+    ax.set_title(title)
+    plotting.save_figure(fig, path)
+    return fig
+
+
+def b_crit_vs_b_simple_by_goal(points: pd.DataFrame, paper: pd.DataFrame, path: str | Path, title: str) -> Figure:
+    """Fig 4 per goal: each task's B_crit(goal) against B_simple matched to that goal (a trajectory)."""
+    plotting.set_style()
+    fig, ax = plt.subplots(figsize=(7.5, 6.5))
+    plotting.plot_bcrit_vs_bsimple_by_goal(ax, points, paper)
     ax.set_title(title)
     plotting.save_figure(fig, path)
     return fig

@@ -33,7 +33,7 @@ from gns_utils.critical_batch import (
 from gns_utils.experiments.config import ExperimentConfig
 from gns_utils.experiments.problems import make_problem
 from gns_utils.experiments.profiles import DEFAULT_WIDTHS, WIDTHS_SUFFIX
-from gns_utils.experiments.report import reference_run, summarize_task
+from gns_utils.experiments.report import matched_noise_scales, reference_run, summarize_task
 from gns_utils.experiments.store import load_metrics, run_dir, task_dir
 from gns_utils.experiments.sweep import run_or_load, run_sweep
 
@@ -52,6 +52,7 @@ class TaskResult:
         curves: metrics of the best run at each batch size (training curves, Fig 6).
         noise: the reference run's metrics: B_simple over training.
         b_noise: B_noise at the reference run's goal checkpoints (may be empty).
+        matched: B_simple of each best run at the step where it reaches each goal (matched points).
         figure_dir: where this task's figures go.
     """
 
@@ -64,6 +65,7 @@ class TaskResult:
     curves: pd.DataFrame
     noise: pd.DataFrame
     b_noise: pd.DataFrame
+    matched: pd.DataFrame
     figure_dir: Path
 
 
@@ -87,13 +89,14 @@ def run_experiment(cfg: ExperimentConfig, results_dir: str | Path, progress: boo
         if summary["status"] != "failed":
             ref_id = summary["run_id"]
     best_ids = best.dropna(subset=["steps"]).sort_values("goal").drop_duplicates("batch_units")["run_id"]
-    metrics = load_metrics(results_dir, cfg.task, {*best_ids, ref_id})
+    metrics = load_metrics(results_dir, cfg.task, {*best["run_id"].dropna(), ref_id})  # every run read once
+    matched = matched_noise_scales(best, metrics)
     curves = metrics[metrics["run_id"].isin(set(best_ids))].reset_index(drop=True)
     noise = metrics[metrics["run_id"] == ref_id].reset_index(drop=True)
     b_noise_file = run_dir(results_dir, cfg.task, ref_id) / "b_noise.csv"
     b_noise = pd.read_csv(b_noise_file) if b_noise_file.exists() else pd.DataFrame()
-    summary = summarize_task(cfg, table, by_goal, noise, b_noise, results_dir)
-    return TaskResult(cfg, summary, table, best, by_goal, fits, curves, noise, b_noise,
+    summary = summarize_task(cfg, table, by_goal, noise, b_noise, results_dir, matched=matched)
+    return TaskResult(cfg, summary, table, best, by_goal, fits, curves, noise, b_noise, matched,
                       task_dir(results_dir, cfg.task) / "figures")
 
 

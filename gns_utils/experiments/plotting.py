@@ -36,6 +36,7 @@ from gns_utils.theory import fit_optimal_lr, optimal_lr
 __all__ = [
     "plot_b_crit_by_goal",
     "plot_bcrit_vs_bsimple",
+    "plot_bcrit_vs_bsimple_by_goal",
     "plot_noise_scale",
     "plot_optimal_lr",
     "plot_pareto_fronts",
@@ -225,6 +226,7 @@ def plot_b_crit_by_goal(
     goal_label: str | None = None,
     b_noise: pd.DataFrame | None = None,
     metric: str | None = None,
+    matched: pd.DataFrame | None = None,
 ) -> Axes:
     """``B_crit`` per goal with error bars and bound markers, optionally ``B_simple`` (Fig. 7 right).
 
@@ -246,6 +248,8 @@ def plot_b_crit_by_goal(
         b_noise: optional frame with columns ``goal`` and ``b_noise`` (B_noise of
             eq. 2.8 measured at the goal checkpoints), drawn as crosses.
         metric: name of the goal metric ("loss", "error" ...), for the defaults above.
+        matched: optional per-goal matched B_simple (:func:`gns_utils.experiments.report.matched_by_goal`:
+            ``goal``, ``b_simple_local_median``, ``_min``, ``_max``), drawn as diamonds with range bars.
 
     Returns:
         ``ax``.
@@ -268,7 +272,13 @@ def plot_b_crit_by_goal(
         y_col = _noise_column(noise, noise_y)
         line = noise[[noise_x, y_col]].dropna()
         line = line[line[y_col] > 0].sort_values(noise_x)
-        ax.plot(line[noise_x], line[y_col], color="C3", lw=1.2, label=_label("b_simple"))
+        ax.plot(line[noise_x], line[y_col], color="C3", lw=1.2, label=_label("b_simple") + " (reference run, EMA)")
+    if matched is not None and not matched.empty:
+        pts = matched.dropna(subset=["b_simple_local_median"])
+        yerr = np.vstack([pts["b_simple_local_median"] - pts["b_simple_local_min"],
+                          pts["b_simple_local_max"] - pts["b_simple_local_median"]])
+        ax.errorbar(pts["goal"], pts["b_simple_local_median"], yerr=yerr, fmt="D", color="C1", capsize=3, ms=5,
+                    label=_label("b_simple") + " at the goal (median over B, range)")
     if b_noise is not None and not b_noise.empty and {"goal", "b_noise"} <= set(b_noise.columns):
         pts = b_noise[b_noise["b_noise"] > 0]
         ax.scatter(pts["goal"], pts["b_noise"], marker="x", color="C2", s=40, zorder=3,
@@ -468,4 +478,49 @@ def plot_bcrit_vs_bsimple(ax: Axes, tasks: pd.DataFrame, start: bool = False) ->
                                   markerfacecolor="none", label=f"batch in {units}"))
     handles += [plt.Line2D([], [], ls="", label=f"{n}: {task}") for task, n in numbers.items()]
     ax.legend(handles=handles, loc="upper left", fontsize="x-small")
+    return ax
+
+
+def plot_bcrit_vs_bsimple_by_goal(ax: Axes, points: pd.DataFrame, paper: pd.DataFrame | None = None,
+                                  x: str = "b_simple_local_median") -> Axes:
+    """``B_crit(goal)`` against the noise scale matched to that goal: each task a trajectory (Fig. 4, per goal).
+
+    Args:
+        ax: target axes.
+        points: :func:`~gns_utils.experiments.summary.goal_points` output.
+        paper: optional :func:`~gns_utils.experiments.summary.summary_table` rows of the paper, drawn hollow
+            (their averaged values) for orientation.
+        x: the predictor column.
+
+    Returns:
+        ``ax``.
+    """
+    ok = points[(points[x] > 0) & (points["b_crit"] > 0)]
+    colours = {task: f"C{k % 10}" for k, task in enumerate(pd.unique(ok["task"]))}
+    for task, group in ok.groupby("task", sort=False):
+        group = group.sort_values("goal_index")
+        marker = UNIT_MARKERS.get(group["units"].iloc[0], "D")
+        ax.plot(group[x], group["b_crit"], color=colours[task], lw=1.0, marker=marker, ms=5, label=task)
+        ax.scatter(group[x].iloc[-1:], group["b_crit"].iloc[-1:], color=colours[task], marker=marker, s=60,
+                   edgecolor="black", zorder=3)
+        se = group["b_crit_stderr"].fillna(0).clip(upper=0.9 * group["b_crit"])
+        ax.errorbar(group[x], group["b_crit"], yerr=[se, group["b_crit_stderr"].fillna(0)], fmt="none",
+                    ecolor=colours[task], capsize=2, lw=0.8)
+    if paper is not None and len(paper):
+        rows = paper[(paper["b_simple"] > 0) & (paper["b_crit"] > 0)]
+        for row in rows.itertuples():
+            ax.scatter([row.b_simple], [row.b_crit], marker=UNIT_MARKERS.get(row.units, "D"), facecolor="none",
+                       edgecolor=SOURCE_COLOURS["paper"], s=40)
+    values = np.concatenate([ok[x].to_numpy(float), ok["b_crit"].to_numpy(float)]) if len(ok) else np.array([1.0])
+    lo, hi = min(1.0, float(values.min()) / 3), max(1e5, float(values.max()) * 10)
+    ax.plot([lo, hi], [lo, hi], color="grey", ls="--", lw=1.0, label="$y = x$")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
+    ax.set_aspect("equal", adjustable="box")
+    ax.set_xlabel(r"$B_\mathrm{simple}$ where the goal is reached")
+    ax.set_ylabel(r"$B_\mathrm{crit}$ of the goal")
+    ax.legend(loc="upper left", fontsize="x-small", title="last goal: outlined; hollow: paper (averaged)",
+              title_fontsize="x-small")
     return ax

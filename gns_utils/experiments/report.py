@@ -16,6 +16,14 @@ files) and writes ``<results_dir>/<task>/summary.json``:
                                   as the ratio of the summed tr(HΣ) and GᵀHG estimates (a ratio of
                                   means, like B_simple: single checkpoints on a few hundred
                                   examples are noisy and GᵀHG can come out ≤ 0), where measured.
+* ``goals``                       per goal: the (2.11) fit, and the *matched* noise scale: B_simple
+                                  of every best-tuned run (one per batch size) in a window around the
+                                  step where that run reaches the goal (:func:`matched_noise_scales`),
+                                  summarised as the value at the smallest batch size, the median over
+                                  batch sizes and their spread (the Appendix C check: well-tuned runs
+                                  at different B should agree at equal loss).
+* ``b_crit_step_average``         B_crit averaged over training as in A.3: each goal's B_crit weighted
+                                  by the minimum steps S_min it adds (:func:`step_average_b_crit`).
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ import pandas as pd
 
 from gns_utils.experiments.config import ExperimentConfig
 from gns_utils.experiments.store import provenance, task_dir, write_json_atomic
+from gns_utils.noise import windowed_b_simple
 from gns_utils.theory import training_average
 
 
@@ -47,8 +56,8 @@ def reference_run(best: pd.DataFrame, b_crit: float) -> pd.Series:
 
 
 def summarize_task(cfg: ExperimentConfig, table: pd.DataFrame, by_goal: pd.DataFrame, reference: pd.DataFrame,
-                   b_noise: pd.DataFrame, results_dir: str | Path, extra: dict[str, Any] | None = None
-                   ) -> dict[str, Any]:
+                   b_noise: pd.DataFrame, results_dir: str | Path, matched: pd.DataFrame | None = None,
+                   extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Collect B_crit per goal and the reference run's B_simple / B_noise; write the task summary.
 
     Reads nothing: every input is already in memory.
@@ -61,6 +70,7 @@ def summarize_task(cfg: ExperimentConfig, table: pd.DataFrame, by_goal: pd.DataF
             (:func:`gns_utils.experiments.store.load_metrics`).
         b_noise: the reference run's ``b_noise.csv`` rows (empty when B_noise was not measured).
         results_dir: root of the results store.
+        matched: :func:`matched_noise_scales` of the sweep's best runs (added to ``goals``).
         extra: fields to add to the summary.
 
     Returns:
@@ -72,6 +82,9 @@ def summarize_task(cfg: ExperimentConfig, table: pd.DataFrame, by_goal: pd.DataF
     batch_units = float(reference["batch_units"].iloc[0])
     b_simple, b_simple_start = b_simple_over_training(reference, batch_units, cfg.metric, float(cfg.goals[0]))
     runs = table.drop_duplicates("run_id")
+    goals = by_goal
+    if matched is not None and len(matched):
+        goals = by_goal.merge(matched_by_goal(matched), on="goal", how="left")
     summary: dict[str, Any] = {
         "task": cfg.task,
         "domain": cfg.domain,
@@ -88,6 +101,7 @@ def summarize_task(cfg: ExperimentConfig, table: pd.DataFrame, by_goal: pd.DataF
         "b_crit_start_stderr": _num(first["b_crit_stderr"]),
         "b_crit_start_goal": float(first["goal"]),
         "b_crit_start_bound": first["bound"],
+        "b_crit_step_average": _num(step_average_b_crit(by_goal)),
         "b_simple": _num(b_simple),
         "b_simple_start": _num(b_simple_start),
         "b_noise": _num(b_noise["trace_h_sigma"].sum() / b_noise["g_h_g"].sum()) if len(b_noise) else None,
@@ -96,7 +110,7 @@ def summarize_task(cfg: ExperimentConfig, table: pd.DataFrame, by_goal: pd.DataF
                           "lr": float(reference["lr"].iloc[0])},
         "n_runs": int(len(runs)),
         "n_runs_trained": int(runs["trained"].fillna(False).astype(bool).sum()),
-        "goals": by_goal.to_dict(orient="records"),
+        "goals": goals.to_dict(orient="records"),
         "b_noise_checkpoints": b_noise.to_dict(orient="records"),
         "profile": cfg.profile,
         "config": cfg.to_dict(),
@@ -110,6 +124,65 @@ def summarize_task(cfg: ExperimentConfig, table: pd.DataFrame, by_goal: pd.DataF
 #: The columns of :func:`task_table`.
 TASK_TABLE_COLUMNS = ("task", "units", "b_crit_start", "b_crit", "b_crit_stderr", "b_crit_bound", "b_simple_start",
                       "b_simple", "b_noise", "n_runs", "n_runs_trained")
+
+
+def matched_noise_scales(best: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
+    """B_simple of each best-tuned run at the point where it reaches each goal (matched points).
+
+    For every row of ``best`` (fastest run per goal and batch size) the run's logged per-step
+    estimates are summed in a window of steps around ``steps`` (the step at which it reached
+    the goal), :func:`gns_utils.noise.windowed_b_simple`.
+
+    Args:
+        best: :func:`gns_utils.critical_batch.best_runs` output with ``batch_units`` and ``run_id``.
+        metrics: the ``metrics.csv`` rows of those runs (``step``, ``g2_mean``,
+            ``trace_sigma_mean``, ``noise_steps``; :func:`gns_utils.experiments.store.load_metrics`).
+
+    Returns:
+        One row per (goal, batch size): ``goal, batch_units, run_id, at_step, b_simple_local,
+        b_simple_local_stderr, n_estimates``.
+    """
+    columns = ["goal", "batch_units", "run_id", "at_step", "b_simple_local", "b_simple_local_stderr", "n_estimates"]
+    logs = {run_id: frame.sort_values("step") for run_id, frame in metrics.groupby("run_id")}
+    rows = []
+    for point in best.dropna(subset=["steps"]).itertuples():
+        log = logs.get(point.run_id)
+        if log is None or not (point.steps > 0):
+            continue
+        n = log["noise_steps"].fillna(0).to_numpy(float)
+        window = windowed_b_simple(log["step"].to_numpy(float), log["g2_mean"].fillna(0).to_numpy(float) * n,
+                                   log["trace_sigma_mean"].fillna(0).to_numpy(float) * n, n, float(point.steps))
+        rows.append([point.goal, point.batch_units, point.run_id, float(point.steps), window.estimate, window.stderr,
+                     window.n_estimates])
+    return pd.DataFrame(rows, columns=columns)
+
+
+def matched_by_goal(matched: pd.DataFrame) -> pd.DataFrame:
+    """Per goal: the matched B_simple at the smallest batch size, the median over batch sizes, min, max,
+    and the spread (standard deviation of log10 B_simple over batch sizes)."""
+    rows = []
+    for goal, group in matched.groupby("goal", sort=False):
+        values = group.sort_values("batch_units")["b_simple_local"].to_numpy(float)
+        positive = values[np.isfinite(values) & (values > 0)]
+        rows.append({"goal": goal, "b_simple_local_small_b": _num(values[0]) if len(values) else None,
+                     "b_simple_local_median": _num(np.median(positive)) if len(positive) else None,
+                     "b_simple_local_min": _num(positive.min()) if len(positive) else None,
+                     "b_simple_local_max": _num(positive.max()) if len(positive) else None,
+                     "b_simple_local_log10_spread": _num(np.log10(positive).std()) if len(positive) >= 2 else None,
+                     "b_simple_local_n_runs": int(len(positive))})
+    return pd.DataFrame(rows)
+
+
+def step_average_b_crit(by_goal: pd.DataFrame) -> float:
+    """B_crit averaged over training as in A.3: ``Σ_k B_crit(g_k) ΔS_min,k / Σ_k ΔS_min,k``.
+
+    ``ΔS_min,k = S_min(g_k) − S_min(g_{k−1})`` (from 0 before the first goal) are the minimum
+    (full-batch) steps each goal adds, over the goals whose fit is not a bound, in training order.
+    """
+    fitted = by_goal[by_goal["bound"] == "none"].dropna(subset=["b_crit", "s_min"])
+    s_min = np.maximum.accumulate(fitted["s_min"].to_numpy(float))
+    weights = np.diff(np.concatenate([[0.0], s_min]))
+    return float(np.sum(fitted["b_crit"].to_numpy(float) * weights) / weights.sum()) if weights.sum() > 0 else np.nan
 
 
 def task_table(summaries: list[dict[str, Any]]) -> pd.DataFrame:

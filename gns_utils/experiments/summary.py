@@ -47,6 +47,9 @@ __all__ = [
     "PAPER_TABLE_PATH",
     "SUMMARY_FIELDS",
     "TABLE_COLUMNS",
+    "GOAL_PREDICTORS",
+    "goal_points",
+    "goal_report",
     "load_task_summaries",
     "paper_table",
     "profile_tasks",
@@ -302,6 +305,59 @@ def r2_report(table: pd.DataFrame) -> dict[str, float]:
     return report
 
 
+# --------------------------------------------------------------------------- matched points
+#: Per-goal predictors of B_crit(goal): column of :func:`goal_points` → what it is.
+GOAL_PREDICTORS = {
+    "b_simple_local_median": "B_simple at the goal, median over the best runs of all batch sizes",
+    "b_simple_local_small_b": "B_simple at the goal on the best run at the smallest batch size",
+}
+
+
+def goal_points(measured: pd.DataFrame) -> pd.DataFrame:
+    """Every goal of every measured task as one point: B_crit(goal) and the noise scales matched to it.
+
+    Args:
+        measured: :func:`load_task_summaries` output (its ``path`` column names each summary).
+
+    Returns:
+        One row per (task, goal) whose (2.11) fit is a value (not a bound): ``task, units, goal,
+        goal_index`` (0 = first goal), ``b_crit, b_crit_stderr`` and the :data:`GOAL_PREDICTORS`
+        columns plus ``b_simple_local_log10_spread`` (NaN where a summary has none).
+    """
+    rows = []
+    for task in measured.itertuples():
+        data = json.loads(Path(task.path).read_text())
+        for k, goal in enumerate(data.get("goals", [])):
+            if goal.get("bound") != "none" or goal.get("b_crit") is None:
+                continue
+            rows.append({"task": task.task, "units": task.units, "goal": goal["goal"], "goal_index": k,
+                         "b_crit": goal["b_crit"], "b_crit_stderr": goal.get("b_crit_stderr"),
+                         **{c: goal.get(c) for c in (*GOAL_PREDICTORS, "b_simple_local_log10_spread")}})
+    columns = ["task", "units", "goal", "goal_index", "b_crit", "b_crit_stderr", *GOAL_PREDICTORS,
+               "b_simple_local_log10_spread"]
+    return pd.DataFrame(rows, columns=columns).astype({c: float for c in (*GOAL_PREDICTORS, "b_crit")})
+
+
+def goal_report(points: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """For each per-goal predictor: R² (free fit and y = x, log10, pooled over every task's goals) and
+    the factor ``B_simple / B_crit`` (median, min, max) over the points.
+
+    Returns:
+        ``{predictor: {"fit", "identity", "ratio_median", "ratio_min", "ratio_max", "n_points"}}``.
+    """
+    report = {}
+    for column in GOAL_PREDICTORS:
+        ok = points[(points[column] > 0) & (points["b_crit"] > 0)]
+        ratio = (ok[column] / ok["b_crit"]).to_numpy(float)
+        report[column] = {"fit": r_squared_fit(ok[column], ok["b_crit"]),
+                          "identity": r_squared_identity(ok[column], ok["b_crit"]),
+                          "ratio_median": float(np.median(ratio)) if ratio.size else float("nan"),
+                          "ratio_min": float(ratio.min()) if ratio.size else float("nan"),
+                          "ratio_max": float(ratio.max()) if ratio.size else float("nan"),
+                          "n_points": int(ratio.size)}
+    return report
+
+
 # --------------------------------------------------------------------------- outputs
 def profile_tasks(profile: str) -> list[str]:
     """Names of the tasks every notebook runs at ``profile`` (from :mod:`gns_utils.experiments.profiles`).
@@ -321,6 +377,8 @@ def write_summary(
     r2: dict[str, float],
     missing: Sequence[str] = (),
     profile: str | None = None,
+    points: pd.DataFrame | None = None,
+    by_goal: dict[str, dict[str, float]] | None = None,
 ) -> Path:
     """Write the cross-task summary (``tasks``, ``r2``, ``missing``, ``profile``) atomically.
 
@@ -330,6 +388,8 @@ def write_summary(
         r2: :func:`r2_report` output.
         missing: expected tasks without a summary.
         profile: the profile the summaries came from.
+        points: :func:`goal_points` output (written as ``goal_points``).
+        by_goal: :func:`goal_report` output (written as ``r2_by_goal``).
 
     Returns:
         The path written.
@@ -338,4 +398,9 @@ def write_summary(
     data = {"profile": profile, "paper_source": PAPER_SOURCE, "tasks": records,
             "r2": {k: (None if not np.isfinite(v) else float(v)) for k, v in r2.items()},
             "missing": list(missing), "provenance": provenance()}
+    if points is not None:
+        data["goal_points"] = json.loads(points.to_json(orient="records"))
+    if by_goal is not None:
+        data["r2_by_goal"] = {k: {m: (None if not np.isfinite(v) else float(v)) for m, v in r.items()}
+                              for k, r in by_goal.items()}
     return Path(write_json_atomic(path, data))

@@ -112,13 +112,42 @@ def _notebook_times(root) -> str:
     return ", ".join(f"{k} {v['wall_time_s'] / 60:.1f} min" for k, v in log["notebooks"].items())
 
 
+def _matched_lines(root, tasks: list[dict]) -> list[str]:
+    """The goal-by-goal comparison's key numbers (see :func:`key_numbers`)."""
+    lines, spreads = [], []
+    for s in tasks:
+        goals = [g for g in s["goals"] if g["bound"] == "none" and g.get("b_simple_local_median")]
+        ratios = [g["b_simple_local_median"] / g["b_crit"] for g in goals]
+        spreads += [g["b_simple_local_log10_spread"] for g in goals if g.get("b_simple_local_log10_spread") is not None]
+        averaged = s["b_simple"] / s["b_crit_step_average"] if s.get("b_crit_step_average") else float("nan")
+        lines.append(f"{s['task']}: B_simple where each goal is reached / B_crit(goal) = "
+                     f"{', '.join(f'{r:.2f}' for r in ratios)} (first goal → last); averaged over training "
+                     f"(App. D B_simple {s['b_simple']:,.0f} / A.3 step-averaged B_crit {s['b_crit_step_average']:,.0f}) "
+                     f"{averaged:.2f}.")
+    if spreads:
+        lines.append(f"Appendix C check: across the best runs of different batch sizes, B_simple at a goal has a spread "
+                     f"(std of log10) of {min(spreads):.2f}–{max(spreads):.2f}, median {np.median(spreads):.2f} "
+                     f"(a factor {10 ** np.median(spreads):.2f}).")
+    summary = root / "summary.json"
+    by_goal = json.loads(summary.read_text()).get("r2_by_goal", {}) if summary.exists() else {}
+    if "b_simple_local_median" in by_goal:
+        r = by_goal["b_simple_local_median"]
+        lines.append(f"Pooled over the {r['n_points']:.0f} fitted goals of all tasks, B_simple at the goal (median over "
+                     f"batch sizes) against B_crit(goal): R² {r['fit']:.2f} (free fit), {r['identity']:.2f} (y = x); "
+                     f"B_simple / B_crit median {r['ratio_median']:.2f}, range {r['ratio_min']:.2f}–{r['ratio_max']:.2f}.")
+    return lines
+
+
 def key_numbers(root) -> list[str]:
     """The derived numbers the README's discussion quotes, one markdown line each.
 
     B_crit's relative standard error and growth (first goal → last) per task, its span over
     the tasks, the range of B_simple / B_crit, B_noise of the (2.6) fit to the best learning
     rates at the last goal (image tasks; as in each task's ``figures/optimal_lr``), and the
-    Fig 8 width study's verdict (:func:`gns_utils.experiments.pipeline.width_study_verdict`).
+    Fig 8 width study's verdict (:func:`gns_utils.experiments.pipeline.width_study_verdict`), and the
+    matched comparison: per task the range over goals of B_simple where the goal is reached / B_crit(goal),
+    the spread of that B_simple over batch sizes (the Appendix C check), both quantities averaged over
+    training (App. D for B_simple, A.3 for B_crit), and the pooled per-goal R² of ``summary.json``.
     """
     tasks = [s for s in (json.loads(p.read_text()) for p in sorted(root.glob("*/summary.json")))
              if s.get("profile") and "domain" in s and s.get("b_crit") and s.get("b_crit_bound") == "none"]
@@ -133,6 +162,7 @@ def key_numbers(root) -> list[str]:
     ratios = [s["b_simple"] / s["b_crit"] for s in tasks if s.get("b_simple")]
     lines.append(f"B_crit spans {np.log10(max(b_crits) / min(b_crits)):.1f} decades over the tasks "
                  f"({min(b_crits):,.0f} → {max(b_crits):,.0f}); B_simple / B_crit ranges {min(ratios):.2f}–{max(ratios):.2f}.")
+    lines += _matched_lines(root, tasks)
     points, spans, edges, optimal_lr_lines = [], [], 0, []
     for s in tasks:
         runs = load_run_summaries(root, s["task"])

@@ -11,7 +11,8 @@ Symbols (McCandlish et al. 2018, section 2 and Appendix A):
 Modules, by what they hold:
 
 * :mod:`~gns_utils.noise.estimate`     the A.2 estimates from squared norms at two batch sizes.
-* :mod:`~gns_utils.noise.ema`          their moving averages, B_simple as a ratio of averages, its error.
+* :mod:`~gns_utils.noise.ema`          their moving averages, B_simple as a ratio of averages, its error,
+  and B_simple in a window around a matched point of training.
 * :mod:`~gns_utils.noise.monitors`     step-wise sources inside a training loop (micro-batches,
   per-example norms in the step's backward).
 * :mod:`~gns_utils.noise.per_example`  per-example gradients of one batch (torch.func or per layer).
@@ -21,7 +22,9 @@ Modules, by what they hold:
 from gns_utils.noise.ema import (
     NoiseScaleEMA,
     RatioUncertainty,
+    WindowedNoiseScale,
     ratio_of_means_jackknife,
+    windowed_b_simple,
 )
 from gns_utils.noise.estimate import (
     NoiseEstimate,
@@ -49,4 +52,6 @@ __all__ = [
     "per_example_estimate",
     "ratio_of_means_jackknife",
     "two_batch_estimates",
+    "WindowedNoiseScale",
+    "windowed_b_simple",
 ]

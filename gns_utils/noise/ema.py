@@ -19,7 +19,7 @@ from gns_utils.noise.estimate import NoiseEstimate
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
-__all__ = ["NoiseScaleEMA", "RatioUncertainty", "ratio_of_means_jackknife"]
+__all__ = ["NoiseScaleEMA", "RatioUncertainty", "WindowedNoiseScale", "ratio_of_means_jackknife", "windowed_b_simple"]
 
 
 @dataclass(frozen=True)
@@ -227,3 +227,72 @@ class NoiseScaleEMA:
         rows = self._rows
         return ratio_of_means_jackknife(np.asarray(rows["trace_sigma"][-window:]),
                                         np.asarray(rows["g2"][-window:]), n_blocks)
+
+
+@dataclass(frozen=True)
+class WindowedNoiseScale:
+    """``B_simple`` from the per-step estimates in a window of steps around one point of training.
+
+    Attributes:
+        estimate: ``Σ tr Σ_t / Σ |G|^2_t`` over the window (a ratio of sums, never an EMA).
+        stderr: delete-one-interval jackknife standard error (nan with fewer than 2 intervals).
+        n_estimates: per-step estimates in the window.
+        step_low, step_high: the window's first and last logged step.
+    """
+
+    estimate: float
+    stderr: float
+    n_estimates: int
+    step_low: float
+    step_high: float
+
+
+def windowed_b_simple(steps: np.ndarray, g2_sums: np.ndarray, trace_sums: np.ndarray, counts: np.ndarray,
+                      at_step: float, factor: float = 1.5, min_estimates: int = 20) -> WindowedNoiseScale:
+    """``B_simple = tr Σ / |G|^2`` (2.9) measured where training is at ``at_step`` (a matched point).
+
+    The inputs are a run's log: at each logged step ``S_k``, the sums of the per-step A.2 estimates
+    of ``|G|^2`` and ``tr Σ`` over the interval ``(S_{k−1}, S_k]`` and how many steps they hold.
+    The window is the logged intervals whose end lies in ``[at_step / f, at_step · f]``; ``f``
+    starts at ``factor`` and grows by ``factor`` until the window holds ``min_estimates`` per-step
+    estimates (or the whole log). A window symmetric in log-steps suits training that moves on a
+    log scale of steps, and unlike the EMA it does not lag: it is centred on ``at_step``.
+
+    Args:
+        steps: logged steps ``S_k`` (increasing).
+        g2_sums: ``Σ |G|^2_t`` over each interval.
+        trace_sums: ``Σ tr Σ_t`` over each interval.
+        counts: per-step estimates in each interval (0 where none).
+        at_step: the matched point, e.g. the step at which a goal is reached (> 0).
+        factor: half-width of the window as a factor on ``at_step`` (> 1).
+        min_estimates: fewest per-step estimates the window must hold.
+
+    Returns:
+        A :class:`WindowedNoiseScale`; ``estimate`` is nan when the window's ``|G|^2`` sum is ≤ 0.
+
+    Raises:
+        ValueError: arrays of different lengths, ``at_step ≤ 0``, ``factor ≤ 1`` or no estimates at all.
+    """
+    s, g2, tr, n = (np.asarray(a, dtype=float).ravel() for a in (steps, g2_sums, trace_sums, counts))
+    if not (s.size == g2.size == tr.size == n.size):
+        raise ValueError(f"steps, g2_sums, trace_sums and counts differ in length: {s.size}, {g2.size}, {tr.size}, "
+                         f"{n.size}")
+    if not (at_step > 0 and factor > 1):
+        raise ValueError(f"need at_step > 0 and factor > 1, got at_step={at_step}, factor={factor}")
+    ok = (n > 0) & np.isfinite(g2) & np.isfinite(tr) & np.isfinite(s)
+    s, g2, tr, n = s[ok], g2[ok], tr[ok], n[ok]
+    if not n.size:
+        raise ValueError("the log holds no per-step noise estimates")
+    f = factor
+    while True:
+        inside = (s >= at_step / f) & (s <= at_step * f)
+        if n[inside].sum() >= min_estimates or inside.all():
+            break
+        f *= factor
+    g2, tr, s_in = g2[inside], tr[inside], s[inside]
+    if not s_in.size:  # at_step beyond the log on a coarse grid: the nearest interval
+        nearest = int(np.argmin(np.abs(np.log(s) - np.log(at_step))))
+        g2, tr, s_in, inside = g2[[nearest]], tr[[nearest]], s[[nearest]], np.arange(s.size) == nearest
+    estimate = float(tr.sum() / g2.sum()) if g2.sum() > 0 else math.nan
+    stderr = ratio_of_means_jackknife(tr, g2, n_blocks=len(tr)).stderr if len(tr) >= 2 else math.nan
+    return WindowedNoiseScale(estimate, float(stderr), int(n[inside].sum()), float(s_in.min()), float(s_in.max()))
