@@ -506,13 +506,14 @@ def plot_bcrit_vs_bsimple_by_goal(ax: Axes, points: pd.DataFrame, paper: pd.Data
         se = group["b_crit_stderr"].fillna(0).clip(upper=0.9 * group["b_crit"])
         ax.errorbar(group[x], group["b_crit"], yerr=[se, group["b_crit_stderr"].fillna(0)], fmt="none",
                     ecolor=colours[task], capsize=2, lw=0.8)
-    if paper is not None and len(paper):
-        rows = paper[(paper["b_simple"] > 0) & (paper["b_crit"] > 0)]
-        for row in rows.itertuples():
-            ax.scatter([row.b_simple], [row.b_crit], marker=UNIT_MARKERS.get(row.units, "D"), facecolor="none",
-                       edgecolor=SOURCE_COLOURS["paper"], s=40)
-    values = np.concatenate([ok[x].to_numpy(float), ok["b_crit"].to_numpy(float)]) if len(ok) else np.array([1.0])
-    lo, hi = min(1.0, float(values.min()) / 3), max(1e5, float(values.max()) * 10)
+    rows = paper[(paper["b_simple"] > 0) & (paper["b_crit"] > 0)] if paper is not None else ok.iloc[:0]
+    for row in rows.itertuples():
+        ax.scatter([row.b_simple], [row.b_crit], marker=UNIT_MARKERS.get(row.units, "D"), facecolor="none",
+                   edgecolor="grey", s=40)
+    values = np.concatenate([ok[x].to_numpy(float), ok["b_crit"].to_numpy(float),
+                             rows["b_simple"].to_numpy(float), rows["b_crit"].to_numpy(float)])
+    values = values if values.size else np.array([1.0])
+    lo, hi = min(1.0, float(values.min()) / 3), max(1e5, float(values.max()) * 3)
     ax.plot([lo, hi], [lo, hi], color="grey", ls="--", lw=1.0, label="$y = x$")
     ax.set_xscale("log")
     ax.set_yscale("log")
@@ -521,6 +522,6 @@ def plot_bcrit_vs_bsimple_by_goal(ax: Axes, points: pd.DataFrame, paper: pd.Data
     ax.set_aspect("equal", adjustable="box")
     ax.set_xlabel(r"$B_\mathrm{simple}$ where the goal is reached")
     ax.set_ylabel(r"$B_\mathrm{crit}$ of the goal")
-    ax.legend(loc="upper left", fontsize="x-small", title="last goal: outlined; hollow: paper (averaged)",
+    ax.legend(loc="upper left", fontsize="x-small", title="last goal: outlined; grey: paper (Table 1, averaged)",
               title_fontsize="x-small")
     return ax

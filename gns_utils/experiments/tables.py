@@ -98,7 +98,7 @@ def print_tables(root) -> None:
     if comparison.exists():
         data = json.loads(comparison.read_text())
         minutes = data["total_wall_time_s"] / 60
-        verdict = ("identical to float rounding" if data["identical"] else "agrees" if data["agrees"]
+        verdict = ("is identical to float rounding" if data["identical"] else "agrees" if data["agrees"]
                    else "does NOT agree")
         print(f"\nThe last `make reproduce` (profile {data['profile']}, {', '.join(data['notebooks'])}) trained "
               f"{data['n_runs'] - data['n_runs_from_before']} of its {data['n_runs']} runs anew in {minutes:.1f} min "
