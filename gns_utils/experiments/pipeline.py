@@ -34,8 +34,8 @@ from gns_utils.experiments.config import ExperimentConfig
 from gns_utils.experiments.problems import make_problem
 from gns_utils.experiments.profiles import DEFAULT_WIDTHS, WIDTHS_SUFFIX
 from gns_utils.experiments.report import matched_noise_scales, reference_run, summarize_task
-from gns_utils.experiments.store import load_metrics, run_dir, task_dir
-from gns_utils.experiments.sweep import run_or_load, run_sweep
+from gns_utils.experiments.store import load_metrics, read_metrics, run_dir, task_dir
+from gns_utils.experiments.sweep import run_or_load, run_sweep, runs_table
 
 
 @dataclass
@@ -83,13 +83,15 @@ def run_experiment(cfg: ExperimentConfig, results_dir: str | Path, progress: boo
     last = by_goal.dropna(subset=["b_crit"])
     ref = reference_run(best, float(last["b_crit"].iloc[-1]) if len(last) else np.nan)
     ref_id = ref["run_id"]
+    runs = table[table["run_id"].isin(set(best["run_id"]))]
     if cfg.b_noise_examples and cfg.domain == "image":
         ref_cfg = cfg.run(int(ref["batch_examples"]), float(ref["lr"]), b_noise_examples=cfg.b_noise_examples)
         summary, _ = run_or_load(problem, ref_cfg, results_dir, progress)
         if summary["status"] != "failed":
             ref_id = summary["run_id"]
+            runs = pd.concat([runs, runs_table([summary])])
     best_ids = best.dropna(subset=["steps"]).sort_values("goal").drop_duplicates("batch_units")["run_id"]
-    metrics = load_metrics(results_dir, cfg.task, {*best["run_id"].dropna(), ref_id})  # every run read once
+    metrics = read_metrics(results_dir, cfg.task, runs)  # the sweep's run table: no summary is read twice
     matched = matched_noise_scales(best, metrics)
     curves = metrics[metrics["run_id"].isin(set(best_ids))].reset_index(drop=True)
     noise = metrics[metrics["run_id"] == ref_id].reset_index(drop=True)

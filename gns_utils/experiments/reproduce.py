@@ -67,13 +67,17 @@ def outputs(results_dir: Path, notebook: str, profile: str) -> list[Path]:
     return paths + [results_dir / task for task in task_names(NOTEBOOK_DOMAINS[notebook], profile)]
 
 
+def _is_summary(rel: str) -> bool:
+    """``summary.json`` or ``<task>/summary.json``, relative to the results folder."""
+    return rel == "summary.json" or (rel.count("/") == 1 and rel.endswith("/summary.json"))
+
+
 def _reference_files(results_dir: Path) -> dict[str, bytes]:
     """The committed task summaries and cross-task summary: ``{relative path: content}``.
 
     From ``git`` at ``HEAD`` when ``results_dir`` is tracked in the repository; else the
     files on disk.
     """
-    wanted = lambda rel: rel == "summary.json" or (rel.count("/") == 1 and rel.endswith("/summary.json"))  # noqa: E731
     try:
         rel_dir = results_dir.resolve().relative_to(repo_root().resolve()).as_posix()
         listed = subprocess.run(["git", "ls-tree", "-r", "--name-only", "HEAD", "--", rel_dir], cwd=repo_root(),
@@ -81,7 +85,7 @@ def _reference_files(results_dir: Path) -> dict[str, bytes]:
         files = {}
         for path in listed:
             rel = path[len(rel_dir) + 1:]
-            if wanted(rel):
+            if _is_summary(rel):
                 files[rel] = subprocess.run(["git", "show", f"HEAD:{path}"], cwd=repo_root(), capture_output=True,
                                             timeout=60, check=True).stdout
         if files:
@@ -90,7 +94,7 @@ def _reference_files(results_dir: Path) -> dict[str, bytes]:
         pass
     return {p.relative_to(results_dir).as_posix(): p.read_bytes()
             for p in [results_dir / "summary.json", *results_dir.glob("*/summary.json")]
-            if p.is_file() and wanted(p.relative_to(results_dir).as_posix())}
+            if p.is_file() and _is_summary(p.relative_to(results_dir).as_posix())}
 
 
 def start_or_resume(results_dir: Path, profile: str, notebooks: list[str]) -> dict[str, Any]:
@@ -198,8 +202,10 @@ def compare(reference_dir: Path, results_dir: Path, tasks: list[str]) -> dict[st
         row["b_simple_factor"] = (row["b_simple"] / row["b_simple_reference"]
                                   if row["b_simple"] and row["b_simple_reference"] else None)
         row["identical"] = all(_close(row[k], row[f"{k}_reference"]) for k in ("b_crit", "b_crit_stderr", "b_simple"))
-        b_crit_agrees = (row["identical"] or _close(row["b_crit"], row["b_crit_reference"]) if row["b_crit_z"] is None
-                         else abs(row["b_crit_z"]) <= AGREE_STDERRS)  # a bound (no s.e.) must match exactly
+        if row["b_crit_z"] is None:  # a bound (no s.e.) must match exactly
+            b_crit_agrees = _close(row["b_crit"], row["b_crit_reference"])
+        else:
+            b_crit_agrees = abs(row["b_crit_z"]) <= AGREE_STDERRS
         row["agrees"] = bool(b_crit_agrees and row["b_simple_factor"] is not None
                              and 1 / AGREE_FACTOR <= row["b_simple_factor"] <= AGREE_FACTOR)
         rows.append(row)

@@ -201,26 +201,38 @@ def load_run_summaries(results_dir: str | os.PathLike, task: str) -> list[dict[s
 
 
 def load_metrics(results_dir: str | os.PathLike, task: str, run_ids: Iterable[str] | None = None) -> pd.DataFrame:
-    """All ``metrics.csv`` rows of a task's finished runs, tidy.
+    """All ``metrics.csv`` rows of a task's finished runs, tidy (see :func:`read_metrics`)."""
+    wanted = set(run_ids) if run_ids is not None else None
+    runs = [{"run_id": s["run_id"], "batch_examples": s["config"]["batch_size"], "batch_units": s["batch_units"],
+             "lr": s["config"]["lr"], "status": s["status"]}
+            for s in load_run_summaries(results_dir, task) if wanted is None or s["run_id"] in wanted]
+    return read_metrics(results_dir, task, pd.DataFrame(runs, columns=list(RUN_COLUMNS)))
 
-    Adds, from each run's summary, ``run_id``, ``batch_examples`` (examples, or sequences,
-    per step: the config's ``batch_size``), ``batch_units`` (B in the task's units: images,
-    tokens or frames, as the run recorded it), ``lr`` and ``status``.
+
+#: What :func:`read_metrics` adds to each ``metrics.csv`` row, from the run's summary.
+RUN_COLUMNS = ("run_id", "batch_examples", "batch_units", "lr", "status")
+
+
+def read_metrics(results_dir: str | os.PathLike, task: str, runs: pd.DataFrame) -> pd.DataFrame:
+    """The ``metrics.csv`` rows of the given finished runs, tidy.
+
+    Args:
+        results_dir, task: where the runs are.
+        runs: one row per run with :data:`RUN_COLUMNS`: ``run_id``, ``batch_examples`` (examples, or
+            sequences, per step: the config's ``batch_size``), ``batch_units`` (B in the task's units:
+            images, tokens or frames, as the run recorded it), ``lr``, ``status`` (e.g. a sweep's run
+            table, so no summary is read twice).
+
+    Returns:
+        The rows with those columns first; runs without a (non-empty) ``metrics.csv`` are skipped.
     """
     frames = []
-    wanted = set(run_ids) if run_ids is not None else None
-    for folder in sorted((task_dir(results_dir, task) / "runs").glob("*")):
-        summary = load_run_summary(folder)
-        if summary is None or (wanted is not None and summary["run_id"] not in wanted):
-            continue
-        metrics = folder / "metrics.csv"
+    for run in runs[list(RUN_COLUMNS)].drop_duplicates("run_id").itertuples(index=False):
+        metrics = run_dir(results_dir, task, run.run_id) / "metrics.csv"
         if not metrics.exists() or metrics.stat().st_size == 0:
             continue
         frame = pd.read_csv(metrics)
-        frame.insert(0, "run_id", summary["run_id"])
-        frame.insert(1, "batch_examples", summary["config"]["batch_size"])
-        frame.insert(2, "batch_units", summary["batch_units"])
-        frame.insert(3, "lr", summary["config"]["lr"])
-        frame.insert(4, "status", summary["status"])
+        for k, column in enumerate(RUN_COLUMNS):
+            frame.insert(k, column, getattr(run, column))
         frames.append(frame)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
