@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from gns_utils.critical_batch import (
+    DEFAULT_SMOOTHING,
     TradeoffFit,
     b_crit_by_goal,
     best_runs,
@@ -226,3 +227,25 @@ def test_b_crit_by_goal_grows_and_marks_insufficient():
     assert table["n_lr_edge"].tolist() == [1, 1, 1, 0]
     fits = fit_tradeoff_by_goal(_best_frame())
     assert fits[0.1] is None and fits[2.0].b_crit == pytest.approx(50.0, rel=1e-5)
+
+
+def test_smoothing_lags_a_log_linear_curve_by_a_fixed_factor_and_leaves_b_crit_unchanged():
+    # On a log-spaced schedule (ratio r per point) a curve linear in log(step) is lagged by the EMA
+    # by a/(1-a) points in steady state, i.e. every crossing moves by the same factor r^(a/(1-a)):
+    # S_min grows by that factor and B_crit = E_min/S_min does not move (A.3).
+    a, r = DEFAULT_SMOOTHING, 10 ** (1 / 30)
+    steps = r ** np.arange(400)
+    b_crit, s_min = 300.0, 2000.0
+    batch = 2.0 ** np.arange(3, 13)
+    goal_steps = s_min * (1 + b_crit / batch)
+    raw, smooth = [], []
+    for s_goal in goal_steps:
+        metric = 1.0 - 0.1 * np.log(steps / s_goal)  # reaches the goal 1.0 exactly at s_goal
+        raw.append(steps_to_target(steps, metric, 1.0, smoothing=0)[0])
+        smooth.append(steps_to_target(steps, metric, 1.0, smoothing=a)[0])
+    np.testing.assert_allclose(raw, goal_steps, rtol=1e-3)  # linear interpolation between log-spaced points
+    np.testing.assert_allclose(np.array(smooth) / goal_steps, r ** (a / (1 - a)), rtol=1e-3)
+    fit_raw, fit_smooth = fit_tradeoff(batch, raw), fit_tradeoff(batch, smooth)
+    assert fit_raw.b_crit == pytest.approx(b_crit, rel=1e-3)
+    assert fit_smooth.b_crit == pytest.approx(b_crit, rel=1e-3)
+    assert fit_smooth.s_min == pytest.approx(s_min * r ** (a / (1 - a)), rel=1e-3)

@@ -27,7 +27,7 @@ from gns_utils.experiments.store import config_hash
 #: The presets every notebook runs at (defined in :mod:`gns_utils.experiments.profiles`).
 PROFILES = ("smoke", "cpu", "paper")
 #: What the batch size B counts in each domain (the paper's units for B, B_crit and B_simple).
-UNITS = {"image": "images", "language": "tokens", "autoencoder": "images"}
+UNITS = {"image": "images", "language": "tokens", "autoencoder": "images", "synthetic": "examples"}
 OPTIMIZERS = ("sgd", "momentum", "adam")
 METRICS = ("error", "loss")
 DOMAINS = tuple(UNITS)
@@ -88,7 +88,8 @@ class ExperimentConfig(_RunFields):
 
     Attributes:
         task: results sub-folder name, e.g. ``"fashion_mnist_mlp_sgd"``.
-        domain: ``image`` | ``language`` | ``autoencoder``.
+        domain: ``image`` | ``language`` | ``autoencoder`` | ``synthetic`` (the noisy linear
+            regression calibration task, where B_noise is known exactly).
         dataset: dataset name understood by :mod:`gns_utils.experiments.problems`.
         data_kwargs: dataset options (subset size, tokenizer, sequence length ...).
         model: registry name in :mod:`gns_utils.experiments.models`.
@@ -104,6 +105,8 @@ class ExperimentConfig(_RunFields):
         lr_grid_size: learning rates per batch size.
         lr_grid_spacing: factor between neighbouring rates.
         max_widen: extra rates tried per side when the best rate is on the grid's edge.
+        seeds: extra seeds at which the whole sweep is repeated, for the seed-to-seed spread
+            of B_crit (``seed`` is the main sweep's; empty = no repeats).
         budget_examples: examples a run may use before it stops (``budget_exhausted``).
         n_micro: micro-batches per step when B_simple is measured from micro-batches (>= 2).
         noise_method: how each step measures |G|^2 and tr Σ: ``per_example`` (per-example
@@ -128,10 +131,12 @@ class ExperimentConfig(_RunFields):
     lr_grid_size: int = 3
     lr_grid_spacing: float = 2.0
     max_widen: int = 2
+    seeds: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         super().__post_init__()
         object.__setattr__(self, "batch_sizes", tuple(int(b) for b in self.batch_sizes))
+        object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
         _check_experiment(self)
 
     def run(self, batch_size: int, lr: float, **changes: Any) -> "RunConfig":
@@ -140,7 +145,7 @@ class ExperimentConfig(_RunFields):
         Sweep runs do not measure B_noise (``b_noise_examples=0``) unless ``changes`` asks;
         only the reference run does (see :mod:`gns_utils.experiments.pipeline`).
         """
-        base = {f.name: getattr(self, f.name) for f in dataclasses.fields(_RunFields)}
+        base = {f.name: getattr(self, f.name) for f in dataclasses.fields(_RunFields)}  # not ``seeds``
         base.update(batch_size=int(batch_size), lr=float(lr), b_noise_examples=0)
         base.update(changes)
         return RunConfig(**base)
@@ -210,6 +215,8 @@ def _check_experiment(cfg: ExperimentConfig) -> None:
         problems.append(f"the smallest batch size {min(cfg.batch_sizes)} must be divisible by n_micro={cfg.n_micro}")
     if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", cfg.device):
         problems.append(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {cfg.device!r}")
+    if cfg.seed in cfg.seeds or len(set(cfg.seeds)) != len(cfg.seeds):
+        problems.append(f"seeds must be distinct extra seeds other than seed={cfg.seed}, got {list(cfg.seeds)}")
     if cfg.grad_clip is not None and not cfg.grad_clip > 0:
         problems.append(f"grad_clip must be > 0 or None, got {cfg.grad_clip}")
     problems += _model_problems(cfg.model, cfg.model_kwargs)

@@ -234,6 +234,15 @@ class Autoencoder(nn.Module):
         return self.decoder(z), mu, logvar
 
 
+class LinearRegression(nn.Linear):
+    """``ŷ = wᵀx`` without a bias, started at ``w = 0``: the model of the noisy linear regression
+    calibration task (quadratic loss, so ``H``, ``G`` and ``Σ`` are known in closed form)."""
+
+    def __init__(self, in_features: int) -> None:
+        super().__init__(in_features, 1, bias=False)
+        nn.init.zeros_(self.weight)
+
+
 MODELS = {
     "paper_cnn": PaperCNN,
     "mlp": MLP,
@@ -241,6 +250,7 @@ MODELS = {
     "lstm_lm": LSTMLanguageModel,
     "autoencoder": Autoencoder,
     "vae": lambda **kw: Autoencoder(variational=True, **kw),
+    "linear": LinearRegression,
 }
 
 
@@ -264,4 +274,4 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-__all__ = ["PaperCNN", "MLP", "ResNetCifar", "LSTMLanguageModel", "Autoencoder", "AUTOENCODER_ARCHS", "build_model", "count_parameters", "MODELS"]
+__all__ = ["PaperCNN", "MLP", "LinearRegression", "ResNetCifar", "LSTMLanguageModel", "Autoencoder", "AUTOENCODER_ARCHS", "build_model", "count_parameters", "MODELS"]

@@ -4,10 +4,14 @@
 
 1. load the data once (:func:`gns_utils.experiments.problems.make_problem`);
 2. run or resume the batch-size × learning-rate sweep (:func:`gns_utils.experiments.sweep.run_sweep`);
-3. fit (2.11) per goal, once, for B_crit with errors (:func:`gns_utils.critical_batch.fit_tradeoff_by_goal`);
-4. re-run the reference run (the best-tuned run nearest B_crit) with the Hessian
-   B_noise (2.8) measured at each goal, when the config asks for it; the re-run
-   follows the same trajectory (same seed, B_noise is measured in eval mode);
+3. fit (2.11) per goal, once, for B_crit with errors (:func:`gns_utils.critical_batch.fit_tradeoff_by_goal`),
+   refit without the A.3 smoothing for the smoothing systematic, and repeat the sweep at
+   ``cfg.seeds`` for the seed-to-seed spread;
+4. re-run the reference run (the best-tuned run nearest B_crit) with the noise scales measured
+   at each goal's checkpoint (:func:`gns_utils.experiments.train.checkpoint`: B_noise (2.8) where
+   Hessian-vector products run, B_simple from independent micro-batches, and for Adam in its
+   preconditioned metric), when ``b_noise_examples`` asks for it; the re-run follows the same
+   trajectory (same seed; the measurements run in eval mode with the random state restored);
 5. read the metrics of the runs the figures need, once, and write
    ``<results_dir>/<task>/summary.json`` (:func:`gns_utils.experiments.report.summarize_task`).
 
@@ -17,6 +21,7 @@ tokens, as each run recorded it) and ``batch_examples`` (examples or sequences p
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,6 +59,7 @@ class TaskResult:
         b_noise: B_noise at the reference run's goal checkpoints (may be empty).
         matched: B_simple of each best run at the step where it reaches each goal (matched points).
         figure_dir: where this task's figures go.
+        seeds: B_crit per goal at the main seed and at each of ``cfg.seeds`` (the rerun spread).
     """
 
     cfg: ExperimentConfig
@@ -67,6 +73,7 @@ class TaskResult:
     b_noise: pd.DataFrame
     matched: pd.DataFrame
     figure_dir: Path
+    seeds: pd.DataFrame
 
 
 def run_experiment(cfg: ExperimentConfig, results_dir: str | Path, progress: bool = True,
@@ -80,11 +87,21 @@ def run_experiment(cfg: ExperimentConfig, results_dir: str | Path, progress: boo
             f"task {cfg.task}: no run reached any goal {cfg.goals}; raise budget_examples or choose easier goals")
     fits = fit_tradeoff_by_goal(best, batch="batch_units")
     by_goal = b_crit_by_goal(best, batch="batch_units", fits=fits)
+    by_goal = by_goal.merge(smoothing_systematic(table, by_goal), on="goal", how="left")
+    seed_frames = [seed_b_crit(cfg, by_goal, cfg.seed)]
+    for seed in cfg.seeds:
+        other = run_sweep(dataclasses.replace(cfg, seed=seed, seeds=()), results_dir, problem=problem,
+                          progress=progress, record=False)
+        seed_frames.append(seed_b_crit(cfg, b_crit_by_goal(best_runs(other, batch="batch_units"),
+                                                            batch="batch_units"), seed))
+    seeds = pd.concat(seed_frames, ignore_index=True)
+    if cfg.seeds:
+        by_goal = by_goal.merge(seed_spread(seeds), on="goal", how="left")
     last = by_goal.dropna(subset=["b_crit"])
     ref = reference_run(best, float(last["b_crit"].iloc[-1]) if len(last) else np.nan)
     ref_id = ref["run_id"]
     runs = table[table["run_id"].isin(set(best["run_id"]))]
-    if cfg.b_noise_examples and cfg.domain == "image":
+    if cfg.b_noise_examples:
         ref_cfg = cfg.run(int(ref["batch_examples"]), float(ref["lr"]), b_noise_examples=cfg.b_noise_examples)
         summary, _ = run_or_load(problem, ref_cfg, results_dir, progress)
         if summary["status"] != "failed":
@@ -97,9 +114,44 @@ def run_experiment(cfg: ExperimentConfig, results_dir: str | Path, progress: boo
     noise = metrics[metrics["run_id"] == ref_id].reset_index(drop=True)
     b_noise_file = run_dir(results_dir, cfg.task, ref_id) / "b_noise.csv"
     b_noise = pd.read_csv(b_noise_file) if b_noise_file.exists() else pd.DataFrame()
-    summary = summarize_task(cfg, table, by_goal, noise, b_noise, results_dir, matched=matched)
+    summary = summarize_task(cfg, table, by_goal, noise, b_noise, results_dir, matched=matched,
+                             extra={"b_crit_seeds": seeds.to_dict(orient="records")})
     return TaskResult(cfg, summary, table, best, by_goal, fits, curves, noise, b_noise, matched,
-                      task_dir(results_dir, cfg.task) / "figures")
+                      task_dir(results_dir, cfg.task) / "figures", seeds)
+
+
+def smoothing_systematic(table: pd.DataFrame, by_goal: pd.DataFrame) -> pd.DataFrame:
+    """B_crit per goal refitted with the *unsmoothed* steps-to-goal, and the change it makes.
+
+    Returns one row per goal: ``b_crit_unsmoothed`` and ``b_crit_smoothing_systematic``
+    = |log B_crit(smoothed) − log B_crit(unsmoothed)| as a relative error (e^|Δ| − 1), quoted
+    next to the fit's standard error.
+    """
+    raw = table.drop(columns="steps").rename(columns={"steps_raw": "steps"})
+    unsmoothed = b_crit_by_goal(best_runs(raw, batch="batch_units"), batch="batch_units")
+    merged = by_goal[["goal", "b_crit"]].merge(unsmoothed[["goal", "b_crit"]], on="goal", suffixes=("", "_raw"))
+    change = np.expm1(np.abs(np.log(merged["b_crit"].astype(float) / merged["b_crit_raw"].astype(float))))
+    return pd.DataFrame({"goal": merged["goal"], "b_crit_unsmoothed": merged["b_crit_raw"],
+                         "b_crit_smoothing_systematic": change})
+
+
+def seed_b_crit(cfg: ExperimentConfig, by_goal: pd.DataFrame, seed: int) -> pd.DataFrame:
+    """One seed's B_crit per goal (``goal, seed, b_crit, b_crit_stderr, bound``)."""
+    frame = by_goal[["goal", "b_crit", "b_crit_stderr", "bound"]].copy()
+    frame.insert(1, "seed", int(seed))
+    return frame
+
+
+def seed_spread(seeds: pd.DataFrame) -> pd.DataFrame:
+    """Per goal, over the seeds whose fit is not a bound: ``b_crit_seed_mean`` (geometric),
+    ``b_crit_seed_rel_std`` (standard deviation of B_crit over seeds / their mean) and ``n_seeds``."""
+    rows = []
+    for goal, group in seeds[seeds["bound"] == "none"].dropna(subset=["b_crit"]).groupby("goal", sort=False):
+        values = group["b_crit"].to_numpy(float)
+        rows.append({"goal": goal, "b_crit_seed_mean": float(np.exp(np.log(values).mean())),
+                     "b_crit_seed_rel_std": float(values.std(ddof=1) / values.mean()) if len(values) > 1 else np.nan,
+                     "n_seeds": int(len(values))})
+    return pd.DataFrame(rows, columns=["goal", "b_crit_seed_mean", "b_crit_seed_rel_std", "n_seeds"])
 
 
 @dataclass(frozen=True)

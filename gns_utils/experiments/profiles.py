@@ -30,17 +30,25 @@ _IMAGE_SMOKE = dict(
     batch_sizes=[8, 16, 32], lr_star=0.5, lr_b_star=16.0, lr_grid_size=2, max_widen=0,
     budget_examples=4000, eval_examples=512, evals_per_decade=10, profile="smoke",
 )
+# cpu: goals low enough that the fastest run near B_crit takes ≥ 1,000 steps (SGD) / ≥ 300 (Adam),
+# √2-spaced rates centred on the rate law fitted so far, batch sizes from 3 below B_crit to above it.
 _IMAGE_CPU_SGD = dict(
     task="fashion_mnist_mlp_sgd", domain="image", dataset="fashion_mnist", data_kwargs={}, model="mlp",
     model_kwargs={"hidden": [256]}, optimizer="sgd", metric="error",
-    goals=[0.3, 0.22, 0.18, 0.15, 0.13],
-    batch_sizes=[8, 16, 32, 64, 128, 256, 512, 1024, 2048], lr_star=0.6, lr_b_star=64.0,
-    lr_grid_size=3, lr_grid_spacing=2.0, max_widen=2, budget_examples=600_000,
-    eval_examples=4096, evals_per_decade=30, b_noise_examples=256, profile="cpu",
+    goals=[0.3, 0.22, 0.18, 0.15, 0.13, 0.11, 0.1],
+    batch_sizes=[16, 32, 64, 128, 256, 512, 1024], lr_star=0.6, lr_b_star=64.0,
+    lr_grid_size=3, lr_grid_spacing=2 ** 0.5, max_widen=3, budget_examples=4_000_000,
+    eval_examples=4096, evals_per_decade=30, b_noise_examples=2048, profile="cpu",
 )
 _IMAGE_CPU_ADAM = dict(
-    _IMAGE_CPU_SGD, task="fashion_mnist_mlp_adam", optimizer="adam", lr_star=1e-2, lr_b_star=256.0, lr_alpha=0.5,
+    _IMAGE_CPU_SGD, task="fashion_mnist_mlp_adam", optimizer="adam", optimizer_kwargs={"betas": [0.9, 0.999]},
+    goals=[0.3, 0.22, 0.18, 0.15, 0.13, 0.11, 0.1, 0.09], batch_sizes=[128, 256, 512, 1024, 2048, 4096, 8192],
+    lr_star=1e-2, lr_b_star=256.0, lr_alpha=0.5, budget_examples=3_000_000,
 )
+# Adam's β2 = 0.999 averages squared gradients over ~1,000 steps, longer than the fastest runs here:
+# the same task with β2 = 0.99 (~100 steps) shows whether B_crit and the noise scales depend on it.
+_IMAGE_CPU_ADAM_BETA2 = dict(_IMAGE_CPU_ADAM, task="fashion_mnist_mlp_adam_beta2_099",
+                             optimizer_kwargs={"betas": [0.9, 0.99]})
 # The paper's image set-ups (Table 1; App. A): SVHN goals are the paper's training errors.
 _IMAGE_PAPER_SVHN_SGD = dict(
     task="svhn_cnn_sgd", domain="image", dataset="svhn", data_kwargs={"download": True}, model="paper_cnn",
@@ -73,9 +81,10 @@ _LM_CPU = dict(
     task="prose_lstm_adam", domain="language", dataset="offline_prose",
     data_kwargs={"tokenizer": "bpe", "vocab_size": 1024, "seq_len": 20}, model="lstm_lm",
     model_kwargs={"embed_dim": 64, "hidden": 128}, optimizer="adam", optimizer_kwargs={"betas": [0.5, 0.999]},
-    metric="loss", goals=[6.0, 5.5, 5.0, 4.6, 4.3, 4.1], batch_sizes=[4, 8, 16, 32, 64, 128, 256, 512],
-    lr_star=3e-2, lr_b_star=64.0, lr_alpha=0.5, lr_grid_size=3, max_widen=1, budget_examples=80_000,
-    eval_examples=512, evals_per_decade=20, grad_clip=10.0, profile="cpu",
+    metric="loss", goals=[6.0, 5.5, 5.0, 4.6, 4.3, 4.1, 4.0, 3.9], batch_sizes=[32, 64, 128, 256, 512, 1024],
+    lr_star=3e-2, lr_b_star=64.0, lr_alpha=0.5, lr_grid_size=3, lr_grid_spacing=2 ** 0.5, max_widen=2,
+    budget_examples=150_000, eval_examples=512, evals_per_decade=20, grad_clip=10.0, b_noise_examples=2048,
+    profile="cpu",
 )
 _LM_PAPER = dict(
     task="billion_word_lstm_adam", domain="language", dataset="billion_word",
@@ -97,12 +106,12 @@ _AE_SMOKE = dict(
 _AE_CPU = dict(
     task="fashion_mnist_autoencoder", domain="autoencoder", dataset="fashion_mnist", data_kwargs={},
     model="autoencoder", model_kwargs={"arch": "mlp", "latent": 16, "width": 256, "hidden": 64},
-    optimizer="adam", metric="loss", goals=[300.0, 270.0, 255.0, 245.0],
-    batch_sizes=[8, 16, 32, 64, 128, 256, 512], lr_star=6e-3, lr_b_star=32.0, lr_alpha=0.5, lr_grid_size=3,
-    max_widen=1, budget_examples=120_000, eval_examples=1024, evals_per_decade=20, profile="cpu",
+    optimizer="adam", metric="loss", goals=[300.0, 270.0, 255.0, 245.0, 240.0, 235.0, 230.0],
+    batch_sizes=[16, 32, 64, 128, 256, 512, 1024], lr_star=6e-3, lr_b_star=32.0, lr_alpha=0.5, lr_grid_size=3,
+    lr_grid_spacing=2 ** 0.5, max_widen=2, budget_examples=2_000_000, eval_examples=1024, evals_per_decade=20,
+    b_noise_examples=2048, profile="cpu",
 )
-_VAE_CPU = dict(_AE_CPU, task="fashion_mnist_vae", model="vae", goals=[300.0, 280.0, 268.0, 260.0],
-                budget_examples=150_000)
+_VAE_CPU = dict(_AE_CPU, task="fashion_mnist_vae", model="vae", goals=[300.0, 280.0, 268.0, 260.0, 255.0, 250.0])
 _AE_PAPER = dict(
     task="svhn_autoencoder", domain="autoencoder", dataset="svhn", data_kwargs={"download": True},
     model="autoencoder", model_kwargs={"arch": "conv", "latent": 64, "width": 64, "hidden": 1024},
@@ -113,7 +122,7 @@ _AE_PAPER = dict(
 _VAE_PAPER = dict(_AE_PAPER, task="svhn_vae", model="vae")
 
 PRESETS: dict[str, dict[str, list[dict[str, Any]]]] = {
-    "image": {"smoke": [_IMAGE_SMOKE], "cpu": [_IMAGE_CPU_SGD, _IMAGE_CPU_ADAM], "paper": _IMAGE_PAPER},
+    "image": {"smoke": [_IMAGE_SMOKE], "cpu": [_IMAGE_CPU_SGD, _IMAGE_CPU_ADAM, _IMAGE_CPU_ADAM_BETA2], "paper": _IMAGE_PAPER},
     "language": {"smoke": [_LM_SMOKE], "cpu": [_LM_CPU], "paper": [_LM_PAPER]},
     "autoencoder": {"smoke": [_AE_SMOKE, dict(_AE_SMOKE, task="smoke_vae", model="vae", goals=[41.0, 37.0])],
                     "cpu": [_AE_CPU, _VAE_CPU], "paper": [_AE_PAPER, _VAE_PAPER]},

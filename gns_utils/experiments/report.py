@@ -22,6 +22,14 @@ files) and writes ``<results_dir>/<task>/summary.json``:
                                   summarised as the value at the smallest batch size, the median over
                                   batch sizes and their spread (the Appendix C check: well-tuned runs
                                   at different B should agree at equal loss).
+* per goal, also: ``b_simple_app_d`` (B_simple of the reference run averaged as in App. D from
+                                  the start to the goal), the checkpoint noise scales measured on the
+                                  reference run when it reached the goal (:data:`CHECKPOINT_COLUMNS`:
+                                  B_noise (2.8) with its standard error over repeats, B_simple from
+                                  independent micro-batches, and for Adam B_simple of the gradient in
+                                  Adam's preconditioned metric), ``b_crit_unsmoothed`` and
+                                  ``b_crit_smoothing_systematic`` (the fit without the A.3 smoothing)
+                                  and, with extra seeds, the seed-to-seed spread of B_crit.
 * ``b_crit_step_average``         B_crit averaged over training as in A.3: each goal's B_crit weighted
                                   by the minimum steps S_min it adds (:func:`step_average_b_crit`).
 """
@@ -82,9 +90,11 @@ def summarize_task(cfg: ExperimentConfig, table: pd.DataFrame, by_goal: pd.DataF
     batch_units = float(reference["batch_units"].iloc[0])
     b_simple, b_simple_start = b_simple_over_training(reference, batch_units, cfg.metric, float(cfg.goals[0]))
     runs = table.drop_duplicates("run_id")
-    goals = by_goal
+    goals = by_goal.merge(app_d_by_goal(reference, batch_units, cfg.metric, cfg.goals), on="goal", how="left")
     if matched is not None and len(matched):
-        goals = by_goal.merge(matched_by_goal(matched), on="goal", how="left")
+        goals = goals.merge(matched_by_goal(matched), on="goal", how="left")
+    if len(b_noise):
+        goals = goals.merge(checkpoints_by_goal(b_noise), on="goal", how="left")
     summary: dict[str, Any] = {
         "task": cfg.task,
         "domain": cfg.domain,
@@ -104,7 +114,8 @@ def summarize_task(cfg: ExperimentConfig, table: pd.DataFrame, by_goal: pd.DataF
         "b_crit_step_average": _num(step_average_b_crit(by_goal)),
         "b_simple": _num(b_simple),
         "b_simple_start": _num(b_simple_start),
-        "b_noise": _num(b_noise["trace_h_sigma"].sum() / b_noise["g_h_g"].sum()) if len(b_noise) else None,
+        "b_noise": _num(b_noise["trace_h_sigma"].sum() / b_noise["g_h_g"].sum())
+        if len(b_noise) and "trace_h_sigma" in b_noise else None,
         "reference_run": {"run_id": str(reference["run_id"].iloc[0]), "batch_units": batch_units,
                           "batch_examples": int(reference["batch_examples"].iloc[0]),
                           "lr": float(reference["lr"].iloc[0])},
@@ -171,6 +182,38 @@ def matched_by_goal(matched: pd.DataFrame) -> pd.DataFrame:
                      "b_simple_local_log10_spread": _num(np.log10(positive).std()) if len(positive) >= 2 else None,
                      "b_simple_local_n_runs": int(len(positive))})
     return pd.DataFrame(rows)
+
+
+#: Columns of a checkpoint row (``b_noise.csv`` of the reference run) carried into each goal's record.
+CHECKPOINT_COLUMNS = ("b_noise", "b_noise_stderr", "b_simple_checkpoint", "b_simple_checkpoint_stderr",
+                      "b_simple_preconditioned", "b_simple_preconditioned_stderr")
+
+
+def checkpoints_by_goal(checkpoints: pd.DataFrame) -> pd.DataFrame:
+    """The noise scales measured at each goal's checkpoint on the reference run (one row per goal)."""
+    columns = [c for c in CHECKPOINT_COLUMNS if c in checkpoints]
+    return checkpoints.drop_duplicates("goal", keep="last")[["goal", *columns]].reset_index(drop=True)
+
+
+def app_d_by_goal(metrics: pd.DataFrame, batch_units: float, metric: str, goals: tuple[float, ...]) -> pd.DataFrame:
+    """B_simple averaged as in Appendix D from the start of training to each goal (reference run).
+
+    The paper's prediction for a goal is B_crit ≈ the noise scale averaged over the training
+    that reaches it (App. D); this is that average of the run's B_simple, each full-batch step
+    weighted equally (:func:`gns_utils.theory.training_average`), up to the first evaluation at
+    which the run's metric reached the goal.
+    """
+    rows = []
+    ok = metrics[metrics["b_simple_ema"].notna() & (metrics["step"] > 0)]
+    for goal in goals:
+        reached = metrics[metrics[metric] <= goal]
+        if reached.empty:
+            continue
+        part = ok[ok["step"] <= reached["step"].iloc[0]]
+        value = training_average(part["step"].to_numpy(float), part["b_simple_ema"].to_numpy(float), batch_units) \
+            if len(part) else np.nan
+        rows.append({"goal": float(goal), "b_simple_app_d": _num(value)})
+    return pd.DataFrame(rows, columns=["goal", "b_simple_app_d"])
 
 
 def step_average_b_crit(by_goal: pd.DataFrame) -> float:

@@ -50,6 +50,7 @@ __all__ = [
     "GOAL_PREDICTORS",
     "goal_points",
     "goal_report",
+    "calibration_report",
     "load_task_summaries",
     "paper_table",
     "profile_tasks",
@@ -310,7 +311,32 @@ def r2_report(table: pd.DataFrame) -> dict[str, float]:
 GOAL_PREDICTORS = {
     "b_simple_local_median": "B_simple at the goal, median over the best runs of all batch sizes",
     "b_simple_local_small_b": "B_simple at the goal on the best run at the smallest batch size",
+    "b_simple_app_d": "B_simple averaged over training up to the goal (App. D), reference run",
+    "b_simple_checkpoint": "B_simple at the goal's checkpoint from independent micro-batches, reference run",
+    "b_noise": "B_noise (2.8) at the goal's checkpoint, Hessian-vector products, reference run",
+    "b_simple_preconditioned": "B_simple of Adam's preconditioned gradient at the goal's checkpoint",
 }
+
+
+#: Per-goal spreads / standard errors of the predictors, carried into :func:`goal_points`.
+_SPREADS = ("b_simple_local_log10_spread", "b_noise_stderr", "b_simple_checkpoint_stderr",
+            "b_simple_preconditioned_stderr")
+#: The calibration task's exact answers per goal: the App. D prediction (the average of the exact
+#: B_noise over the full-batch path) and the constant-learning-rate B_crit of the exact expected loss.
+_EXACT = ("b_crit_predicted", "b_crit_exact")
+
+
+def calibration_report(points: pd.DataFrame) -> dict[str, float]:
+    """How well the pipeline recovers the exact answers on the synthetic task: the ratios
+    ``B_crit(measured) / B_crit_predicted`` and ``/ B_crit_exact`` (median, min, max) over its goals."""
+    synthetic = points[points["synthetic"].astype(bool)] if "synthetic" in points else points.iloc[:0]
+    out: dict[str, float] = {"n_points": int(len(synthetic))}
+    for column in _EXACT:
+        ok = synthetic[(synthetic[column].astype(float) > 0) & (synthetic["b_crit"] > 0)]
+        ratio = (ok["b_crit"] / ok[column].astype(float)).to_numpy(float)
+        for name, fn in (("median", np.median), ("min", np.min), ("max", np.max)):
+            out[f"measured_over_{column.removeprefix('b_crit_')}_{name}"] = float(fn(ratio)) if ratio.size else math.nan
+    return out
 
 
 def goal_points(measured: pd.DataFrame) -> pd.DataFrame:
@@ -332,20 +358,26 @@ def goal_points(measured: pd.DataFrame) -> pd.DataFrame:
                 continue
             rows.append({"task": task.task, "units": task.units, "goal": goal["goal"], "goal_index": k,
                          "b_crit": goal["b_crit"], "b_crit_stderr": goal.get("b_crit_stderr"),
-                         **{c: goal.get(c) for c in (*GOAL_PREDICTORS, "b_simple_local_log10_spread")}})
-    columns = ["task", "units", "goal", "goal_index", "b_crit", "b_crit_stderr", *GOAL_PREDICTORS,
-               "b_simple_local_log10_spread"]
+                         "b_crit_smoothing_systematic": goal.get("b_crit_smoothing_systematic"),
+                         "b_crit_seed_rel_std": goal.get("b_crit_seed_rel_std"),
+                         "synthetic": data.get("domain") == "synthetic",
+                         **{c: goal.get(c) for c in (*GOAL_PREDICTORS, *_SPREADS, *_EXACT)}})
+    columns = ["task", "units", "goal", "goal_index", "b_crit", "b_crit_stderr", "b_crit_smoothing_systematic",
+               "b_crit_seed_rel_std", "synthetic", *GOAL_PREDICTORS, *_SPREADS, *_EXACT]
     return pd.DataFrame(rows, columns=columns).astype({c: float for c in (*GOAL_PREDICTORS, "b_crit")})
 
 
 def goal_report(points: pd.DataFrame) -> dict[str, dict[str, float]]:
-    """For each per-goal predictor: R² (free fit and y = x, log10, pooled over every task's goals) and
+    """For each per-goal predictor: R² (free fit and y = x, log10, pooled over every real task's goals; the
+    synthetic calibration task is left out) and
     the factor ``B_simple / B_crit`` (median, min, max) over the points.
 
     Returns:
         ``{predictor: {"fit", "identity", "ratio_median", "ratio_min", "ratio_max", "n_points"}}``.
     """
     report = {}
+    if "synthetic" in points:
+        points = points[~points["synthetic"].astype(bool)]
     for column in GOAL_PREDICTORS:
         ok = points[(points[column] > 0) & (points["b_crit"] > 0)]
         ratio = (ok[column] / ok["b_crit"]).to_numpy(float)
@@ -379,6 +411,7 @@ def write_summary(
     profile: str | None = None,
     points: pd.DataFrame | None = None,
     by_goal: dict[str, dict[str, float]] | None = None,
+    calibration: dict[str, float] | None = None,
 ) -> Path:
     """Write the cross-task summary (``tasks``, ``r2``, ``missing``, ``profile``) atomically.
 
@@ -390,6 +423,7 @@ def write_summary(
         profile: the profile the summaries came from.
         points: :func:`goal_points` output (written as ``goal_points``).
         by_goal: :func:`goal_report` output (written as ``r2_by_goal``).
+        calibration: :func:`calibration_report` output (written as ``calibration``).
 
     Returns:
         The path written.
@@ -403,4 +437,6 @@ def write_summary(
     if by_goal is not None:
         data["r2_by_goal"] = {k: {m: (None if not np.isfinite(v) else float(v)) for m, v in r.items()}
                               for k, r in by_goal.items()}
+    if calibration is not None:
+        data["calibration"] = {k: (None if not np.isfinite(v) else float(v)) for k, v in calibration.items()}
     return Path(write_json_atomic(path, data))

@@ -1,8 +1,16 @@
 """Batch-size × learning-rate sweeps (App. A.2, A.3), resumable run by run.
 
-For each batch size B the sweep trains at learning rates on a log grid centred at
-ε_central(B) = ε*/(1 + B*/B)^α (A.3). When the fastest rate for some goal sits on the
-edge of the rates tried, the grid is widened on that side (up to ``max_widen`` times).
+Batch sizes are swept in increasing order. At each batch size B the sweep trains at
+``lr_grid_size`` learning rates ``lr_grid_spacing`` apart (√2 in the cpu presets), centred on
+the optimum predicted so far: at the first batch size the preset law
+ε_central(B) = ε*/(1 + B*/B)^α (A.3); after that the best rates found at the batch sizes
+already swept, extrapolated by a power law fitted to the last three of them
+(:func:`predicted_lr`). The grid is widened one rate at a time on every side where the
+fastest rate for *any* goal sits on the edge of the rates tried (up to ``max_widen`` rates
+per side); a batch size where every rate diverged widens downwards, one where no rate
+reached any goal without diverging widens upwards, so no batch size drops out of the fit
+silently.
+
 Every run's folder is named by the hash of its config; a run whose folder already
 holds a valid final ``summary.json`` is reused, anything else is (re)trained, so an
 interrupted sweep resumes with nothing lost and nothing half-read.
@@ -37,16 +45,47 @@ from gns_utils.experiments.store import (
 )
 from gns_utils.experiments.train import train_run
 from gns_utils.noise import PerExampleNormMonitor
-from gns_utils.theory import lr_grid
+from gns_utils.theory import lr_grid_centre
 
 #: A run at a batch size stops after this multiple of the fewest steps any run there needed for the last goal.
 PRUNE_FACTOR = 2.0
 
 
-def initial_lrs(cfg: ExperimentConfig, batch_size: int) -> list[float]:
-    """The starting grid at B: ``lr_grid_size`` rates, ``lr_grid_spacing`` apart, centred at ε_central(B)."""
-    return [float(lr) for lr in lr_grid(batch_size, cfg.lr_star, cfg.lr_b_star, cfg.lr_alpha,
-                                        n=cfg.lr_grid_size, spacing=cfg.lr_grid_spacing)]
+def initial_lrs(cfg: ExperimentConfig, batch_size: int, centre: float | None = None) -> list[float]:
+    """The starting grid at B: ``lr_grid_size`` rates, ``lr_grid_spacing`` apart, centred at ``centre``
+    (default: the preset law ε_central(B), A.3)."""
+    if centre is None:
+        centre = float(lr_grid_centre(batch_size, cfg.lr_star, cfg.lr_b_star, cfg.lr_alpha))
+    offsets = np.arange(cfg.lr_grid_size) - (cfg.lr_grid_size - 1) / 2
+    return [float(centre * cfg.lr_grid_spacing ** k) for k in offsets]
+
+
+def best_lr(summaries: list[dict], goals: tuple[float, ...]) -> float | None:
+    """The rate of the fastest run for the hardest goal any of ``summaries`` reached (None: no goal reached)."""
+    for goal in reversed(goals):
+        reached = [(s["steps_to_goal"][str(float(goal))], s["config"]["lr"]) for s in summaries
+                   if s.get("steps_to_goal", {}).get(str(float(goal))) is not None]
+        if reached:
+            return float(min(reached)[1])
+    return None
+
+
+def predicted_lr(cfg: ExperimentConfig, batch_size: int, found: dict[int, float]) -> float:
+    """The optimum rate expected at ``batch_size`` from the best rates ``found`` at smaller batch sizes.
+
+    None found: the preset law ε_central(B) (A.3). One: that rate moved along the preset law.
+    Two or more: a power law ε ∝ B^s fitted to the last three (s clipped to [0, 1], between
+    Adam's square-root rule and SGD's linear rule, 2.6), extrapolated to ``batch_size``.
+    """
+    centre = float(lr_grid_centre(batch_size, cfg.lr_star, cfg.lr_b_star, cfg.lr_alpha))
+    if not found:
+        return centre
+    sizes = sorted(found)[-3:]
+    last = sizes[-1]
+    if len(sizes) == 1:
+        return found[last] * centre / float(lr_grid_centre(last, cfg.lr_star, cfg.lr_b_star, cfg.lr_alpha))
+    slope = float(np.polyfit(np.log(sizes), np.log([found[b] for b in sizes]), 1)[0])
+    return found[last] * (batch_size / last) ** float(np.clip(slope, 0.0, 1.0))
 
 
 def run_or_load(problem: Any, cfg: RunConfig, results_dir: str | Path, progress: bool = True,
@@ -76,7 +115,8 @@ def run_or_load(problem: Any, cfg: RunConfig, results_dir: str | Path, progress:
         return summary, True
 
 
-def run_sweep(cfg: ExperimentConfig, results_dir: str | Path, problem: Any = None, progress: bool = True) -> pd.DataFrame:
+def run_sweep(cfg: ExperimentConfig, results_dir: str | Path, problem: Any = None, progress: bool = True,
+              record: bool = True) -> pd.DataFrame:
     """Run (or resume) the whole sweep of an experiment; return the run table.
 
     Args:
@@ -84,6 +124,7 @@ def run_sweep(cfg: ExperimentConfig, results_dir: str | Path, problem: Any = Non
         results_dir: root of the results store; runs go to ``<results_dir>/<task>/runs/``.
         problem: the loaded problem (built from ``cfg`` when None).
         progress: tqdm bars for the sweep and each run.
+        record: write ``<results_dir>/<task>/experiment.json`` (False for the repeats at other seeds).
 
     Returns:
         :func:`runs_table` of the runs this sweep used; its ``trained`` column says which
@@ -92,13 +133,14 @@ def run_sweep(cfg: ExperimentConfig, results_dir: str | Path, problem: Any = Non
     if problem is None:
         problem = make_problem(cfg)
     _check_noise_method(problem, cfg)
-    write_json_atomic(task_dir(results_dir, cfg.task) / "experiment.json", cfg.to_dict())
+    if record:
+        write_json_atomic(task_dir(results_dir, cfg.task) / "experiment.json", cfg.to_dict())
     summaries: list[dict] = []
     trained: list[bool] = []
-    planned = {b: initial_lrs(cfg, b) for b in cfg.batch_sizes}
-    bar = tqdm(total=sum(len(v) for v in planned.values()), desc=f"sweep {cfg.task}", disable=not progress)
+    found: dict[int, float] = {}
+    bar = tqdm(total=len(cfg.batch_sizes) * cfg.lr_grid_size, desc=f"sweep {cfg.task} seed {cfg.seed}", disable=not progress)
     for batch_size in cfg.batch_sizes:
-        lrs = sorted(planned[batch_size])
+        lrs = sorted(initial_lrs(cfg, batch_size, predicted_lr(cfg, batch_size, found)))
         done: dict[float, dict] = {}
         fresh: dict[float, bool] = {}
         widened = {"low": 0, "high": 0}
@@ -112,14 +154,19 @@ def run_sweep(cfg: ExperimentConfig, results_dir: str | Path, problem: Any = Non
                 done[lr] = summary
                 bar.update(1)
                 bar.set_postfix(B=batch_size, lr=f"{lr:.3g}", status=summary["status"])
-            side = _edge_to_widen(list(done.values()), cfg.goals)
-            if side is None or widened[side] >= cfg.max_widen:
+            sides = [side for side in sides_to_widen(list(done.values()), cfg.goals) if widened[side] < cfg.max_widen]
+            if not sides:
                 break
-            widened[side] += 1
-            lrs = sorted(done) + [min(done) / cfg.lr_grid_spacing if side == "low" else max(done) * cfg.lr_grid_spacing]
-            bar.total += 1
+            for side in sides:
+                widened[side] += 1
+            lrs = sorted(set(done) | {min(done) / cfg.lr_grid_spacing if side == "low" else max(done) * cfg.lr_grid_spacing
+                                      for side in sides})
+            bar.total += len(sides)
         summaries.extend(done.values())
         trained.extend(fresh[lr] for lr in done)
+        best = best_lr(list(done.values()), cfg.goals)
+        if best is not None:
+            found[batch_size] = best
     bar.close()
     return runs_table(summaries, trained)
 
@@ -156,40 +203,58 @@ def _check_goals_not_met_at_start(summary: dict) -> None:
             f"(initial {summary['config']['metric']}: {summary.get('initial_metric')}); choose goals below it")
 
 
-def _edge_to_widen(summaries: list[dict], goals: tuple[float, ...]) -> str | None:
-    """'low' / 'high' when the fastest rate for some goal is the smallest / largest rate tried."""
+def sides_to_widen(summaries: list[dict], goals: tuple[float, ...]) -> list[str]:
+    """Where the learning-rate grid of one batch size must grow: a subset of ``["low", "high"]``.
+
+    * the fastest rate for any goal is the smallest (largest) rate tried → ``low`` (``high``);
+    * no rate reached any goal: every run diverged → ``low``; none diverged → ``high``
+      (rates too small to get anywhere within the budget); some of each → nothing to learn
+      from widening (the budget is too small for this batch size).
+    """
     lrs = sorted(s["config"]["lr"] for s in summaries)
+    sides: set[str] = set()
+    any_reached = False
     for goal in goals:
-        best = None
-        for s in summaries:
-            steps = s.get("steps_to_goal", {}).get(str(float(goal)))
-            if steps is not None and (best is None or steps < best[0]):
-                best = (steps, s["config"]["lr"])
-        if best is None:
+        reached = [(s["steps_to_goal"][str(float(goal))], s["config"]["lr"]) for s in summaries
+                   if s.get("steps_to_goal", {}).get(str(float(goal))) is not None]
+        if not reached:
             continue
-        if len(lrs) > 1 and best[1] == lrs[0]:
-            return "low"
-        if len(lrs) > 1 and best[1] == lrs[-1]:
-            return "high"
-    return None
+        any_reached = True
+        best = min(reached)[1]
+        if len(lrs) > 1 and best == lrs[0]:
+            sides.add("low")
+        if len(lrs) > 1 and best == lrs[-1]:
+            sides.add("high")
+    if not any_reached and summaries:
+        diverged = [s["status"] == "diverged" for s in summaries]
+        if all(diverged):
+            sides.add("low")
+        elif not any(diverged) and not any(s["status"] == "failed" for s in summaries):
+            sides.add("high")
+    return sorted(sides)
 
 
 def runs_table(summaries: list[dict], trained: list[bool] | None = None) -> pd.DataFrame:
     """Long table: one row per (run, goal) with the batch size in both units, ``lr``, ``steps``.
 
-    ``batch_units`` is B in the task's units (images, tokens or frames), as each run
+    ``batch_units`` is B in the task's units (images, tokens or examples), as each run
     recorded it; ``batch_examples`` counts examples (sequences for language models);
-    ``steps`` is NaN when the run did not reach the goal; ``trained`` (when given) says
-    whether the run was trained by the sweep that made the table. This is the input of
-    :func:`gns_utils.critical_batch.best_runs` with ``batch="batch_units"``.
+    ``steps`` is the step at which the smoothed goal metric reached the goal (A.3), NaN when
+    it did not, and ``steps_raw`` the same without smoothing; ``seed`` is the run's seed;
+    ``trained`` (when given) says whether the run was trained by the sweep that made the
+    table. This is the input of :func:`gns_utils.critical_batch.best_runs` with
+    ``batch="batch_units"``.
     """
-    columns = ["run_id", "status", "batch_units", "batch_examples", "lr", "goal", "steps", "trained"]
+    columns = ["run_id", "status", "batch_units", "batch_examples", "lr", "seed", "goal", "steps", "steps_raw",
+               "trained"]
     rows = []
     for k, s in enumerate(summaries):
         cfg = s["config"]
+        raw = s.get("steps_to_goal_raw", {})
         for goal, steps in s.get("steps_to_goal", {}).items():
             rows.append({"run_id": s["run_id"], "status": s["status"], "batch_units": s["batch_units"],
-                         "batch_examples": cfg["batch_size"], "lr": cfg["lr"], "goal": float(goal),
-                         "steps": np.nan if steps is None else float(steps),
+                         "batch_examples": cfg["batch_size"], "lr": cfg["lr"], "seed": cfg.get("seed", 0),
+                         "goal": float(goal), "steps": np.nan if steps is None else float(steps),
+                         "steps_raw": np.nan if raw.get(goal) is None else float(raw[goal]),
                          "trained": None if trained is None else bool(trained[k])})
     return pd.DataFrame(rows, columns=columns)
