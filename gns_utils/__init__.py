@@ -26,10 +26,11 @@ figures) is :mod:`gns_utils.experiments`; it imports the library, never the reve
 from gns_utils import noise
 from gns_utils.critical_batch import (TradeoffFit, b_crit_by_goal, best_runs, fit_tradeoff, fit_tradeoff_by_goal,
                                       steps_to_target)
-from gns_utils.noise import (GradientNoiseMonitor, HessianNoiseScale, NoiseEstimate, NoiseScaleEMA, NoiseSource,
-                             PerExampleNormMonitor, RatioUncertainty, data_parallel_estimate, hessian_noise_scale,
-                             per_example_estimate, ratio_of_means_jackknife, two_batch_estimates,
-                             WindowedNoiseScale, windowed_b_simple)
+from gns_utils.noise import (CheckpointNoiseScale, CombinedHessianNoiseScale, GradientNoiseMonitor, HessianNoiseScale,
+                             NoiseEstimate, NoiseScaleEMA, NoiseSource, PerExampleNormMonitor, RatioUncertainty,
+                             WindowedNoiseScale, adam_preconditioner, checkpoint_noise_scale,
+                             combine_hessian_noise_scales, data_parallel_estimate, hessian_noise_scale,
+                             per_example_estimate, ratio_of_means_jackknife, two_batch_estimates, windowed_b_simple)
 from gns_utils.theory import (adaptive_batch_size, adaptive_gain, adaptive_speedup, examples_for_batch,
                               fit_optimal_lr, lr_grid, lr_grid_centre, optimal_improvement, optimal_lr,
                               steps_for_batch, training_average)

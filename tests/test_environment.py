@@ -62,4 +62,5 @@ def test_public_api_is_exported():
     for name in gns_utils.__all__:
         assert hasattr(gns_utils, name), name
     assert {"GradientNoiseMonitor", "PerExampleNormMonitor", "NoiseScaleEMA", "fit_tradeoff",
-            "hessian_noise_scale", "per_example_estimate", "training_average"} <= set(gns_utils.__all__)
+            "hessian_noise_scale", "per_example_estimate", "training_average", "combine_hessian_noise_scales",
+            "checkpoint_noise_scale", "adam_preconditioner"} <= set(gns_utils.__all__)

@@ -33,6 +33,7 @@ from gns_utils.noise import (
 )
 
 N_SE = 4.0  # tolerance of every statistical check, in standard errors
+SHARP_OFFSET = (0.05, 0.1, -0.3, 0.3)  # make_exact(offset=...): w off the optimum along high curvature, B_noise ≈ 2
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -96,7 +97,9 @@ def mse_half(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return 0.5 * ((out.squeeze(-1) - target) ** 2).mean()
 
 
-def make_exact(n_points: int = 40, dim: int = 4, seed: int = 0, isotropic: bool = False) -> Exact:
+def make_exact(n_points: int = 40, dim: int = 4, seed: int = 0, isotropic: bool = False,
+               offset: tuple[float, ...] = (1.0, -0.8, 0.1, 0.05)) -> Exact:
+    """``w = w_opt + offset``; the default offset lies mostly along low curvature (B_noise ≈ 65)."""
     rng = np.random.default_rng(seed)
     if isotropic:  # orthogonal design: Xᵀ X / N = I, so H = I
         q, _ = np.linalg.qr(rng.normal(size=(n_points, dim)))
@@ -105,7 +108,7 @@ def make_exact(n_points: int = 40, dim: int = 4, seed: int = 0, isotropic: bool 
         X = rng.normal(size=(n_points, dim)) * np.array([0.3, 0.7, 1.5, 3.0])[:dim]
     y = X @ rng.normal(size=dim) + 0.5 * rng.normal(size=n_points)
     w_opt = np.linalg.lstsq(X, y, rcond=None)[0]  # G = 0 there
-    w = w_opt + np.array([1.0, -0.8, 0.1, 0.05])[:dim]  # off the optimum, mostly along low curvature
+    w = w_opt + np.array(offset)[:dim]  # off the optimum
     g = X * (X @ w - y)[:, None]
     G = g.mean(0)
     sigma = (g - G).T @ (g - G) / n_points
@@ -117,12 +120,15 @@ def exact() -> Exact:
     return make_exact()
 
 
-def assert_unbiased(samples: np.ndarray, truth: float, label: str) -> None:
-    """The mean of ``samples`` is within N_SE standard errors of ``truth``."""
+def assert_unbiased(samples: np.ndarray, truth: float, label: str, resolve: float | None = None) -> None:
+    """The mean of ``samples`` is within N_SE standard errors of ``truth``; with ``resolve``,
+    that tolerance must also be below ``resolve`` (so an error of that size would fail)."""
     samples = np.asarray(samples, float)
     se = samples.std(ddof=1) / math.sqrt(len(samples))
     message = f"{label}: mean {samples.mean():.5g} vs exact {truth:.5g} (SE {se:.3g})"
     assert abs(samples.mean() - truth) < N_SE * se, message
+    if resolve is not None:
+        assert N_SE * se < resolve, f"{label}: tolerance {N_SE * se:.3g} cannot resolve an error of {resolve:.3g}"
 
 
 def monitor_step(model: nn.Module, monitor: GradientNoiseMonitor, loss_fn, parts, scales=None):
@@ -661,47 +667,6 @@ def test_jackknife_stderr_is_calibrated(exact: Exact) -> None:
     assert 0.8 < np.mean(ses) / ratios.std(ddof=1) < 1.25
     with pytest.raises(ValueError, match="at least 2 steps"):
         ratio_of_means_jackknife(np.ones(1), np.ones(1))
-
-
-# ----------------------------------------------------------------------------- B_noise
-
-
-def test_hessian_population_exact(exact: Exact) -> None:
-    x, y = exact.tensors(np.arange(len(exact.X)))
-    res = hessian_noise_scale(exact.model(), mse_half, x, y, chunk_size=7, population=True)
-    assert res.trace_h_sigma == pytest.approx(exact.trace_h_sigma, rel=1e-8)
-    assert res.g_h_g == pytest.approx(exact.g_h_g, rel=1e-8)
-    assert res.b_noise == pytest.approx(exact.trace_h_sigma / exact.g_h_g, rel=1e-8)
-    assert res.g2 == pytest.approx(exact.g2, rel=1e-8) and res.b_simple == pytest.approx(exact.b_simple, rel=1e-8)
-    assert abs(res.b_noise / res.b_simple - 1) > 0.05  # H is not ∝ I here
-    assert res.n == len(exact.X) and res.population
-
-
-def test_hessian_isotropic_b_noise_equals_b_simple() -> None:
-    iso = make_exact(n_points=32, seed=9, isotropic=True)
-    np.testing.assert_allclose(iso.H, np.eye(4), atol=1e-12)
-    res = hessian_noise_scale(iso.model(), mse_half, *iso.tensors(np.arange(32)), population=True)
-    assert res.b_noise == pytest.approx(res.b_simple, rel=1e-10)
-    assert res.b_noise == pytest.approx(iso.b_simple, rel=1e-8)
-
-
-def test_hessian_sample_mode_unbiased(exact: Exact) -> None:
-    rng = np.random.default_rng(10)
-    model = exact.model()
-    res = []
-    for _ in range(250):
-        hx, hy = exact.tensors(rng.integers(0, 40, 8))  # an independent batch for H
-        res.append(hessian_noise_scale(model, mse_half, *exact.tensors(rng.integers(0, 40, 6)),
-                                       hessian_inputs=hx, hessian_targets=hy))
-    assert_unbiased([r.trace_h_sigma for r in res], exact.trace_h_sigma, "tr(HΣ)")
-    assert_unbiased([r.g_h_g for r in res], exact.g_h_g, "GᵀHG")
-    assert_unbiased([r.trace_sigma for r in res], exact.trace_sigma, "tr Σ")
-    assert_unbiased([r.g2 for r in res], exact.g2, "|G|^2")
-    with pytest.raises(ValueError, match="together"):
-        hessian_noise_scale(model, mse_half, *exact.tensors(np.arange(4)), hessian_inputs=hx)
-    drop = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.1), nn.Linear(4, 1)).train()
-    with pytest.raises(ValueError, match="dropout '1' is in train mode"):
-        hessian_noise_scale(drop, mse_half, *exact.tensors(np.arange(4)))
 
 
 # ----------------------------------------------------------------------------- sources agree on a network

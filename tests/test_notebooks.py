@@ -6,10 +6,12 @@ import papermill as pm
 import pytest
 
 from gns_utils.experiments.paths import repo_path
+from gns_utils.experiments.summary import GOAL_PREDICTORS
 
 pytestmark = pytest.mark.notebook
 
 DOMAIN_TASKS = {
+    "00_calibration": ["smoke_noisy_linear"],
     "01_image_classification": ["smoke_image"],
     "02_language_model": ["smoke_lm"],
     "03_autoencoder": ["smoke_autoencoder", "smoke_vae"],
@@ -39,7 +41,7 @@ def test_domain_notebook_at_smoke_size(name, results):
         summary = json.loads((results / task / "summary.json").read_text())
         assert set(TASK_FIELDS) <= set(summary), set(TASK_FIELDS) - set(summary)
         assert summary["task"] == task and summary["profile"] == "smoke"
-        assert summary["units"] == ("tokens" if name.startswith("02") else "images")
+        assert summary["units"] == {"00": "examples", "02": "tokens"}.get(name[:2], "images")
         assert summary["b_simple"] is not None and summary["b_simple"] > 0
         assert len(summary["goals"]) == 2
         assert all(g["b_simple_local_median"] > 0 and g["b_simple_local_n_runs"] >= 1 for g in summary["goals"])
@@ -50,6 +52,10 @@ def test_domain_notebook_at_smoke_size(name, results):
         assert len(runs) >= 6 and all((r / "summary.json").exists() for r in runs)
     if name.startswith("02"):
         assert (results / "smoke_lm_widths" / "figures" / "widths_b_simple.png").exists()
+    if name.startswith("00"):
+        goals = json.loads((results / "smoke_noisy_linear" / "summary.json").read_text())["goals"]
+        assert all(g["b_crit_predicted"] > 0 and g["b_crit_exact"] > 0 for g in goals)
+        assert all(g["b_noise"] > 0 for g in goals)  # measured at each goal on the reference run
     if name.startswith("01"):
         assert (results / "smoke_image" / "figures" / "optimal_lr.png").exists()
 
@@ -60,13 +66,14 @@ def test_summary_notebook_reads_files_only(results):
     assert set(summary["r2"]) == {"ours_fit", "ours_identity", "paper_fit", "paper_identity", "all_fit", "all_identity"}
     measured = [t for t in summary["tasks"] if t["source"] == "measured"]
     paper = [t for t in summary["tasks"] if t["source"] == "paper"]
-    assert {t["task"] for t in measured} == {t for ts in DOMAIN_TASKS.values() for t in ts}
+    assert {t["task"] for t in measured} == {t for ts in DOMAIN_TASKS.values() for t in ts} - {"smoke_noisy_linear"}
     assert len(paper) >= 9
     assert summary["r2"]["paper_fit"] is not None and 0 < summary["r2"]["paper_fit"] <= 1
     assert (results / "figures" / "b_crit_vs_b_simple.png").exists()
     assert (results / "figures" / "b_crit_vs_b_simple_start.pdf").exists()
     assert (results / "figures" / "b_crit_vs_b_simple_by_goal.png").exists()
-    assert set(summary["r2_by_goal"]) == {"b_simple_local_median", "b_simple_local_small_b"}
+    assert set(summary["r2_by_goal"]) == set(GOAL_PREDICTORS)
+    assert "measured_over_predicted_median" in summary["calibration"]  # the synthetic task scored vs exact
     points = summary["goal_points"]
     assert points and all(p["b_crit"] > 0 and p["b_simple_local_median"] > 0 for p in points)
 

@@ -28,6 +28,7 @@ from matplotlib.figure import Figure
 from gns_utils.experiments import plotting
 from gns_utils.experiments.pipeline import TaskResult
 from gns_utils.experiments.report import matched_by_goal
+from gns_utils.experiments.summary import GOAL_PREDICTORS
 
 __all__ = ["b_crit_by_goal", "b_crit_vs_b_simple", "b_crit_vs_b_simple_by_goal", "noise_over_training", "optimal_lr", "pareto_fronts",
            "training_curves", "width_study"]
@@ -105,11 +106,14 @@ def b_crit_vs_b_simple(table: pd.DataFrame, path: str | Path, title: str) -> Fig
     return fig
 
 
-def b_crit_vs_b_simple_by_goal(points: pd.DataFrame, paper: pd.DataFrame, path: str | Path, title: str) -> Figure:
-    """Fig 4 per goal: each task's B_crit(goal) against B_simple matched to that goal (a trajectory)."""
+def b_crit_vs_b_simple_by_goal(points: pd.DataFrame, paper: pd.DataFrame, path: str | Path, title: str,
+                               x: str = "b_simple_local_median") -> Figure:
+    """Fig 4 per goal: each task's B_crit(goal) against a noise scale matched to that goal (a trajectory);
+    ``x`` names the predictor (a :data:`gns_utils.experiments.summary.GOAL_PREDICTORS` column)."""
     plotting.set_style()
     fig, ax = plt.subplots(figsize=(7.5, 6.5))
-    plotting.plot_bcrit_vs_bsimple_by_goal(ax, points, paper)
+    plotting.plot_bcrit_vs_bsimple_by_goal(ax, points, paper, x=x)
+    ax.set_xlabel(GOAL_PREDICTORS.get(x, x), fontsize="small")
     ax.set_title(title)
     plotting.save_figure(fig, path)
     return fig

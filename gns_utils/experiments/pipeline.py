@@ -88,6 +88,8 @@ def run_experiment(cfg: ExperimentConfig, results_dir: str | Path, progress: boo
     fits = fit_tradeoff_by_goal(best, batch="batch_units")
     by_goal = b_crit_by_goal(best, batch="batch_units", fits=fits)
     by_goal = by_goal.merge(smoothing_systematic(table, by_goal), on="goal", how="left")
+    if hasattr(problem, "exact_prediction"):  # the calibration task: the theory's exact answers per goal
+        by_goal = by_goal.merge(exact_b_crit(problem, cfg, table), on="goal", how="left")
     seed_frames = [seed_b_crit(cfg, by_goal, cfg.seed)]
     for seed in cfg.seeds:
         other = run_sweep(dataclasses.replace(cfg, seed=seed, seeds=()), results_dir, problem=problem,
@@ -133,6 +135,19 @@ def smoothing_systematic(table: pd.DataFrame, by_goal: pd.DataFrame) -> pd.DataF
     change = np.expm1(np.abs(np.log(merged["b_crit"].astype(float) / merged["b_crit_raw"].astype(float))))
     return pd.DataFrame({"goal": merged["goal"], "b_crit_unsmoothed": merged["b_crit_raw"],
                          "b_crit_smoothing_systematic": change})
+
+
+def exact_b_crit(problem: Any, cfg: ExperimentConfig, table: pd.DataFrame) -> pd.DataFrame:
+    """The calibration task's exact answers per goal (:mod:`gns_utils.experiments.synthetic`).
+
+    ``b_crit_predicted``: the paper's prediction, B_noise averaged over the full-batch path to the
+    goal (App. D); ``b_crit_exact``: the (2.11) fit to the exact expected-loss steps of perfectly
+    tuned constant-rate SGD at the sweep's batch sizes (what an infinitely repeated sweep finds).
+    """
+    predicted = problem.exact_prediction(cfg.goals)
+    exact = problem.exact_constant_lr_b_crit(cfg.goals, sorted(table["batch_units"].unique()))
+    return pd.DataFrame({"goal": [float(g) for g in cfg.goals], "b_crit_predicted": np.asarray(predicted.b_crit, float),
+                         "b_crit_exact": np.asarray(exact.b_crit, float)})
 
 
 def seed_b_crit(cfg: ExperimentConfig, by_goal: pd.DataFrame, seed: int) -> pd.DataFrame:

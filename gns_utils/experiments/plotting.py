@@ -279,10 +279,19 @@ def plot_b_crit_by_goal(
                           pts["b_simple_local_max"] - pts["b_simple_local_median"]])
         ax.errorbar(pts["goal"], pts["b_simple_local_median"], yerr=yerr, fmt="D", color="C1", capsize=3, ms=5,
                     label=_label("b_simple") + " at the goal (median over B, range)")
-    if b_noise is not None and not b_noise.empty and {"goal", "b_noise"} <= set(b_noise.columns):
-        pts = b_noise[b_noise["b_noise"] > 0]
-        ax.scatter(pts["goal"], pts["b_noise"], marker="x", color="C2", s=40, zorder=3,
-                   label=r"$B_\mathrm{noise}$ (eq. 2.8)")
+    checkpoint_series = (("b_noise", "x", "C2", r"$B_\mathrm{noise}$ (eq. 2.8) at the goal"),
+                         ("b_simple_preconditioned", "P", "C4", _label("b_simple") + " in Adam's metric at the goal"))
+    for column, marker, colour, text in checkpoint_series:
+        if b_noise is None or b_noise.empty or not {"goal", column} <= set(b_noise.columns):
+            continue
+        pts = b_noise[b_noise[column] > 0]
+        err = pts[f"{column}_stderr"].fillna(0).to_numpy(float) if f"{column}_stderr" in pts else None
+        ax.errorbar(pts["goal"], pts[column], yerr=err, fmt=marker, color=colour, ms=7, capsize=2, zorder=3,
+                    label=text)
+    for column, style, text in (("b_crit_predicted", "--", r"exact prediction: mean $B_\mathrm{noise}$ (App. D)"),
+                                ("b_crit_exact", ":", r"exact $B_\mathrm{crit}$ of the expected loss")):
+        if column in table and table[column].notna().any():
+            ax.plot(table["goal"], table[column], color="black", ls=style, lw=1.2, label=text)
     ax.set_yscale("log")
     goals = pd.to_numeric(table["goal"], errors="coerce").dropna().to_numpy()
     if invert_x is None:

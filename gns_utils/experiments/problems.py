@@ -14,7 +14,9 @@ Every problem implements:
 * ``batch(idx)``           the examples with indices ``idx`` (a device tensor).
 * ``loss(model, batch)``   mean loss per unit (image or token), a scalar tensor.
 * ``evaluate(model)``      ``{"loss": ..., "error": ...}`` on a fixed training subset.
-* ``hessian_batch()``      ``(loss_fn, inputs, targets)`` for the Hessian B_noise, or None.
+* ``measurement_batch(n, index)``  ``n`` examples of a fixed block, disjoint from other indices
+                           (the checkpoint noise measurements; apart from the training stream).
+* ``hessian_batch(n, index)``  ``(loss_fn, inputs, targets)`` for the Hessian B_noise, or None.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from torch import nn
 
 from gns_utils.experiments.data import load_images
 from gns_utils.experiments.models import build_model
+from gns_utils.experiments.synthetic import NoisyLinearProblem
 from gns_utils.experiments.text import load_sequences
 
 Batch = tuple[torch.Tensor, ...]
@@ -73,7 +76,23 @@ class _Problem:
     def units(self, batch: Batch) -> int:
         return len(batch[0]) * self.units_per_example
 
-    def hessian_batch(self, n: int) -> tuple[Callable, torch.Tensor, torch.Tensor] | None:
+    def subset(self, n: int, index: int) -> torch.Tensor:
+        """Block ``index`` of ``n`` training examples from a fixed random permutation: blocks with
+        different indices are disjoint (the independent batches of the checkpoint measurements)."""
+        if (index + 1) * n > self.n_train:
+            raise ValueError(f"block {index} of {n} examples exceeds the {self.n_train} training examples; "
+                             "lower b_noise_examples")
+        if getattr(self, "_measure_perm", None) is None:
+            self._measure_perm = _fixed_subset(self.n_train, self.n_train, seed=4321).to(self.device)
+        return self._measure_perm[index * n:(index + 1) * n]
+
+    def measurement_batch(self, n: int, index: int = 0) -> Batch:
+        """The examples of block ``index`` (:meth:`subset`), for the checkpoint measurements."""
+        return self.batch(self.subset(n, index))
+
+    def hessian_batch(self, n: int, index: int = 0) -> tuple[Callable, torch.Tensor, torch.Tensor] | None:
+        """``(loss_fn, inputs, targets)`` on block ``index`` (:meth:`subset`) for the Hessian B_noise
+        (2.8), or None where Hessian-vector products do not run (stochastic or recurrent models)."""
         return None
 
     @torch.no_grad()
@@ -109,8 +128,8 @@ class ClassificationProblem(_Problem):
         logits = model(x)
         return {"loss": F.cross_entropy(logits, y, reduction="sum"), "error": (logits.argmax(1) != y).sum()}
 
-    def hessian_batch(self, n: int) -> tuple[Callable, torch.Tensor, torch.Tensor]:
-        idx = self.eval_idx[:n]
+    def hessian_batch(self, n: int, index: int = 0) -> tuple[Callable, torch.Tensor, torch.Tensor]:
+        idx = self.subset(n, index)
         return F.cross_entropy, self.tensors[0][idx], self.tensors[1][idx]
 
 
@@ -153,8 +172,21 @@ class AutoencoderProblem(_Problem):
     def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         return self._per_image(model, batch[0]).mean()
 
+    def hessian_batch(self, n: int, index: int = 0) -> tuple[Callable, torch.Tensor, torch.Tensor] | None:
+        """The plain autoencoder's (deterministic) loss; None for a VAE, whose loss samples its latents."""
+        if self.model_name == "vae":
+            return None
+        x = self.tensors[0][self.subset(n, index)]
+        return _reconstruction_nll, x, x
+
     def _eval_sums(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
         return {"loss": self._per_image(model, batch[0]).sum()}
+
+
+def _reconstruction_nll(outputs: tuple[torch.Tensor, Any, Any], targets: torch.Tensor) -> torch.Tensor:
+    """Mean over images of the Bernoulli reconstruction NLL (nats per image) of a plain autoencoder."""
+    logits = outputs[0]
+    return F.binary_cross_entropy_with_logits(logits, targets, reduction="none").flatten(1).sum(1).mean()
 
 
 def make_problem(cfg: Any, device: torch.device | str | None = None) -> _Problem:
@@ -165,6 +197,11 @@ def make_problem(cfg: Any, device: torch.device | str | None = None) -> _Problem
             message says where it looked and the command that gets it).
     """
     device = resolve_device(device or cfg.device) if not isinstance(device, torch.device) else device
+    if cfg.domain == "synthetic":
+        if cfg.dataset != "noisy_linear":
+            raise ValueError(f"unknown synthetic dataset {cfg.dataset!r}; the synthetic domain has 'noisy_linear'")
+        return NoisyLinearProblem(**dict(cfg.data_kwargs), seed=cfg.seed, model=cfg.model,
+                                  model_kwargs=cfg.model_kwargs, device=device)
     kw = dict(cfg.data_kwargs)
     if cfg.domain == "language":
         sequences = load_sequences(cfg.dataset, **kw)

@@ -36,7 +36,7 @@ _IMAGE_CPU_SGD = dict(
     task="fashion_mnist_mlp_sgd", domain="image", dataset="fashion_mnist", data_kwargs={}, model="mlp",
     model_kwargs={"hidden": [256]}, optimizer="sgd", metric="error",
     goals=[0.3, 0.22, 0.18, 0.15, 0.13, 0.11, 0.1],
-    batch_sizes=[16, 32, 64, 128, 256, 512, 1024], lr_star=0.6, lr_b_star=64.0,
+    batch_sizes=[32, 64, 128, 256, 512, 1024], lr_star=0.6, lr_b_star=64.0,
     lr_grid_size=3, lr_grid_spacing=2 ** 0.5, max_widen=3, budget_examples=4_000_000,
     eval_examples=4096, evals_per_decade=30, b_noise_examples=2048, profile="cpu",
 )
@@ -106,8 +106,8 @@ _AE_SMOKE = dict(
 _AE_CPU = dict(
     task="fashion_mnist_autoencoder", domain="autoencoder", dataset="fashion_mnist", data_kwargs={},
     model="autoencoder", model_kwargs={"arch": "mlp", "latent": 16, "width": 256, "hidden": 64},
-    optimizer="adam", metric="loss", goals=[300.0, 270.0, 255.0, 245.0, 240.0, 235.0, 230.0],
-    batch_sizes=[16, 32, 64, 128, 256, 512, 1024], lr_star=6e-3, lr_b_star=32.0, lr_alpha=0.5, lr_grid_size=3,
+    optimizer="adam", metric="loss", goals=[300.0, 270.0, 255.0, 245.0, 240.0, 235.0, 230.0, 225.0],
+    batch_sizes=[32, 64, 128, 256, 512, 1024], lr_star=6e-3, lr_b_star=32.0, lr_alpha=0.5, lr_grid_size=3,
     lr_grid_spacing=2 ** 0.5, max_widen=2, budget_examples=2_000_000, eval_examples=1024, evals_per_decade=20,
     b_noise_examples=2048, profile="cpu",
 )
@@ -121,11 +121,30 @@ _AE_PAPER = dict(
 )
 _VAE_PAPER = dict(_AE_PAPER, task="svhn_vae", model="vae")
 
+# --------------------------------------------------------------------------------------
+# Noisy linear regression (notebook 00): the calibration task, where B_noise and the App. D
+# prediction of B_crit are exact. Goals: population loss (floor σ²/2 = 0.5), chosen so that the
+# predicted B_crit spans 20 → 3·10³ examples; batch sizes on both sides of every goal's B_crit.
+_SYNTH_CPU = dict(
+    task="noisy_linear_regression", domain="synthetic", dataset="noisy_linear",
+    data_kwargs={"dim": 16, "power": 1.0, "noise_var": 1.0, "data_seed": 6}, model="linear", model_kwargs={},
+    optimizer="sgd", metric="loss", goals=[0.63, 0.55, 0.523, 0.507, 0.502, 0.5006],
+    batch_sizes=[2**k for k in range(3, 15)], lr_star=1.75, lr_b_star=3000.0, lr_alpha=1.0, lr_grid_size=3,
+    lr_grid_spacing=2.0, max_widen=5, budget_examples=1_000_000, eval_examples=1, evals_per_decade=30,
+    b_noise_examples=2048, seeds=[1, 2], profile="cpu",
+)
+_SYNTH_SMOKE = dict(_SYNTH_CPU, task="smoke_noisy_linear", data_kwargs={"dim": 8, "power": 1.0, "noise_var": 1.0,
+                                                                        "data_seed": 6},
+                    goals=[0.7, 0.55], batch_sizes=[8, 32, 128], lr_grid_size=2, max_widen=1,
+                    budget_examples=20_000, evals_per_decade=10, b_noise_examples=64, seeds=[1], profile="smoke")
+_SYNTH_PAPER = dict(_SYNTH_CPU, profile="paper")
+
 PRESETS: dict[str, dict[str, list[dict[str, Any]]]] = {
     "image": {"smoke": [_IMAGE_SMOKE], "cpu": [_IMAGE_CPU_SGD, _IMAGE_CPU_ADAM, _IMAGE_CPU_ADAM_BETA2], "paper": _IMAGE_PAPER},
     "language": {"smoke": [_LM_SMOKE], "cpu": [_LM_CPU], "paper": [_LM_PAPER]},
     "autoencoder": {"smoke": [_AE_SMOKE, dict(_AE_SMOKE, task="smoke_vae", model="vae", goals=[41.0, 37.0])],
                     "cpu": [_AE_CPU, _VAE_CPU], "paper": [_AE_PAPER, _VAE_PAPER]},
+    "synthetic": {"smoke": [_SYNTH_SMOKE], "cpu": [_SYNTH_CPU], "paper": [_SYNTH_PAPER]},
 }
 
 
@@ -136,7 +155,7 @@ DEFAULT_WIDTHS = {"smoke": (16, 32), "cpu": (64, 128, 256), "paper": (512, 1024,
 WIDTHS_SUFFIX = "_widths"
 
 #: The domain notebooks and the domain each one runs (99_summary reads their files).
-NOTEBOOK_DOMAINS = {"01_image_classification": "image", "02_language_model": "language", "03_autoencoder": "autoencoder"}
+NOTEBOOK_DOMAINS = {"00_calibration": "synthetic", "01_image_classification": "image", "02_language_model": "language", "03_autoencoder": "autoencoder"}
 
 assert all(set(by_profile) == set(PROFILES) for by_profile in (*PRESETS.values(), DEFAULT_WIDTHS)), \
     "every preset table must cover exactly config.PROFILES"

@@ -44,6 +44,9 @@ from gns_utils.noise import (
     GradientNoiseMonitor,
     NoiseScaleEMA,
     PerExampleNormMonitor,
+    adam_preconditioner,
+    checkpoint_noise_scale,
+    combine_hessian_noise_scales,
     hessian_noise_scale,
 )
 
@@ -54,6 +57,14 @@ NOISE_EMA_DECAY = 0.99
 #: After the raw metric first reaches the last goal at step s, the run goes on to ``CONTINUE_FACTOR`` × s
 #: (and until the smoothed curve has reached every goal), so the smoothed crossing (A.3) is defined.
 CONTINUE_FACTOR = 1.3
+#: Independent micro-batches behind B_simple at a goal's checkpoint (:func:`checkpoint`).
+CHECKPOINT_GROUPS = 16
+#: Repeats of B_noise (2.8) at a checkpoint, each on its own gradient and Hessian blocks.
+B_NOISE_REPEATS = 4
+#: Random directions behind tr(HΣ) in each B_noise repeat.
+HESSIAN_DIRECTIONS = 16
+#: The Hessian batch of a B_noise repeat is this fraction of its gradient batch (its cost is directions × size).
+HESSIAN_FRACTION = 4
 #: ``k`` of the EMAs' step-dependent decay min(0.99, 1 − k/(t+k−1)): their lag stays ≈ t/(k+1) steps, so
 #: runs of a few dozen steps (large batches) are not dominated by their first steps' large |G|^2.
 NOISE_EMA_ADAPTIVE = 4.0
@@ -201,6 +212,7 @@ def train_run(problem: Any, cfg: RunConfig, results_dir: str | Path, progress: b
                     goal = goals_left.pop(0)
                     if cfg.b_noise_examples:
                         b_noise_rows.append({"goal": goal, "step": step, **checkpoint(problem, model, optimizer, cfg)})
+                        monitor.reset()  # the measurement's backward passes are not a training step
                     if not goals_left:
                         stop_at = max(int(math.ceil(CONTINUE_FACTOR * step)), step + 1)
                         schedule.add(stop_at)
@@ -323,19 +335,52 @@ def _metrics_row(step: int, units_per_step: int, epoch: int, evaluation: dict[st
 
 def checkpoint(problem: Any, model: torch.nn.Module, optimizer: torch.optim.Optimizer, cfg: RunConfig
                ) -> dict[str, float]:
-    """Noise scales at the current weights, measured when a goal is reached (eval mode).
+    """The noise scales at the current weights, measured when a goal is reached.
 
-    B_noise (2.8) where the problem offers Hessian batches, on ``cfg.b_noise_examples``
-    examples with a separate Hessian batch.
+    On ``n = cfg.b_noise_examples`` training examples per measurement, fixed blocks of the
+    problem's measurement blocks (``problem.measurement_batch``), in eval mode, with the random state
+    restored afterwards so the run's trajectory does not change:
+
+    * ``b_simple_checkpoint``: B_simple (2.9) from ``CHECKPOINT_GROUPS`` independent
+      micro-batch gradients of one block (:func:`gns_utils.noise.checkpoint_noise_scale`),
+      with its jackknife standard error;
+    * ``b_simple_preconditioned``: the same for Adam's update direction, every gradient scaled
+      by Adam's current 1/(√v̂ + ε) (:func:`gns_utils.noise.adam_preconditioner`);
+    * ``b_noise``: B_noise (2.8) where the problem offers Hessian batches, from
+      ``B_NOISE_REPEATS`` repeats, each with its own gradient block of ``n`` examples and a
+      separate Hessian batch of ``n / HESSIAN_FRACTION``, ``HESSIAN_DIRECTIONS`` random directions for tr(HΣ)
+      (:func:`gns_utils.noise.hessian_noise_scale`), combined as a ratio of means with a
+      standard error (:func:`gns_utils.noise.combine_hessian_noise_scales`).
     """
+    n = cfg.b_noise_examples
     was_training = model.training
     model.eval()
     out: dict[str, float] = {}
-    batch = problem.hessian_batch(cfg.b_noise_examples)
-    if batch is not None:
-        loss_fn, inputs, targets = batch
-        result = hessian_noise_scale(model, loss_fn, inputs, targets)
-        out.update(b_noise=float(result.b_noise), b_simple=float(result.b_simple),
-                   trace_h_sigma=float(result.trace_h_sigma), g_h_g=float(result.g_h_g))
+    devices = [problem.device] if problem.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(cfg.seed)
+        groups = _split(problem.measurement_batch(n, 0), CHECKPOINT_GROUPS)
+        loss_fn = problem.loss
+        units = float(problem.units(groups[0]))
+        raw = checkpoint_noise_scale(model, loss_fn, groups, units=units)
+        out.update(b_simple_checkpoint=raw.b_simple, b_simple_checkpoint_stderr=raw.stderr)
+        if cfg.optimizer == "adam":
+            pre = checkpoint_noise_scale(model, loss_fn, groups, units=units,
+                                         preconditioner=adam_preconditioner(optimizer, model))
+            out.update(b_simple_preconditioned=pre.b_simple, b_simple_preconditioned_stderr=pre.stderr)
+        if problem.hessian_batch(n, 0) is not None:
+            results = []
+            for r in range(B_NOISE_REPEATS):
+                loss, inputs, targets = problem.hessian_batch(n, 2 * r + 1)
+                _, h_inputs, h_targets = problem.hessian_batch(n, 2 * r + 2)
+                h_inputs, h_targets = h_inputs[: n // HESSIAN_FRACTION], h_targets[: n // HESSIAN_FRACTION]
+                results.append(hessian_noise_scale(model, loss, inputs, targets, hessian_inputs=h_inputs,
+                                                   hessian_targets=h_targets, directions=HESSIAN_DIRECTIONS,
+                                                   generator=torch.Generator().manual_seed(r)))
+            combined = combine_hessian_noise_scales(results)
+            out.update(b_noise=combined.b_noise, b_noise_stderr=combined.b_noise_stderr,
+                       b_simple_hessian_batch=combined.b_simple, trace_h_sigma=combined.trace_h_sigma,
+                       g_h_g=combined.g_h_g)
     model.train(was_training)
-    return out
+    optimizer.zero_grad(set_to_none=True)
+    return {k: float(v) for k, v in out.items()}

@@ -16,9 +16,16 @@ Modules, by what they hold:
 * :mod:`~gns_utils.noise.monitors`     step-wise sources inside a training loop (micro-batches,
   per-example norms in the step's backward).
 * :mod:`~gns_utils.noise.per_example`  per-example gradients of one batch (torch.func or per layer).
-* :mod:`~gns_utils.noise.hessian`      B_noise with Hessian-vector products.
+* :mod:`~gns_utils.noise.hessian`      B_noise with Hessian-vector products, and over repeats.
+* :mod:`~gns_utils.noise.checkpoint`   B_simple at a checkpoint from micro-batch gradients, in any
+  (e.g. Adam's) metric, for any model.
 """
 
+from gns_utils.noise.checkpoint import (
+    CheckpointNoiseScale,
+    adam_preconditioner,
+    checkpoint_noise_scale,
+)
 from gns_utils.noise.ema import (
     NoiseScaleEMA,
     RatioUncertainty,
@@ -31,7 +38,12 @@ from gns_utils.noise.estimate import (
     data_parallel_estimate,
     two_batch_estimates,
 )
-from gns_utils.noise.hessian import HessianNoiseScale, hessian_noise_scale
+from gns_utils.noise.hessian import (
+    CombinedHessianNoiseScale,
+    HessianNoiseScale,
+    combine_hessian_noise_scales,
+    hessian_noise_scale,
+)
 from gns_utils.noise.monitors import (
     GradientNoiseMonitor,
     NoiseSource,
@@ -40,6 +52,8 @@ from gns_utils.noise.monitors import (
 from gns_utils.noise.per_example import per_example_estimate
 
 __all__ = [
+    "CheckpointNoiseScale",
+    "CombinedHessianNoiseScale",
     "GradientNoiseMonitor",
     "HessianNoiseScale",
     "NoiseEstimate",
@@ -47,6 +61,9 @@ __all__ = [
     "NoiseSource",
     "PerExampleNormMonitor",
     "RatioUncertainty",
+    "adam_preconditioner",
+    "checkpoint_noise_scale",
+    "combine_hessian_noise_scales",
     "data_parallel_estimate",
     "hessian_noise_scale",
     "per_example_estimate",

@@ -1,0 +1,193 @@
+"""Noisy linear regression: the calibration task, where every quantity of the theory is exact.
+
+Data ``x ~ N(0, H)`` with ``H = diag(λ)``, ``λ_i = i^(−power)`` (so ``λ_1 = 1``), targets
+``y = xᵀw* + σξ`` with ``ξ ~ N(0, 1)`` and ``w*_i ~ N(0, 1)`` drawn once from a data seed;
+per-example loss ``½(xᵀw − y)²``; model ``ŷ = wᵀx`` (a bias-free ``nn.Linear(d, 1)``)
+started at ``w = 0``. With ``u = w − w*``: ``L = ½ uᵀHu + σ²/2``, ``G = Hu`` and
+``Σ = Huuᵀ H + (uᵀHu + σ²) H``, so ``|G|²``, ``tr Σ``, B_simple (2.9), B_noise (2.8), the
+App. D prediction of B_crit and the exact expected loss of SGD come from
+:mod:`gns_utils.theory` (the "noisy linear regression" section).
+
+The examples are an infinite stream: every batch is fresh, so there are no epochs and no
+over-fitting, and the training loss is the population loss, evaluated exactly from the
+weights.
+
+The defaults (:data:`DEFAULTS`: ``d = 16``, ``λ_i = 1/i``, ``σ² = 1``, data seed 6) start at
+``L = 3.522`` (floor 0.5) with ``B_noise = 7.3``, ``B_simple = 9.6``. The goals 0.63, 0.55,
+0.523, 0.507, 0.502, 0.5006 then have the App. D prediction ``B_crit ≈ 20, 47, 101, 302,
+966, 2921`` and the tuned constant-rate ``B_crit ≈ 37, 74, 142, 427, 1455, 5007`` (batch
+sizes 8 … 16384), with ``E_min ≤ 9·10⁴`` examples. ``B_noise`` at ``w = 0`` depends mostly on
+``w*_1`` (the top direction): data seed 6 gives a typical draw (``w*_1 = 1.05``; seed 0 has
+``w*_1 = 0.13`` and ``B_noise = 79``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from gns_utils.experiments.models import build_model
+from gns_utils.theory import (
+    NoisyLinearConstantLrBCrit,
+    NoisyLinearPrediction,
+    NoisyLinearScales,
+    noisy_linear_b_crit_prediction,
+    noisy_linear_constant_lr_b_crit,
+    noisy_linear_noise_scales,
+)
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+#: Defaults of the calibration task (``data_kwargs``); see :class:`NoisyLinearProblem`.
+DEFAULTS: dict[str, Any] = {"dim": 16, "power": 1.0, "noise_var": 1.0, "data_seed": 6}
+#: Nominal training-set size: the trainer's sampler draws (unused) permutations of this many indices.
+NOMINAL_EXAMPLES = 2**20
+#: Offset of the seed of the batches :meth:`NoisyLinearProblem.hessian_batch` draws (apart from the training stream).
+HESSIAN_SEED_OFFSET = 7919
+
+
+def half_squared_error(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean over examples of ``½(ŷ − y)²`` (outputs ``[n, 1]`` or ``[n]``, targets ``[n]``)."""
+    return 0.5 * (outputs.reshape(targets.shape) - targets).square().mean()
+
+
+def power_law_spectrum(dim: int, power: float) -> np.ndarray:
+    """``λ_i = i^(−power)``, ``i = 1 … dim`` (``λ_1 = 1``; ``power = 0`` is isotropic)."""
+    return np.arange(1, dim + 1, dtype=float) ** (-float(power))
+
+
+class NoisyLinearProblem:
+    """Noisy linear regression as a problem of :mod:`gns_utils.experiments.problems`.
+
+    Batch units are examples. :meth:`batch` ignores the index values it gets and draws
+    ``len(idx)`` fresh examples from the problem's own generator; :meth:`build_model`
+    (called at the start of every run) restarts that generator at ``seed``, so a run's
+    examples depend on the seed only, not on which runs came before it in a sweep.
+
+    Args:
+        dim: ``d``, the input dimension.
+        power: the spectrum ``λ_i = i^(−power)``.
+        noise_var: ``σ²``, the label-noise variance (the loss floor is ``σ²/2``).
+        data_seed: seed of ``w* ~ N(0, I)``.
+        seed: seed of the example stream.
+        model: registry name of the model (``"linear"``).
+        model_kwargs: keyword arguments over ``in_features = dim``.
+        device: where the examples and the model live.
+        n_train: the nominal number of examples reported to the trainer's sampler.
+
+    Attributes:
+        eigenvalues: ``λ`` (numpy, float64), the diagonal of ``H``.
+        w_star: ``w*`` (numpy, float64).
+        noise_var: ``σ²``.
+        u0: ``w_0 − w* = −w*``.
+    """
+
+    units_per_example = 1
+
+    def __init__(self, dim: int = DEFAULTS["dim"], power: float = DEFAULTS["power"],
+                 noise_var: float = DEFAULTS["noise_var"], data_seed: int = DEFAULTS["data_seed"], seed: int = 0,
+                 model: str = "linear", model_kwargs: Mapping[str, Any] | None = None,
+                 device: torch.device | str = "cpu", n_train: int = NOMINAL_EXAMPLES) -> None:
+        if int(dim) != dim or dim < 1:
+            raise ValueError(f"dim must be a positive integer, got {dim!r}")
+        if not (np.isfinite(power) and power >= 0):
+            raise ValueError(f"power must be a finite number >= 0, got {power!r}")
+        if not (np.isfinite(noise_var) and noise_var >= 0):
+            raise ValueError(f"noise_var must be a finite number >= 0, got {noise_var!r}")
+        if not 1 <= n_train <= 2**20:
+            raise ValueError(f"n_train must be in [1, 2**20] (the sampler permutes it every epoch), got {n_train}")
+        self.device = torch.device(device)
+        self.dim = int(dim)
+        self.power = float(power)
+        self.noise_var = float(noise_var)
+        self.data_seed = int(data_seed)
+        self.seed = int(seed)
+        self.n_train = int(n_train)
+        self.model_name = model
+        self.model_kwargs = dict(model_kwargs or {})
+        self.eigenvalues = power_law_spectrum(self.dim, self.power)
+        self.w_star = np.random.default_rng(self.data_seed).standard_normal(self.dim)
+        self.u0 = -self.w_star
+        self._scale = torch.tensor(np.sqrt(self.eigenvalues), dtype=torch.float32, device=self.device)
+        self._w_star = torch.tensor(self.w_star, dtype=torch.float32, device=self.device)
+        self._gen = torch.Generator(device=self.device).manual_seed(self.seed)
+
+    # ----------------------------------------------------------------- problem interface
+    def build_model(self, model: str | None = None, model_kwargs: Mapping[str, Any] | None = None) -> nn.Module:
+        """A bias-free ``nn.Linear(d, 1)`` at ``w = 0`` (float32, on the device); restarts the example stream."""
+        self._gen.manual_seed(self.seed)
+        kwargs = {"in_features": self.dim, **self.model_kwargs, **dict(model_kwargs or {})}
+        return build_model(model or self.model_name, **kwargs).to(self.device)
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Batch:
+        """``n`` fresh examples ``(x [n, d], y [n])`` from ``generator`` (default: the stream)."""
+        gen = self._gen if generator is None else generator
+        x = torch.randn(n, self.dim, generator=gen, device=self.device) * self._scale
+        noise = torch.randn(n, generator=gen, device=self.device)
+        return x, x @ self._w_star + float(np.sqrt(self.noise_var)) * noise
+
+    def batch(self, idx: torch.Tensor) -> Batch:
+        """``len(idx)`` fresh examples (the index values are ignored: the stream is infinite)."""
+        return self.sample(len(idx))
+
+    def units(self, batch: Batch) -> int:
+        return len(batch[0])
+
+    def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        """Mean of ``½(xᵀw − y)²`` over the batch."""
+        x, y = batch
+        return half_squared_error(model(x), y)
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        """The exact population loss ``½ Σ_i λ_i (w_i − w*_i)² + σ²/2`` of the model's weights."""
+        u = self.weights(model) - self.w_star
+        return {"loss": float(0.5 * (self.eigenvalues * u) @ u + 0.5 * self.noise_var)}
+
+    def measurement_batch(self, n: int, index: int = 0) -> Batch:
+        """``n`` examples from fixed generators apart from the training stream, one per ``index`` (so
+        different indices give independent batches, as the checkpoint measurements need)."""
+        gen = torch.Generator(device=self.device).manual_seed(self.seed + HESSIAN_SEED_OFFSET + 1000 * int(index))
+        return self.sample(n, gen)
+
+    def hessian_batch(self, n: int, index: int = 0) -> tuple[Callable, torch.Tensor, torch.Tensor]:
+        """:meth:`measurement_batch` ``index`` with the loss, for the Hessian B_noise (2.8)."""
+        x, y = self.measurement_batch(n, index)
+        return half_squared_error, x, y
+
+    # ----------------------------------------------------------------- exact quantities
+    def weights(self, model: nn.Module) -> np.ndarray:
+        """The model's ``w`` as a float64 numpy vector."""
+        params = list(model.parameters())
+        if len(params) != 1 or params[0].numel() != self.dim:
+            raise ValueError("expected a bias-free linear model with exactly dim weights")
+        return params[0].detach().to("cpu", torch.float64).numpy().ravel()
+
+    @property
+    def initial_loss(self) -> float:
+        """``L(w = 0) = ½ w*ᵀHw* + σ²/2``."""
+        return float(0.5 * (self.eigenvalues * self.w_star) @ self.w_star + 0.5 * self.noise_var)
+
+    @property
+    def loss_floor(self) -> float:
+        """``σ²/2``, the loss at ``w = w*``."""
+        return 0.5 * self.noise_var
+
+    def noise_scales(self, model: nn.Module | None = None) -> NoisyLinearScales:
+        """Exact ``|G|²``, ``tr Σ``, B_simple and B_noise at the model's weights (default: at ``w = 0``)."""
+        u = self.u0 if model is None else self.weights(model) - self.w_star
+        return noisy_linear_noise_scales(self.eigenvalues, u, self.noise_var)
+
+    def exact_prediction(self, goals: Any) -> NoisyLinearPrediction:
+        """The App. D prediction of ``S_min``, ``E_min`` and ``B_crit`` per goal (see
+        :func:`gns_utils.theory.noisy_linear_b_crit_prediction`)."""
+        return noisy_linear_b_crit_prediction(self.eigenvalues, self.u0, self.noise_var, goals)
+
+    def exact_constant_lr_b_crit(self, goals: Any, batch_sizes: Any, **tuning: Any) -> NoisyLinearConstantLrBCrit:
+        """``B_crit`` per goal of perfectly tuned constant-rate SGD over ``batch_sizes`` (see
+        :func:`gns_utils.theory.noisy_linear_constant_lr_b_crit`)."""
+        return noisy_linear_constant_lr_b_crit(self.eigenvalues, self.u0, self.noise_var, goals, batch_sizes,
+                                               **tuning)
