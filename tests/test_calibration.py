@@ -320,3 +320,19 @@ def test_make_problem_dispatches_synthetic_and_predictions_delegate():
     assert torch.equal(p.hessian_batch(32)[1], x)  # fixed, and apart from the training stream
     with pytest.raises(ValueError, match="noisy_linear"):
         make_problem(types.SimpleNamespace(**{**vars(cfg), "dataset": "mnist"}))
+
+
+def test_runs_at_different_seeds_see_different_examples_and_each_seed_reproduces(tmp_path):
+    from gns_utils.experiments.config import make_experiment
+    from gns_utils.experiments.profiles import presets
+    from gns_utils.experiments.train import train_run
+
+    exp = make_experiment(presets("synthetic", "smoke")[0], {"b_noise_examples": 0})
+    problem = NoisyLinearProblem(dim=8, power=1.0, noise_var=1.0, data_seed=6, seed=0)
+    losses = {}
+    for key, seed in (("a", 1), ("b", 2), ("a_again", 1)):
+        cfg = exp.run(8, 0.05, seed=seed, budget_examples=800, goals=(0.5001,))
+        train_run(problem, cfg, tmp_path / key, progress=False)
+        losses[key] = (tmp_path / key / cfg.task / "runs" / cfg.run_id / "metrics.csv").read_text().split("\n")[-2]
+    assert losses["a"] != losses["b"]
+    assert losses["a"].split(",")[:4] == losses["a_again"].split(",")[:4]

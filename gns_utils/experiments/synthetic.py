@@ -122,6 +122,11 @@ class NoisyLinearProblem:
         kwargs = {"in_features": self.dim, **self.model_kwargs, **dict(model_kwargs or {})}
         return build_model(model or self.model_name, **kwargs).to(self.device)
 
+    def restart_stream(self, seed: int) -> None:
+        """Start the example stream at ``seed``: the trainer calls this with each run's seed, so runs at
+        different seeds of one sweep (the seed-to-seed spread) see different examples."""
+        self._gen.manual_seed(int(seed))
+
     def sample(self, n: int, generator: torch.Generator | None = None) -> Batch:
         """``n`` fresh examples ``(x [n, d], y [n])`` from ``generator`` (default: the stream)."""
         gen = self._gen if generator is None else generator

@@ -172,6 +172,8 @@ def train_run(problem: Any, cfg: RunConfig, results_dir: str | Path, progress: b
 
     set_seed(cfg.seed)
     model = problem.build_model(cfg.model, cfg.model_kwargs)  # the run's size (e.g. the Fig 8 widths)
+    if hasattr(problem, "restart_stream"):  # problems that draw fresh examples: the stream follows the run's seed
+        problem.restart_stream(cfg.seed)
     model.train()
     optimizer = make_optimizer(model, cfg)
     sampler = EpochSampler(problem.n_train, cfg.batch_size, torch.Generator().manual_seed(cfg.seed), problem.device)
