@@ -16,7 +16,7 @@ export HF_HUB_OFFLINE ?= 1
 export MPLBACKEND ?= Agg
 export PYTHONUNBUFFERED := 1
 
-.PHONY: env data test smoke reproduce lab image language autoencoder summary benchmarks
+.PHONY: env data test smoke reproduce lab calibration image language autoencoder summary benchmarks
 
 # The virtual environment, installed from the exact lock; rebuilt when the lock changes.
 $(STAMP): requirements.lock pyproject.toml
@@ -47,6 +47,8 @@ reproduce: data
 	$(PY) -m gns_utils.experiments.tables --readme README.md
 
 # One notebook, trained anew and compared with the reference (then `make summary` redraws Fig 4).
+calibration: data
+	$(REPRODUCE) --only 00_calibration
 image: data
 	$(REPRODUCE) --only 01_image_classification
 language: data

@@ -9,6 +9,7 @@ import pytest
 from gns_utils.experiments import tables as module
 from gns_utils.experiments.paths import repo_path
 from gns_utils.experiments.profiles import presets
+from gns_utils.experiments.summary import GOAL_PREDICTORS
 
 RESULTS = repo_path("results")
 R2_KEYS = {"ours_fit", "ours_identity", "paper_fit", "paper_identity", "all_fit", "all_identity"}
@@ -78,3 +79,27 @@ def test_committed_run_is_a_reproduction_compared_with_its_reference():
         (row,) = [r for r in comparison["tasks"] if r["task"] == task]
         assert row["b_crit"] == summary["b_crit"] and row["b_simple"] == summary["b_simple"]
     assert not (RESULTS / ".reproduction").exists()
+
+
+def test_every_goal_carries_its_systematics_and_each_noise_scale_is_scored():
+    data = json.loads((RESULTS / "summary.json").read_text())
+    real = [p for p in data["goal_points"] if not p["synthetic"]]
+    assert {p["task"] for p in real} == set(_cpu_tasks())
+    assert all(p["b_crit_smoothing_systematic"] is not None and p["b_crit_stderr"] is not None for p in real)
+    scored = {name for name, r in data["r2_by_goal"].items() if r["n_points"]}
+    assert scored == set(GOAL_PREDICTORS), set(GOAL_PREDICTORS) - scored
+    for task in _cpu_tasks():  # Adam tasks carry the noise scale of Adam's update direction at every goal
+        summary = json.loads((RESULTS / task / "summary.json").read_text())
+        if summary["optimizer"] == "adam":
+            assert all((g.get("b_simple_preconditioned") or 0) > 0 for g in summary["goals"]), task
+
+
+def test_calibration_task_is_scored_against_its_exact_b_crit():
+    summary = json.loads((RESULTS / "noisy_linear_regression" / "summary.json").read_text())
+    assert summary["domain"] == "synthetic" and summary["profile"] == "cpu" and len(summary["config"]["seeds"]) >= 2
+    goals = summary["goals"]
+    assert all(g["b_crit_predicted"] > 0 and g["b_crit_exact"] > 0 for g in goals)
+    assert goals[-1]["b_crit_predicted"] / goals[0]["b_crit_predicted"] > 100  # two decades of B_crit
+    assert any(g.get("b_crit_seed_rel_std") is not None for g in goals)  # the rerun spread
+    calibration = json.loads((RESULTS / "summary.json").read_text())["calibration"]
+    assert calibration["n_points"] >= 3 and calibration["measured_over_exact_median"] > 0

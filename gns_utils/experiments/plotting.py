@@ -509,7 +509,9 @@ def plot_bcrit_vs_bsimple_by_goal(ax: Axes, points: pd.DataFrame, paper: pd.Data
     for task, group in ok.groupby("task", sort=False):
         group = group.sort_values("goal_index")
         marker = UNIT_MARKERS.get(group["units"].iloc[0], "D")
-        ax.plot(group[x], group["b_crit"], color=colours[task], lw=1.0, marker=marker, ms=5, label=task)
+        synthetic = "synthetic" in group and bool(group["synthetic"].astype(bool).any())
+        ax.plot(group[x], group["b_crit"], color=colours[task], lw=1.0, marker=marker, ms=5,
+                label=f"{task} (synthetic, exact theory)" if synthetic else task)
         ax.scatter(group[x].iloc[-1:], group["b_crit"].iloc[-1:], color=colours[task], marker=marker, s=60,
                    edgecolor="black", zorder=3)
         se = group["b_crit_stderr"].fillna(0).clip(upper=0.9 * group["b_crit"])
