@@ -19,21 +19,7 @@ from torch import nn
 from gns_utils.noise import HessianNoiseScale, combine_hessian_noise_scales, hessian_noise_scale
 from test_noise import N_SE, SHARP_OFFSET, Exact, assert_unbiased, make_exact, mse_half
 
-
-@pytest.fixture(autouse=True, scope="module")
-def float64_one_thread():
-    """float64 everywhere; one thread (tiny tensors; the machine's cores are shared). Restored after."""
-    dtype, threads = torch.get_default_dtype(), torch.get_num_threads()
-    torch.set_default_dtype(torch.float64)
-    torch.set_num_threads(1)
-    yield
-    torch.set_default_dtype(dtype)
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def exact() -> Exact:
-    return make_exact()
+pytestmark = pytest.mark.usefixtures("float64_one_thread")  # conftest.py
 
 
 # ----------------------------------------------------------------------------- B_noise

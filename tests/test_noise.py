@@ -36,15 +36,8 @@ N_SE = 4.0  # tolerance of every statistical check, in standard errors
 SHARP_OFFSET = (0.05, 0.1, -0.3, 0.3)  # make_exact(offset=...): w off the optimum along high curvature, B_noise ≈ 2
 
 
-@pytest.fixture(autouse=True, scope="module")
-def float64_one_thread():
-    """float64 everywhere; one thread (tiny tensors; the machine's cores are shared). Restored after."""
-    dtype, threads = torch.get_default_dtype(), torch.get_num_threads()
-    torch.set_default_dtype(torch.float64)
-    torch.set_num_threads(1)
-    yield
-    torch.set_default_dtype(dtype)
-    torch.set_num_threads(threads)
+# float64 and one thread for every test here (the fixture lives in conftest.py)
+pytestmark = pytest.mark.usefixtures("float64_one_thread")
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -113,11 +106,6 @@ def make_exact(n_points: int = 40, dim: int = 4, seed: int = 0, isotropic: bool 
     G = g.mean(0)
     sigma = (g - G).T @ (g - G) / n_points
     return Exact(X=X, y=y, w=w, g=g, G=G, sigma=sigma, H=X.T @ X / n_points)
-
-
-@pytest.fixture(scope="module")
-def exact() -> Exact:
-    return make_exact()
 
 
 def assert_unbiased(samples: np.ndarray, truth: float, label: str, resolve: float | None = None) -> None:
