@@ -148,8 +148,42 @@ def _calibration_lines(s: dict) -> list[str]:
     spread = [g["b_crit_seed_rel_std"] for g in goals if g.get("b_crit_seed_rel_std") is not None]
     seeds = (f" Seed-to-seed spread of B_crit (relative std over {1 + len(s['config'].get('seeds', []))} seeds): "
              f"{min(spread):.0%}–{max(spread):.0%}." if spread else "")
+    fitted = [g for g in goals if g["bound"] == "none" and g.get("b_crit_stderr")]
+    rel = [g["b_crit_stderr"] / g["b_crit"] for g in fitted]
+    means = [g["b_crit_seed_mean"] / g["b_crit_predicted"] for g in goals if g.get("b_crit_seed_mean")]
+    exact = [g["b_crit_exact"] / g["b_crit"] for g in goals if g.get("b_crit_exact")]
+    local = [g["b_simple_local_median"] / g["b_crit"] for g in goals if g.get("b_simple_local_median")]
+    extra = []
+    if rel:
+        extra.append(f"the fit's relative standard error {min(rel):.0%}–{max(rel):.0%}")
+    if means:
+        extra.append(f"geometric mean over seeds / predicted {min(means):.2f}–{max(means):.2f}")
+    if exact:
+        extra.append(f"exact / measured {min(exact):.2f}–{max(exact):.2f}")
+    if local:
+        extra.append(f"B_simple at the goal / B_crit {min(local):.1f}–{max(local):.1f}")
     return [f"Calibration ({s['task']}, synthetic, exact theory): B_crit measured / predicted by App. D (mean "
-            f"B_noise on the full-batch path) / exact for tuned constant-rate SGD, per goal: {cells}.{seeds}"]
+            f"B_noise on the full-batch path) / exact for tuned constant-rate SGD, per goal: {cells}.{seeds}"
+            + (f" Per goal: {'; '.join(extra)}." if extra else "")]
+
+
+#: The per-goal predictors whose ratio to B_crit :func:`_predictor_by_task_lines` lists per task.
+_TASK_PREDICTORS = ("b_simple_local_median", "b_simple_checkpoint", "b_noise", "b_simple_preconditioned")
+
+
+def _predictor_by_task_lines(tasks: list[dict]) -> list[str]:
+    """Per task, each predictor / B_crit over the fitted goals: median (min–max)."""
+    lines = []
+    for s in tasks:
+        cells = []
+        for name in _TASK_PREDICTORS:
+            ratios = [g[name] / g["b_crit"] for g in s["goals"]
+                      if g["bound"] == "none" and g.get("b_crit") and (g.get(name) or 0) > 0]
+            if ratios:
+                cells.append(f"{name} {np.median(ratios):.2f} ({min(ratios):.2f}–{max(ratios):.2f})")
+        if cells:
+            lines.append(f"{s['task']}, predictor / B_crit over its fitted goals, median (range): {', '.join(cells)}.")
+    return lines
 
 
 def _fair_test_lines(root, tasks: list[dict]) -> list[str]:
@@ -217,6 +251,7 @@ def key_numbers(root) -> list[str]:
                  f"({min(b_crits):,.0f} → {max(b_crits):,.0f}); B_simple / B_crit ranges {min(ratios):.2f}–{max(ratios):.2f}.")
     lines += _matched_lines(root, tasks)
     lines += _fair_test_lines(root, tasks)
+    lines += _predictor_by_task_lines(tasks)
     points, spans, edges, optimal_lr_lines = [], [], 0, []
     for s in tasks:
         runs = load_run_summaries(root, s["task"])
