@@ -679,3 +679,31 @@ def test_per_example_and_micro_batch_agree_on_mlp() -> None:
         assert_unbiased(a, truth, f"per-example {field}")
         assert_unbiased(b, truth, f"micro-batch {field}")
         assert_unbiased(a - b, 0.0, f"per-example − micro-batch {field}")
+
+
+@pytest.mark.parametrize("frozen", ["0.bias", "2.weight", "0.weight"])
+def test_layerwise_leaves_frozen_parameters_out_like_func(frozen: str) -> None:
+    # The batch gradient has no entry for a frozen weight or bias, so neither may the per-example norms:
+    # the layerwise method must give the func method's answer to float rounding.
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3))
+    dict(model.named_parameters())[frozen].requires_grad_(False)
+    x, y = torch.randn(24, 5), torch.randint(0, 3, (24,))
+    est = {m: per_example_estimate(model, F.cross_entropy, x, y, chunk_size=8, method=m) for m in ("func", "layerwise")}
+    assert est["layerwise"].trace_sigma == pytest.approx(est["func"].trace_sigma, rel=1e-9)
+    assert est["layerwise"].g2 == pytest.approx(est["func"].g2, rel=1e-9)
+
+
+def test_func_method_refuses_recurrent_modules_with_the_alternative() -> None:
+    class Tagger(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lstm, self.head = nn.LSTM(3, 4, batch_first=True), nn.Linear(4, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.lstm(x)[0][:, -1])
+
+    x, y = torch.randn(6, 5, 3), torch.randint(0, 2, (6,))
+    for method in ("func", "auto"):
+        with pytest.raises(ValueError, match=r"recurrent module 'lstm'.*checkpoint_noise_scale"):
+            per_example_estimate(Tagger(), F.cross_entropy, x, y, method=method)

@@ -110,8 +110,10 @@ def per_example_estimate(
     Methods:
 
     * ``"func"``: ``torch.func`` (``functional_call`` + ``vmap(grad)``) over chunks of
-      ``chunk_size`` examples; works for any architecture, but materialises
-      ``chunk_size × #params`` numbers per chunk and is ~11× a training step on CPU.
+      ``chunk_size`` examples; works for architectures whose operations ``vmap`` supports
+      (not ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN``, whose fused kernels it cannot batch: a clear
+      ValueError names the alternatives), but materialises ``chunk_size × #params`` numbers
+      per chunk and is ~11× a training step on CPU.
     * ``"layerwise"``: one ordinary batched forward/backward; hooks on ``nn.Linear`` and
       ``nn.Conv2d`` (groups = 1, zero padding) capture each layer's input ``a`` and output
       gradient ``δ``, and ``|g_i|^2`` is assembled per layer from ``δ_iᵀ a_i`` (outer
@@ -144,8 +146,8 @@ def per_example_estimate(
 
     Raises:
         ValueError: fewer than 2 examples, mismatched lengths, bad ``chunk_size`` or
-            ``method``, a model ``"layerwise"`` cannot handle, train-mode BatchNorm, or a
-            non-finite gradient norm.
+            ``method``, a model ``"layerwise"`` cannot handle, a recurrent module with
+            ``"func"``, train-mode BatchNorm, or a non-finite gradient norm.
     """
     n = _check_batch(inputs, targets, chunk_size, minimum=2)
     _check_functional(model)
@@ -155,6 +157,11 @@ def per_example_estimate(
     if method == "layerwise" and reason:
         raise ValueError(f"method='layerwise' cannot handle this model: {reason}")
     use_layerwise = method == "layerwise" or (method == "auto" and not reason)
+    recurrent = [name for name, m in model.named_modules() if isinstance(m, nn.RNNBase)]
+    if not use_layerwise and recurrent:
+        raise ValueError(f"per-example gradients with torch.func cannot run the recurrent module {recurrent[0]!r} "
+                         "(vmap does not batch nn.LSTM/GRU/RNN kernels); measure the noise from micro-batches "
+                         "instead: gns_utils.checkpoint_noise_scale at one point, GradientNoiseMonitor during training")
     sums = _layerwise_sums if use_layerwise else _func_sums
     sum_sq, mean_grad = sums(model, loss_fn, inputs, targets, chunk_size)
     if accumulate_grad:
@@ -282,18 +289,24 @@ def _layerwise_sums(model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor, tar
     grads: dict[int, torch.Tensor] = {}
     for module, delta in zip(modules, deltas):
         a = captured[module][0]
-        weight_grad = torch.zeros_like(module.weight).reshape(module.weight.shape[0], -1)
-        bias_grad = torch.zeros_like(module.bias) if module.bias is not None else None
+        # frozen weights or biases are left out of both sums, as the batch gradient leaves them out
+        train_weight = module.weight.requires_grad
+        weight_grad = torch.zeros_like(module.weight).reshape(module.weight.shape[0], -1) if train_weight else None
+        train_bias = module.bias is not None and module.bias.requires_grad
+        bias_grad = torch.zeros_like(module.bias) if train_bias else None
         for lo in range(0, n, chunk_size):
             d, x = _layer_operands(module, a[lo:lo + chunk_size], delta[lo:lo + chunk_size])
-            sq, chunk_grad = _products_sq_norm_and_sum(d, x)
-            weight_grad += chunk_grad
+            sq = torch.zeros(len(d), dtype=torch.float64, device=d.device)
+            if weight_grad is not None:
+                sq, chunk_grad = _products_sq_norm_and_sum(d, x)
+                weight_grad += chunk_grad
             if bias_grad is not None:
                 per_bias = d.sum(1)
                 sq = sq + torch.linalg.vector_norm(per_bias, dim=1).double().square()
                 bias_grad += per_bias.sum(0)
             per_example[lo:lo + chunk_size] += sq
-        grads[id(module.weight)] = weight_grad.reshape(module.weight.shape)
+        if weight_grad is not None:
+            grads[id(module.weight)] = weight_grad.reshape(module.weight.shape)
         if bias_grad is not None:
             grads[id(module.bias)] = bias_grad
     mean_grad = {k: grads.get(id(p), torch.zeros_like(p)) for k, p in model.named_parameters() if p.requires_grad}
