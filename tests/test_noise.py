@@ -694,16 +694,32 @@ def test_layerwise_leaves_frozen_parameters_out_like_func(frozen: str) -> None:
     assert est["layerwise"].g2 == pytest.approx(est["func"].g2, rel=1e-9)
 
 
-def test_func_method_refuses_recurrent_modules_with_the_alternative() -> None:
-    class Tagger(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.lstm, self.head = nn.LSTM(3, 4, batch_first=True), nn.Linear(4, 2)
+class _Tagger(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm, self.head = nn.LSTM(3, 4, batch_first=True), nn.Linear(4, 2)
 
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.head(self.lstm(x)[0][:, -1])
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.lstm(x)[0][:, -1])
 
-    x, y = torch.randn(6, 5, 3), torch.randint(0, 2, (6,))
-    for method in ("func", "auto"):
-        with pytest.raises(ValueError, match=r"recurrent module 'lstm'.*checkpoint_noise_scale"):
-            per_example_estimate(Tagger(), F.cross_entropy, x, y, method=method)
+
+@pytest.mark.filterwarnings("ignore:There is a performance drop")
+def test_func_method_on_an_lstm_matches_per_example_backward_passes_or_refuses_clearly() -> None:
+    for dtype in (torch.float32, torch.float64):
+        torch.manual_seed(4)
+        model = _Tagger().to(dtype)
+        x, y = torch.randn(6, 5, 3, dtype=dtype), torch.randint(0, 2, (6,))
+        grads = []
+        for i in range(len(x)):  # one ordinary backward per example: the independent reference
+            model.zero_grad()
+            F.cross_entropy(model(x[i:i + 1]), y[i:i + 1]).backward()
+            grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]).double())
+        g = torch.stack(grads)
+        trace = float(((g - g.mean(0)) ** 2).sum() / (len(g) - 1))
+        try:
+            est = per_example_estimate(model, F.cross_entropy, x, y, chunk_size=4, method="func")
+        except ValueError as err:  # vmap cannot batch this kernel: the message names the alternatives
+            assert dtype == torch.float64, "float32 on CPU goes through vmap's fallback and must work"
+            assert "recurrent module 'lstm'" in str(err) and "checkpoint_noise_scale" in str(err)
+            continue
+        assert est.trace_sigma == pytest.approx(trace, rel=1e-4)

@@ -110,10 +110,12 @@ def per_example_estimate(
     Methods:
 
     * ``"func"``: ``torch.func`` (``functional_call`` + ``vmap(grad)``) over chunks of
-      ``chunk_size`` examples; works for architectures whose operations ``vmap`` supports
-      (not ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN``, whose fused kernels it cannot batch: a clear
-      ValueError names the alternatives), but materialises ``chunk_size × #params`` numbers
-      per chunk and is ~11× a training step on CPU.
+      ``chunk_size`` examples; works for any architecture whose operations ``vmap`` can run
+      (``nn.LSTM`` in float32 on CPU, through vmap's slow fallback for the fused RNN kernel;
+      where vmap cannot batch a recurrent module, e.g. in float64, a ValueError names the
+      micro-batch alternatives), but materialises ``chunk_size × #params`` numbers per chunk and is ~11×
+      a training step on CPU. For recurrent nets, micro-batches are usually the cheaper
+      source (:func:`gns_utils.checkpoint_noise_scale`, :class:`GradientNoiseMonitor`).
     * ``"layerwise"``: one ordinary batched forward/backward; hooks on ``nn.Linear`` and
       ``nn.Conv2d`` (groups = 1, zero padding) capture each layer's input ``a`` and output
       gradient ``δ``, and ``|g_i|^2`` is assembled per layer from ``δ_iᵀ a_i`` (outer
@@ -146,8 +148,8 @@ def per_example_estimate(
 
     Raises:
         ValueError: fewer than 2 examples, mismatched lengths, bad ``chunk_size`` or
-            ``method``, a model ``"layerwise"`` cannot handle, a recurrent module with
-            ``"func"``, train-mode BatchNorm, or a non-finite gradient norm.
+            ``method``, a model ``"layerwise"`` cannot handle, a recurrent module vmap cannot
+            batch, train-mode BatchNorm, or a non-finite gradient norm.
     """
     n = _check_batch(inputs, targets, chunk_size, minimum=2)
     _check_functional(model)
@@ -157,13 +159,17 @@ def per_example_estimate(
     if method == "layerwise" and reason:
         raise ValueError(f"method='layerwise' cannot handle this model: {reason}")
     use_layerwise = method == "layerwise" or (method == "auto" and not reason)
-    recurrent = [name for name, m in model.named_modules() if isinstance(m, nn.RNNBase)]
-    if not use_layerwise and recurrent:
-        raise ValueError(f"per-example gradients with torch.func cannot run the recurrent module {recurrent[0]!r} "
-                         "(vmap does not batch nn.LSTM/GRU/RNN kernels); measure the noise from micro-batches "
-                         "instead: gns_utils.checkpoint_noise_scale at one point, GradientNoiseMonitor during training")
     sums = _layerwise_sums if use_layerwise else _func_sums
-    sum_sq, mean_grad = sums(model, loss_fn, inputs, targets, chunk_size)
+    try:
+        sum_sq, mean_grad = sums(model, loss_fn, inputs, targets, chunk_size)
+    except RuntimeError as err:
+        recurrent = [name for name, m in model.named_modules() if isinstance(m, nn.RNNBase)]
+        if use_layerwise or not recurrent:
+            raise
+        raise ValueError(f"torch.func could not take per-example gradients through the recurrent module "
+                         f"{recurrent[0]!r} ({err}); vmap batches nn.LSTM/GRU/RNN only on some kernels (float32 on "
+                         "CPU). Measure the noise from micro-batches instead: gns_utils.checkpoint_noise_scale at "
+                         "one point, GradientNoiseMonitor during training") from err
     if accumulate_grad:
         _add_to_grad(model, mean_grad)
     small = float(sum_sq) / n
