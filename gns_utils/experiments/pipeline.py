@@ -90,11 +90,11 @@ def run_experiment(cfg: ExperimentConfig, results_dir: str | Path, progress: boo
     by_goal = by_goal.merge(smoothing_systematic(table, by_goal), on="goal", how="left")
     if hasattr(problem, "exact_prediction"):  # the calibration task: the theory's exact answers per goal
         by_goal = by_goal.merge(exact_b_crit(problem, cfg, table), on="goal", how="left")
-    seed_frames = [seed_b_crit(cfg, by_goal, cfg.seed)]
+    seed_frames = [seed_b_crit(by_goal, cfg.seed)]
     for seed in cfg.seeds:
         other = run_sweep(dataclasses.replace(cfg, seed=seed, seeds=()), results_dir, problem=problem,
                           progress=progress, record=False)
-        seed_frames.append(seed_b_crit(cfg, b_crit_by_goal(best_runs(other, batch="batch_units"),
+        seed_frames.append(seed_b_crit(b_crit_by_goal(best_runs(other, batch="batch_units"),
                                                             batch="batch_units"), seed))
     seeds = pd.concat(seed_frames, ignore_index=True)
     if cfg.seeds:
@@ -150,7 +150,7 @@ def exact_b_crit(problem: Any, cfg: ExperimentConfig, table: pd.DataFrame) -> pd
                          "b_crit_exact": np.asarray(exact.b_crit, float)})
 
 
-def seed_b_crit(cfg: ExperimentConfig, by_goal: pd.DataFrame, seed: int) -> pd.DataFrame:
+def seed_b_crit(by_goal: pd.DataFrame, seed: int) -> pd.DataFrame:
     """One seed's B_crit per goal (``goal, seed, b_crit, b_crit_stderr, bound``)."""
     frame = by_goal[["goal", "b_crit", "b_crit_stderr", "bound"]].copy()
     frame.insert(1, "seed", int(seed))

@@ -45,7 +45,7 @@ from gns_utils.experiments.store import (
 )
 from gns_utils.experiments.train import train_run
 from gns_utils.noise import PerExampleNormMonitor
-from gns_utils.theory import lr_grid_centre
+from gns_utils.theory import lr_grid, lr_grid_centre
 
 #: A run at a batch size stops after this multiple of the fewest steps any run there needed for the last goal.
 PRUNE_FACTOR = 2.0
@@ -55,18 +55,25 @@ def initial_lrs(cfg: ExperimentConfig, batch_size: int, centre: float | None = N
     """The starting grid at B: ``lr_grid_size`` rates, ``lr_grid_spacing`` apart, centred at ``centre``
     (default: the preset law ε_central(B), A.3)."""
     if centre is None:
-        centre = float(lr_grid_centre(batch_size, cfg.lr_star, cfg.lr_b_star, cfg.lr_alpha))
-    offsets = np.arange(cfg.lr_grid_size) - (cfg.lr_grid_size - 1) / 2
-    return [float(centre * cfg.lr_grid_spacing ** k) for k in offsets]
+        return [float(lr) for lr in lr_grid(batch_size, cfg.lr_star, cfg.lr_b_star, cfg.lr_alpha,
+                                            n=cfg.lr_grid_size, spacing=cfg.lr_grid_spacing)]
+    # B* = 0 makes the grid's centre ε* itself: the grid around ``centre``
+    return [float(lr) for lr in lr_grid(batch_size, centre, 0.0, n=cfg.lr_grid_size, spacing=cfg.lr_grid_spacing)]
+
+
+def _fastest_lr(summaries: list[dict], goal: float) -> float | None:
+    """The rate of the run that reached ``goal`` in the fewest steps (None: no run reached it)."""
+    reached = [(s["steps_to_goal"][str(float(goal))], s["config"]["lr"]) for s in summaries
+               if s.get("steps_to_goal", {}).get(str(float(goal))) is not None]
+    return float(min(reached)[1]) if reached else None
 
 
 def best_lr(summaries: list[dict], goals: tuple[float, ...]) -> float | None:
     """The rate of the fastest run for the hardest goal any of ``summaries`` reached (None: no goal reached)."""
     for goal in reversed(goals):
-        reached = [(s["steps_to_goal"][str(float(goal))], s["config"]["lr"]) for s in summaries
-                   if s.get("steps_to_goal", {}).get(str(float(goal))) is not None]
-        if reached:
-            return float(min(reached)[1])
+        lr = _fastest_lr(summaries, goal)
+        if lr is not None:
+            return lr
     return None
 
 
@@ -215,12 +222,10 @@ def sides_to_widen(summaries: list[dict], goals: tuple[float, ...]) -> list[str]
     sides: set[str] = set()
     any_reached = False
     for goal in goals:
-        reached = [(s["steps_to_goal"][str(float(goal))], s["config"]["lr"]) for s in summaries
-                   if s.get("steps_to_goal", {}).get(str(float(goal))) is not None]
-        if not reached:
+        best = _fastest_lr(summaries, goal)
+        if best is None:
             continue
         any_reached = True
-        best = min(reached)[1]
         if len(lrs) > 1 and best == lrs[0]:
             sides.add("low")
         if len(lrs) > 1 and best == lrs[-1]:

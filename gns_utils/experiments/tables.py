@@ -23,7 +23,7 @@ from gns_utils.critical_batch import best_runs
 from gns_utils.experiments.paths import repo_path
 from gns_utils.experiments.pipeline import width_study_verdict
 from gns_utils.experiments.profiles import NOTEBOOK_DOMAINS, WIDTHS_SUFFIX
-from gns_utils.experiments.store import load_metrics, load_run_summaries
+from gns_utils.experiments.store import load_metrics, load_run_summaries, load_run_summary, run_dir
 from gns_utils.experiments.sweep import runs_table
 from gns_utils.theory import fit_optimal_lr
 
@@ -198,8 +198,8 @@ def _fair_test_lines(root, tasks: list[dict]) -> list[str]:
     for s in tasks:
         ref = s["reference_run"]
         goal = s["goals"][-1]
-        best = [r for r in load_run_summaries(root, s["task"]) if r["run_id"] == ref["run_id"]]
-        n = best[0]["steps_to_goal"].get(str(float(goal["goal"]))) if best else None
+        run = load_run_summary(run_dir(root, s["task"], ref["run_id"]), expected_run_id=ref["run_id"])
+        n = run["steps_to_goal"].get(str(float(goal["goal"]))) if run else None
         if n:
             steps.append(f"{n:,.0f} ({s['task']}, B = {ref['batch_units']:,.0f})")
     if steps:

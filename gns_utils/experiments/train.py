@@ -370,19 +370,22 @@ def checkpoint(problem: Any, model: torch.nn.Module, optimizer: torch.optim.Opti
             pre = checkpoint_noise_scale(model, loss_fn, groups, units=units,
                                          preconditioner=adam_preconditioner(optimizer, model))
             out.update(b_simple_preconditioned=pre.b_simple, b_simple_preconditioned_stderr=pre.stderr)
-        if problem.hessian_batch(n, 0) is not None:
-            results = []
-            for r in range(B_NOISE_REPEATS):
-                loss, inputs, targets = problem.hessian_batch(n, 2 * r + 1)
-                _, h_inputs, h_targets = problem.hessian_batch(n, 2 * r + 2)
-                h_inputs, h_targets = h_inputs[: n // HESSIAN_FRACTION], h_targets[: n // HESSIAN_FRACTION]
-                results.append(hessian_noise_scale(model, loss, inputs, targets, hessian_inputs=h_inputs,
-                                                   hessian_targets=h_targets, directions=HESSIAN_DIRECTIONS,
-                                                   generator=torch.Generator().manual_seed(r)))
+        results = []
+        for r in range(B_NOISE_REPEATS):
+            gradient_batch = problem.hessian_batch(n, 2 * r + 1)
+            if gradient_batch is None:  # Hessian-vector products do not run for this problem
+                break
+            loss, inputs, targets = gradient_batch
+            # the Hessian batch: the head of its own block of n (smaller blocks would overlap the others)
+            _, h_inputs, h_targets = problem.hessian_batch(n, 2 * r + 2)
+            h_inputs, h_targets = h_inputs[: n // HESSIAN_FRACTION], h_targets[: n // HESSIAN_FRACTION]
+            results.append(hessian_noise_scale(model, loss, inputs, targets, hessian_inputs=h_inputs,
+                                               hessian_targets=h_targets, directions=HESSIAN_DIRECTIONS,
+                                               generator=torch.Generator().manual_seed(r)))
+        if results:
             combined = combine_hessian_noise_scales(results)
             out.update(b_noise=combined.b_noise, b_noise_stderr=combined.b_noise_stderr,
                        b_simple_hessian_batch=combined.b_simple, trace_h_sigma=combined.trace_h_sigma,
                        g_h_g=combined.g_h_g)
     model.train(was_training)
-    optimizer.zero_grad(set_to_none=True)
     return {k: float(v) for k, v in out.items()}
