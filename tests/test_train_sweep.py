@@ -105,49 +105,53 @@ def test_sweep_widens_the_grid_when_the_best_rate_is_on_the_edge(problem, tmp_pa
 
 def test_interrupted_sweep_resumes_only_missing_runs(problem, tmp_path, monkeypatch):
     cfg = make_experiment({**BASE, "max_widen": 0})
-    calls = []
-    real = sweep_module.train_run
+    real = sweep_module.Run.advance
+    calls = {"n": 0}
 
-    def interrupt_after_three(problem, run_cfg, results_dir, **kwargs):
-        if len(calls) == 3:
+    def interrupt_later(self):
+        calls["n"] += 1
+        if calls["n"] == 40:  # the first batch size's pair has finished, the second is mid-way
             raise KeyboardInterrupt
-        calls.append(run_cfg.run_id)
-        return real(problem, run_cfg, results_dir, **kwargs)
+        return real(self)
 
-    monkeypatch.setattr(sweep_module, "train_run", interrupt_after_three)
+    monkeypatch.setattr(sweep_module.Run, "advance", interrupt_later)
     with pytest.raises(KeyboardInterrupt):
         run_sweep(cfg, tmp_path, problem=problem, progress=False)
-    assert len(calls) == 3
+    finished = {d.name for d in (tmp_path / "tiny" / "runs").iterdir()
+                if (load_run_summary(d) or {}).get("status") is not None}
+    assert 1 <= len(finished) < 6
 
-    resumed = []
-    monkeypatch.setattr(sweep_module, "train_run",
-                        lambda p, c, r, **kw: resumed.append(c.run_id) or real(p, c, r, **kw))
+    monkeypatch.setattr(sweep_module.Run, "advance", real)
     table = run_sweep(cfg, tmp_path, problem=problem, progress=False)
     assert table["run_id"].nunique() == 6
-    assert len(resumed) == 3 and not set(resumed) & set(calls)
     trained = table.drop_duplicates("run_id").set_index("run_id")["trained"]
-    assert set(trained[trained].index) == set(resumed)  # the table says which runs this sweep trained
+    assert set(trained[~trained].index) == finished  # finished runs reused, the rest trained anew
+
+    # resuming gives the runs an uninterrupted sweep gives
+    clean = run_sweep(cfg, tmp_path / "clean", problem=problem, progress=False)
+    columns = ["run_id", "status", "goal", "steps"]
+    pd.testing.assert_frame_equal(table[columns].sort_values(["run_id", "goal"]).reset_index(drop=True),
+                                  clean[columns].sort_values(["run_id", "goal"]).reset_index(drop=True))
 
     # a truncated summary and a deleted folder are both redone; nothing else is
     ids = sorted(table["run_id"].unique())
     (run_dir(tmp_path, "tiny", ids[0]) / "summary.json").write_text('{"status": "compl')
     import shutil
     shutil.rmtree(run_dir(tmp_path, "tiny", ids[1]))
-    resumed.clear()
-    run_sweep(cfg, tmp_path, problem=problem, progress=False)
-    assert sorted(resumed) == ids[:2]
+    again = run_sweep(cfg, tmp_path, problem=problem, progress=False).drop_duplicates("run_id")
+    assert sorted(again.loc[again["trained"], "run_id"]) == ids[:2]
 
 
 def test_failed_run_is_recorded_and_the_sweep_goes_on(problem, tmp_path, monkeypatch):
     cfg = make_experiment({**BASE, "max_widen": 0})
-    real = sweep_module.train_run
+    real = sweep_module.Run.advance
 
-    def fail_at_batch_16(problem, run_cfg, results_dir, **kwargs):
-        if run_cfg.batch_size == 16:
+    def fail_at_batch_16(self):
+        if self.cfg.batch_size == 16 and self.step > 5:
             raise RuntimeError("simulated out-of-memory")
-        return real(problem, run_cfg, results_dir, **kwargs)
+        return real(self)
 
-    monkeypatch.setattr(sweep_module, "train_run", fail_at_batch_16)
+    monkeypatch.setattr(sweep_module.Run, "advance", fail_at_batch_16)
     table = run_sweep(cfg, tmp_path, problem=problem, progress=False)
     statuses = table.drop_duplicates("run_id").set_index("batch_examples")["status"]
     assert (statuses.loc[16] == "failed").all() and (statuses.loc[64] != "failed").all()
@@ -168,22 +172,29 @@ def test_goal_met_before_training_fails_clearly(problem, tmp_path):
     cfg = make_experiment({**BASE, "goals": [0.99, 0.15], "max_widen": 0})
     with pytest.raises(ConfigError, match=r"already met before training"):
         run_sweep(cfg, tmp_path, problem=problem, progress=False)
-    assert len(list((tmp_path / "tiny" / "runs").iterdir())) == 1  # stopped after the first run
+    runs = list((tmp_path / "tiny" / "runs").iterdir())
+    assert runs and not any((run / "summary.json").exists() for run in runs)  # refused before any training step
 
 
-def test_hopeless_rates_are_pruned_without_changing_the_best_runs(problem, tmp_path):
-    cfg = make_experiment({**BASE, "batch_sizes": [4, 8, 16], "lr_grid_size": 3, "lr_grid_spacing": 8.0,
-                           "max_widen": 0})
-    table = run_sweep(cfg, tmp_path, problem=problem, progress=False)
+def test_losing_rates_stop_early_and_the_best_runs_match_an_exhaustive_sweep(problem, tmp_path):
+    base = {**BASE, "batch_sizes": [4, 8, 16], "lr_grid_size": 3, "lr_grid_spacing": 8.0, "max_widen": 0}
+    table = run_sweep(make_experiment(base), tmp_path / "a", problem=problem, progress=False)
+    full = run_sweep(make_experiment({**base, "exhaustive": True}), tmp_path / "b", problem=problem, progress=False)
     runs = table.drop_duplicates("run_id")
     pruned = runs[runs["status"] == "pruned"]
     assert len(pruned) >= 1  # the smallest rates (8x and 64x below the centre) are hopeless
-    for _, run in pruned.iterrows():
-        summary = load_run_summary(run_dir(tmp_path, "tiny", run["run_id"]))
-        last_goal = table[(table.batch_examples == run.batch_examples) & (table.goal == 0.15)]["steps"]
-        assert last_goal.min() < summary["n_steps"] <= 2 * last_goal.max() + 2  # slower than the fastest
-    best = best_runs(table, batch="batch_units")
-    assert not best["run_id"].isin(pruned["run_id"]).any() or best.merge(pruned[["run_id"]])["steps"].notna().all()
+    for _, run in pruned.iterrows():  # stopped only once each goal it had not reached was lost
+        n_steps = load_run_summary(run_dir(tmp_path / "a", "tiny", run["run_id"]))["n_steps"]
+        mine = table[table.run_id == run.run_id]
+        for goal in mine.loc[mine["steps"].isna(), "goal"]:
+            rivals = table[(table.batch_examples == run.batch_examples) & (table.goal == goal)]["steps"]
+            assert rivals.min() <= n_steps
+    columns = ["goal", "batch_units", "lr", "steps"]
+    pd.testing.assert_frame_equal(best_runs(table, batch="batch_units")[columns],
+                                  best_runs(full, batch="batch_units")[columns])
+    examples = {name: sum(load_run_summary(run_dir(tmp_path / name, "tiny", r))["n_examples"]
+                          for r in t["run_id"].unique()) for name, t in (("a", table), ("b", full))}
+    assert examples["a"] < examples["b"]
 
 
 def test_noise_method_per_example_for_linear_nets_micro_batches_otherwise(problem, tmp_path):
@@ -296,10 +307,22 @@ def test_sweep_with_every_rate_diverging_widens_downwards_until_one_trains(probl
     assert (at_4["status"] == "diverged").any() and table[table.batch_examples == 4]["steps"].notna().any()
 
 
-def test_run_continues_past_the_raw_crossing_until_the_smoothed_one(problem, tmp_path):
-    from gns_utils.experiments.train import CONTINUE_FACTOR
-
+def test_run_stops_once_the_smoothed_metric_has_reached_every_goal(problem, tmp_path):
     summary = train_run(problem, make_experiment(BASE).run(16, 0.2), tmp_path, progress=False)
     raw, smooth = summary["steps_to_goal_raw"]["0.15"], summary["steps_to_goal"]["0.15"]
-    assert summary["status"] == "complete" and raw is not None and smooth is not None
-    assert smooth >= raw and summary["n_steps"] >= CONTINUE_FACTOR * raw - 1
+    assert summary["status"] == "complete" and raw is not None and smooth is not None and smooth >= raw
+    log = load_metrics(tmp_path, "tiny", [summary["run_id"]])
+    assert log["metric_step"].iloc[-1] >= smooth > log["metric_step"].iloc[-2]  # the first point past it
+
+
+def test_goal_metric_from_the_steps_batches_matches_the_evaluated_subset(problem, tmp_path):
+    exp = make_experiment({**BASE, "goals": [0.3, 0.2], "eval_examples": 1024})
+    free, evaluated = (train_run(problem, exp.run(16, 0.1, goal_source=source), tmp_path, progress=False)
+                       for source in ("batches", "subset"))
+    assert free["eval_examples_forwarded"] == 1024 and evaluated["n_evaluations"] > 10
+    for goal in ("0.3", "0.2"):  # the same training: goals within a few logged points of each other
+        assert free["steps_to_goal"][goal] == pytest.approx(evaluated["steps_to_goal"][goal], rel=0.35)
+    log = load_metrics(tmp_path, "tiny", [free["run_id"]])
+    later = log[log["step"] > 0]
+    np.testing.assert_allclose(later["error"], later["train_error"])  # the mini-batch means, logged
+    assert (later["metric_step"] < later["step"]).all()  # placed at the mean step of the weights they saw

@@ -32,6 +32,7 @@ OPTIMIZERS = ("sgd", "momentum", "adam")
 METRICS = ("error", "loss")
 DOMAINS = tuple(UNITS)
 NOISE_METHODS = ("auto", "per_example", "micro_batch")
+GOAL_SOURCES = ("batches", "subset")
 
 
 class ConfigError(ValueError):
@@ -61,6 +62,9 @@ class _RunFields:
     noise_method: str = "auto"
     eval_examples: int = 4096
     evals_per_decade: int = 30
+    goal_source: str = "batches"
+    exhaustive: bool = False
+    stop_margin: float | None = None
     grad_clip: float | None = None
     b_noise_examples: int = 0
     seed: int = 0
@@ -115,8 +119,24 @@ class ExperimentConfig(_RunFields):
             ``micro_batch`` (``n_micro`` accumulated micro-batches, any net;
             :class:`~gns_utils.noise.GradientNoiseMonitor`) or ``auto`` (the first
             where the model qualifies, else the second).
-        eval_examples: fixed training subset on which goals are evaluated.
-        evals_per_decade: evaluations per decade of steps (log-spaced schedule).
+        eval_examples: fixed training subset on which the initial loss (and, with
+            ``goal_source="subset"``, the goal metric) is evaluated.
+        evals_per_decade: logged points per decade of steps (log-spaced schedule).
+        goal_source: where the goal metric comes from: ``batches`` (default) — the loss or
+            error of the training steps' own mini-batches, averaged between logged points
+            (free: no extra forward passes) — or ``subset`` — a forward pass over the fixed
+            ``eval_examples`` subset at every logged point, in eval mode (the only choice that
+            is exact for the synthetic task, and for models with dropout or batch norm the
+            eval-mode metric). Both are smoothed (A.3) before the goals are read off.
+        exhaustive: train every learning rate of a grid until it has reached every goal (or
+            diverged, spent its budget, or passed twice the fastest run's steps to the last
+            goal). Default False: a rate stops as soon as it can no longer be the fastest for
+            any goal it has not reached (:mod:`gns_utils.experiments.stopping`); the fits are
+            the same either way.
+        stop_margin: also stop a rate that is more than this factor behind another rate in
+            steps at its own current level (:func:`gns_utils.experiments.stopping.can_still_win`);
+            None (default) = only the exact rule. Faster, and may drop a run that would have
+            won a later goal.
         grad_clip: gradient-norm clipping threshold, or None.
         b_noise_examples: examples used by the Hessian B_noise at goal checkpoints (0 = off).
         seed: random seed (weights, sampling, dropout).
@@ -217,6 +237,10 @@ def _check_experiment(cfg: ExperimentConfig) -> None:
         problems.append(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {cfg.device!r}")
     if cfg.seed in cfg.seeds or len(set(cfg.seeds)) != len(cfg.seeds):
         problems.append(f"seeds must be distinct extra seeds other than seed={cfg.seed}, got {list(cfg.seeds)}")
+    if cfg.goal_source not in GOAL_SOURCES:
+        problems.append(f"goal_source must be one of {GOAL_SOURCES}, got {cfg.goal_source!r}")
+    if cfg.stop_margin is not None and not cfg.stop_margin > 1:
+        problems.append(f"stop_margin must be > 1 or None, got {cfg.stop_margin}")
     if cfg.grad_clip is not None and not cfg.grad_clip > 0:
         problems.append(f"grad_clip must be > 0 or None, got {cfg.grad_clip}")
     problems += _model_problems(cfg.model, cfg.model_kwargs)

@@ -12,7 +12,8 @@ Every problem implements:
 * ``build_model(model, model_kwargs)``  a fresh model on the device: the run's model and
                            keyword arguments over the data-derived ones (input size, vocabulary).
 * ``batch(idx)``           the examples with indices ``idx`` (a device tensor).
-* ``loss(model, batch)``   mean loss per unit (image or token), a scalar tensor.
+* ``loss(model, batch)``   mean loss per unit (image or token), a scalar tensor; classifiers
+                           take a ``metrics`` dict too and put the batch's error rate in it.
 * ``evaluate(model)``      ``{"loss": ..., "error": ...}`` on a fixed training subset.
 * ``measurement_batch(n, index)``  ``n`` examples of a fixed block, disjoint from other indices
                            (the checkpoint noise measurements; apart from the training stream).
@@ -119,9 +120,13 @@ class _Problem:
 class ClassificationProblem(_Problem):
     """Image classification; loss = cross-entropy, error = 1 − accuracy."""
 
-    def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+    def loss(self, model: nn.Module, batch: Batch, metrics: dict[str, float] | None = None) -> torch.Tensor:
+        """Mean cross-entropy; with a ``metrics`` dict, its ``"error"`` is set to the batch's error rate."""
         x, y = batch
-        return F.cross_entropy(model(x), y)
+        logits = model(x)
+        if metrics is not None:
+            metrics["error"] = float((logits.detach().argmax(1) != y).float().mean())
+        return F.cross_entropy(logits, y)
 
     def _eval_sums(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
         x, y = batch

@@ -55,8 +55,8 @@ _IMAGE_PAPER_SVHN_SGD = dict(
     model_kwargs={}, optimizer="sgd", metric="error", goals=[0.2, 0.1, 0.07, 0.05, 0.035, 0.025, 0.015, 0.004],
     batch_sizes=[2**k for k in range(2, 15)], lr_star=0.5, lr_b_star=500.0, lr_grid_size=5,
     lr_grid_spacing=2.0, max_widen=3, budget_examples=20_000_000, eval_examples=10_000,
-    evals_per_decade=40, b_noise_examples=1000, profile="paper",
-)
+    evals_per_decade=40, b_noise_examples=1000, goal_source="subset", profile="paper",
+)  # goal_source "subset": the eval-mode metric of models with dropout / batch norm
 _IMAGE_PAPER = [
     dict(_IMAGE_PAPER_SVHN_SGD, task="mnist_cnn_sgd", dataset="mnist", goals=[0.1, 0.05, 0.03, 0.02, 0.01, 0.005],
          lr_b_star=200.0, budget_examples=10_000_000),
@@ -117,7 +117,8 @@ _AE_PAPER = dict(
     model="autoencoder", model_kwargs={"arch": "conv", "latent": 64, "width": 64, "hidden": 1024},
     optimizer="adam", metric="loss", goals=[1900.0, 1870.0, 1860.0, 1855.0],
     batch_sizes=[2**k for k in range(1, 12)], lr_star=1e-3, lr_b_star=64.0, lr_alpha=0.5, lr_grid_size=5,
-    max_widen=3, budget_examples=5_000_000, eval_examples=4096, evals_per_decade=40, profile="paper",
+    max_widen=3, budget_examples=5_000_000, eval_examples=4096, evals_per_decade=40, goal_source="subset",
+    profile="paper",
 )
 _VAE_PAPER = dict(_AE_PAPER, task="svhn_vae", model="vae")
 
@@ -131,8 +132,8 @@ _SYNTH_CPU = dict(
     optimizer="sgd", metric="loss", goals=[0.63, 0.55, 0.523, 0.507, 0.502, 0.5006],
     batch_sizes=[2**k for k in range(3, 15)], lr_star=1.75, lr_b_star=3000.0, lr_alpha=1.0, lr_grid_size=3,
     lr_grid_spacing=2.0, max_widen=5, budget_examples=1_000_000, eval_examples=1, evals_per_decade=30,
-    b_noise_examples=2048, seeds=[1, 2], profile="cpu",
-)
+    b_noise_examples=2048, seeds=[1, 2], goal_source="subset", profile="cpu",
+)  # goal_source "subset": this problem's evaluation is the exact population loss, at no cost
 _SYNTH_SMOKE = dict(_SYNTH_CPU, task="smoke_noisy_linear", data_kwargs={"dim": 8, "power": 1.0, "noise_var": 1.0,
                                                                         "data_seed": 6},
                     goals=[0.7, 0.55], batch_sizes=[8, 32, 128], lr_grid_size=2, max_widen=1,

@@ -15,16 +15,16 @@ Every run's folder is named by the hash of its config; a run whose folder alread
 holds a valid final ``summary.json`` is reused, anything else is (re)trained, so an
 interrupted sweep resumes with nothing lost and nothing half-read.
 
-Pruning: at each batch size the grid's centre rate runs first; once some run has reached
-the last goal in S* steps, later runs at that batch size stop (status ``pruned``) after
-``PRUNE_FACTOR`` × S* steps. Such a run cannot be the fastest for any goal (the fastest
-run reached every goal within S* steps), so the points of the (2.11) fit are unchanged;
-only time spent on hopeless learning rates is saved.
+Stopping: the learning rates of a batch size train side by side, in lockstep, and each stops
+as soon as it can no longer be the fastest for any goal it has not reached: every such goal
+was already reached by another rate in no more steps (:mod:`gns_utils.experiments.stopping`;
+``stop_margin`` adds a predictive rule, ``exhaustive=True`` turns stopping off). Rates added
+when the grid widens train against the finished rates' stored curves. The stopped runs
+(status ``pruned``) are never the fastest for a goal, so the (2.11) fits are unchanged.
 """
 
 from __future__ import annotations
 
-import math
 import traceback
 from pathlib import Path
 from typing import Any
@@ -43,12 +43,10 @@ from gns_utils.experiments.store import (
     task_dir,
     write_json_atomic,
 )
-from gns_utils.experiments.train import train_run
+from gns_utils.experiments.stopping import Curve, run_group
+from gns_utils.experiments.train import Run, train_run
 from gns_utils.noise import PerExampleNormMonitor
 from gns_utils.theory import lr_grid, lr_grid_centre
-
-#: A run at a batch size stops after this multiple of the fewest steps any run there needed for the last goal.
-PRUNE_FACTOR = 2.0
 
 
 def initial_lrs(cfg: ExperimentConfig, batch_size: int, centre: float | None = None) -> list[float]:
@@ -112,14 +110,88 @@ def run_or_load(problem: Any, cfg: RunConfig, results_dir: str | Path, progress:
     try:
         return train_run(problem, cfg, results_dir, progress=progress, prune_after=prune_after), True
     except Exception as err:  # noqa: BLE001 — recorded, the sweep continues
-        summary = {"run_id": cfg.run_id, "status": "failed", "config": cfg.to_dict(),
-                   "batch_units": cfg.batch_size * problem.units_per_example,
-                   "error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc(),
-                   "steps_to_goal": {str(g): None for g in cfg.goals},
-                   "provenance": provenance(device=str(getattr(problem, "device", None)), seed=cfg.seed)}
-        folder.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(folder / "summary.json", summary)
-        return summary, True
+        return _record_failure(problem, cfg, results_dir, err), True
+
+
+def _record_failure(problem: Any, cfg: RunConfig, results_dir: str | Path, err: Exception) -> dict:
+    """Write (and return) the summary of a run that raised: status ``failed`` with its traceback."""
+    folder = run_dir(results_dir, cfg.task, cfg.run_id)
+    summary = {"run_id": cfg.run_id, "status": "failed", "config": cfg.to_dict(),
+               "batch_units": cfg.batch_size * problem.units_per_example,
+               "error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc(),
+               "steps_to_goal": {str(g): None for g in cfg.goals},
+               "provenance": provenance(device=str(getattr(problem, "device", None)), seed=cfg.seed)}
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(folder / "summary.json", summary)
+    return summary
+
+
+class _Member:
+    """A :class:`~gns_utils.experiments.train.Run` in a grid: an exception ends it as ``failed``, not the grid."""
+
+    def __init__(self, problem: Any, cfg: RunConfig, results_dir: str | Path, progress: bool) -> None:
+        self.problem, self.cfg, self.results_dir = problem, cfg, results_dir
+        self.run: Run | None = None
+        self.summary: dict | None = None
+        try:
+            self.run = Run(problem, cfg, results_dir, progress)
+            self.curve = self.run.curve
+        except Exception as err:  # noqa: BLE001 — recorded, the sweep continues
+            self._fail(err)
+
+    def _fail(self, err: Exception) -> None:
+        self.summary = _record_failure(self.problem, self.cfg, self.results_dir, err)
+        self.curve = Curve(lr=self.cfg.lr, status="failed")
+
+    def advance(self) -> None:
+        try:
+            self.run.advance()
+        except Exception as err:  # noqa: BLE001
+            self._fail(err)
+        self._collect()
+
+    def stop(self, status: str) -> None:
+        self.run.stop(status)
+        self._collect()
+
+    def _collect(self) -> None:
+        if self.summary is None and self.run is not None and self.run.summary is not None:
+            self.summary = self.run.summary
+
+
+def train_group(problem: Any, cfgs: list[RunConfig], results_dir: str | Path, goals: tuple[float, ...],
+                rivals: list[Curve] = (), exhaustive: bool = False, margin: float | None = None,
+                progress: bool = True) -> list[dict]:
+    """Train the runs of one batch size's grid in lockstep; each stops once it can no longer be the
+    fastest (:func:`gns_utils.experiments.stopping.run_group`). ``rivals``: curves of the grid's
+    runs that already finished. Returns the runs' summaries."""
+    members = [_Member(problem, c, results_dir, progress) for c in cfgs]
+    for m in members:
+        if m.run is not None and m.run.initial_metric <= goals[0]:
+            raise ConfigError(
+                f"goals {[g for g in goals if g >= m.run.initial_metric]} of task {m.cfg.task} are already met before "
+                f"training (initial {m.cfg.metric}: {m.run.initial_metric:.4g}); choose goals below it")
+    run_group(members, goals, rivals=rivals, margin=margin, exhaustive=exhaustive)
+    return [m.summary for m in members]
+
+
+def stored_curve(results_dir: str | Path, summary: dict) -> Curve:
+    """The goal-metric curve of a finished run, from its ``metrics.csv`` (a rival of later runs)."""
+    cfg = summary["config"]
+    curve = Curve(lr=cfg["lr"], status=summary["status"])
+    path = run_dir(results_dir, cfg["task"], summary["run_id"]) / "metrics.csv"
+    if summary["status"] == "failed" or not path.exists():
+        return curve
+    frame = pd.read_csv(path)
+    if "metric_step" in frame:
+        if cfg.get("goal_source", "subset") == "batches":
+            frame = frame[frame["step"] > 0]
+        steps, values = frame["metric_step"], frame["metric"]
+    else:
+        steps, values = frame["step"], frame[cfg["metric"]]
+    keep = steps.notna()
+    curve.steps, curve.values = steps[keep].astype(float).tolist(), values[keep].astype(float).tolist()
+    return curve
 
 
 def run_sweep(cfg: ExperimentConfig, results_dir: str | Path, problem: Any = None, progress: bool = True,
@@ -152,15 +224,22 @@ def run_sweep(cfg: ExperimentConfig, results_dir: str | Path, problem: Any = Non
         fresh: dict[float, bool] = {}
         widened = {"low": 0, "high": 0}
         while True:
-            for lr in _centre_first(lrs):
-                if lr in done:
-                    continue
-                summary, fresh[lr] = run_or_load(problem, cfg.run(batch_size, lr), results_dir, progress,
-                                                 prune_after=_prune_bound(done.values(), cfg.goals))
+            group = []
+            for lr in (lr for lr in lrs if lr not in done):
+                run_cfg = cfg.run(batch_size, lr)
+                summary = load_run_summary(run_dir(results_dir, cfg.task, run_cfg.run_id), expected_run_id=run_cfg.run_id)
+                if summary is not None and summary["status"] in FINAL_STATUSES:
+                    done[lr], fresh[lr] = summary, False
+                else:
+                    group.append(run_cfg)
+            if group:
+                rivals = [stored_curve(results_dir, s) for s in done.values()]
+                bar.set_postfix(B=batch_size, rates=len(group))
+                for run_cfg, summary in zip(group, train_group(problem, group, results_dir, cfg.goals, rivals,
+                                                              cfg.exhaustive, cfg.stop_margin, progress)):
+                    done[run_cfg.lr], fresh[run_cfg.lr] = summary, True
+            for summary in done.values():
                 _check_goals_not_met_at_start(summary)
-                done[lr] = summary
-                bar.update(1)
-                bar.set_postfix(B=batch_size, lr=f"{lr:.3g}", status=summary["status"])
             sides = [side for side in sides_to_widen(list(done.values()), cfg.goals) if widened[side] < cfg.max_widen]
             if not sides:
                 break
@@ -169,6 +248,7 @@ def run_sweep(cfg: ExperimentConfig, results_dir: str | Path, problem: Any = Non
             lrs = sorted(set(done) | {min(done) / cfg.lr_grid_spacing if side == "low" else max(done) * cfg.lr_grid_spacing
                                       for side in sides})
             bar.total += len(sides)
+        bar.update(len(done))
         summaries.extend(done.values())
         trained.extend(fresh[lr] for lr in done)
         best = best_lr(list(done.values()), cfg.goals)
@@ -186,19 +266,6 @@ def _check_noise_method(problem: Any, cfg: ExperimentConfig) -> None:
     if reason:
         raise ConfigError(f"noise_method='per_example' cannot measure model {cfg.model!r}: {reason}. "
                           "Use noise_method='micro_batch' (or 'auto', which picks it for such models).")
-
-
-def _centre_first(lrs: list[float]) -> list[float]:
-    """The grid reordered from its centre outwards, so the pruning bound is known early."""
-    centre = (len(lrs) - 1) / 2
-    return [lr for _, lr in sorted(enumerate(lrs), key=lambda item: (abs(item[0] - centre), item[0]))]
-
-
-def _prune_bound(summaries: Any, goals: tuple[float, ...]) -> int | None:
-    """``PRUNE_FACTOR`` × the fewest steps any finished run needed for the last goal (None if none did)."""
-    steps = [s.get("steps_to_goal", {}).get(str(float(goals[-1]))) for s in summaries]
-    steps = [v for v in steps if v is not None]
-    return int(math.ceil(PRUNE_FACTOR * min(steps))) + 1 if steps else None
 
 
 def _check_goals_not_met_at_start(summary: dict) -> None:

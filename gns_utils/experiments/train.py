@@ -34,6 +34,7 @@ from gns_utils.critical_batch import DEFAULT_SMOOTHING, steps_to_target
 from gns_utils.experiments.config import RunConfig
 from gns_utils.experiments.models import count_parameters
 from gns_utils.experiments.seed import set_seed
+from gns_utils.experiments.stopping import Curve
 from gns_utils.experiments.store import (
     MetricsWriter,
     provenance,
@@ -54,9 +55,6 @@ from gns_utils.noise import (
 BLOWUP_FACTOR = 5.0
 #: Decay of the two EMAs of |G|^2 and tr Σ behind B_simple (window ≈ 1 / (1 − decay) steps).
 NOISE_EMA_DECAY = 0.99
-#: After the raw metric first reaches the last goal at step s, the run goes on to ``CONTINUE_FACTOR`` × s
-#: (and until the smoothed curve has reached every goal), so the smoothed crossing (A.3) is defined.
-CONTINUE_FACTOR = 1.3
 #: Independent micro-batches behind B_simple at a goal's checkpoint (:func:`checkpoint`).
 CHECKPOINT_GROUPS = 16
 #: Repeats of B_noise (2.8) at a checkpoint, each on its own gradient and Hessian blocks.
@@ -144,9 +142,163 @@ def _split(batch: tuple[torch.Tensor, ...], parts: int) -> list[tuple[torch.Tens
     return [tuple(c[i] for c in chunks) for i in range(len(chunks[0]))]
 
 
+class Run:
+    """One training run, advanced from logged point to logged point.
+
+    A :class:`gns_utils.experiments.stopping.Member`: the sweep trains the learning rates of a
+    batch size side by side (:func:`gns_utils.experiments.stopping.run_group`) and stops the
+    ones that can no longer be the fastest; :func:`train_run` trains a single run to its end.
+    The run writes ``config.json`` and ``metrics.csv`` as it goes and ``summary.json`` when it
+    ends (:meth:`stop` or one of the statuses of :data:`gns_utils.experiments.store.STATUSES`).
+
+    The goal metric of each logged point (``cfg.goal_source``): with ``batches``, the mean
+    loss (or error) of the training steps since the previous logged point, placed at the mean
+    step of the weights those mini-batches saw; with ``subset``, an evaluation of the fixed
+    training subset at the logged step. Either way the step 0 evaluation gives the initial
+    loss, against which divergence (``BLOWUP_FACTOR``) is judged.
+    """
+
+    def __init__(self, problem: Any, cfg: RunConfig, results_dir: str | Path, progress: bool = True) -> None:
+        self.problem, self.cfg = problem, cfg
+        self.folder = run_dir(results_dir, cfg.task, cfg.run_id)
+        if self.folder.exists():
+            shutil.rmtree(self.folder)
+        self.folder.mkdir(parents=True)
+        write_json_atomic(self.folder / "config.json", {"run_id": cfg.run_id, "config": cfg.to_dict()})
+        self.start = time.perf_counter()
+        set_seed(cfg.seed)
+        self.model = problem.build_model(cfg.model, cfg.model_kwargs)  # the run's size (e.g. the Fig 8 widths)
+        if hasattr(problem, "restart_stream"):  # problems that draw fresh examples: the stream follows the run's seed
+            problem.restart_stream(cfg.seed)
+        self.model.train()
+        self.optimizer = make_optimizer(self.model, cfg)
+        self.sampler = EpochSampler(problem.n_train, cfg.batch_size, torch.Generator().manual_seed(cfg.seed),
+                                    problem.device)
+        self.monitor, self.n_micro = noise_monitor(self.model, cfg.noise_method, min(cfg.n_micro, cfg.batch_size))
+        self.ema = NoiseScaleEMA(decay=NOISE_EMA_DECAY, adaptive=NOISE_EMA_ADAPTIVE)
+        self.units_per_step = cfg.batch_size * problem.units_per_example
+        self.max_steps = int(math.ceil(cfg.budget_examples / cfg.batch_size))
+        self.schedule = [int(t) for t in eval_schedule(self.max_steps, cfg.evals_per_decade)]
+        self.goals_left = list(cfg.goals)
+        self.b_noise_rows: list[dict[str, float]] = []
+        self.curve = Curve(lr=cfg.lr)
+        self.step = 0
+        self.n_evaluations = 0
+        self.summary: dict[str, Any] | None = None
+        self._interval = _empty_interval()
+        self._writer = MetricsWriter(self.folder / "metrics.csv")
+        self._bar = tqdm(total=self.max_steps, desc=f"B={cfg.batch_size} lr={cfg.lr:.3g}", leave=False,
+                         disable=not progress)
+        initial = self._evaluate()
+        self.initial_loss = initial["loss"]
+        self.initial_metric = initial[cfg.metric]
+        self._log(0, initial)
+
+    def _evaluate(self) -> dict[str, float]:
+        self.n_evaluations += 1
+        return self.problem.evaluate(self.model)
+
+    def advance(self) -> None:
+        """Train to the next logged step and log it; sets ``curve.status`` when the run ends."""
+        target = next(t for t in self.schedule if t > self.step)
+        while self.step < target:
+            self.step += 1
+            loss = _train_step(self.problem, self.model, self.optimizer, self.sampler, self.monitor, self.ema,
+                               self._interval, self.n_micro, self.cfg.grad_clip, self.cfg.metric == "error")
+            self._bar.update(1)
+            if not math.isfinite(loss):
+                self._write_row({"loss": math.nan, "error": math.nan}, math.nan, math.nan)
+                self._finish("diverged")
+                return
+        self._log(self.step, self._evaluate() if self.cfg.goal_source == "subset" else None)
+
+    def _log(self, step: int, evaluation: dict[str, float] | None) -> None:
+        """Record the logged point ``step``: its goal metric, goals reached, divergence and the end of the run."""
+        interval, cfg = self._interval, self.cfg
+        if evaluation is not None:  # the subset's metric, at the logged step
+            position, metric, loss = float(step), evaluation[cfg.metric], evaluation["loss"]
+        else:  # the mean of the steps' own mini-batches, at the mean step of the weights they saw
+            n = interval["steps"]
+            position = step - (n + 1) / 2
+            metric = interval[f"train_{cfg.metric}"] / n
+            loss = interval["train_loss"] / n
+            # the loss / error columns hold the goal source's values (here the mini-batch means)
+            evaluation = {"loss": loss, "error": interval["train_error"] / n if cfg.metric == "error" else math.nan}
+        self._write_row(evaluation, position if step > 0 else 0.0, metric)
+        self._interval = _empty_interval()
+        if not math.isfinite(loss) or loss > BLOWUP_FACTOR * self.initial_loss:
+            self._finish("diverged")
+            return
+        if step > 0 or cfg.goal_source == "subset":
+            self.curve.steps.append(position if step > 0 else 0.0)
+            self.curve.values.append(metric)
+        while self.goals_left and metric <= self.goals_left[0]:
+            goal = self.goals_left.pop(0)
+            if cfg.b_noise_examples:
+                self.b_noise_rows.append({"goal": goal, "step": step,
+                                          **checkpoint(self.problem, self.model, self.optimizer, cfg)})
+                self.monitor.reset()  # the measurement's backward passes are not a training step
+        if np.isfinite(self.curve.steps_to(cfg.goals[-1])).all():
+            self._finish("complete")
+        elif step >= self.max_steps:
+            self._finish("budget_exhausted")
+
+    def _write_row(self, evaluation: dict[str, float], position: float, metric: float) -> None:
+        row = _metrics_row(self.step, self.units_per_step, self.sampler.epoch, evaluation, self._interval, self.ema,
+                           time.perf_counter() - self.start)
+        self._writer.write({**row, "metric_step": position, "metric": metric})
+
+    def stop(self, status: str = "pruned") -> None:
+        """End the run now (the sweep found it can no longer be the fastest): writes its summary."""
+        self._finish(status)
+
+    def _finish(self, status: str) -> None:
+        if self.summary is not None:
+            return
+        self.curve.status = status
+        self._writer.close()
+        self._bar.close()
+        if self.b_noise_rows:
+            pd.DataFrame(self.b_noise_rows).to_csv(self.folder / "b_noise.csv", index=False)
+        cfg = self.cfg
+        steps_needed, steps_raw = (_steps_to_goals(self.curve, cfg.goals, smoothing)
+                                   for smoothing in (DEFAULT_SMOOTHING, 0.0))
+        self.summary = {
+            "run_id": cfg.run_id,
+            "status": status,
+            "config": cfg.to_dict(),
+            "units_per_example": self.problem.units_per_example,
+            "batch_units": self.units_per_step,
+            "steps_to_goal": _by_goal(cfg.goals, steps_needed),
+            "steps_to_goal_raw": _by_goal(cfg.goals, steps_raw),
+            "smoothing": DEFAULT_SMOOTHING,
+            "goal_source": cfg.goal_source,
+            "n_parameters": count_parameters(self.model),
+            "n_steps": self.step,
+            "n_examples": self.step * cfg.batch_size,
+            "n_evaluations": self.n_evaluations,
+            "eval_examples_forwarded": self.n_evaluations * min(cfg.eval_examples, self.problem.n_train),
+            "final_metric": self.curve.values[-1] if self.curve.values else None,
+            "initial_loss": self.initial_loss,
+            "initial_metric": self.initial_metric,
+            "b_simple_final": self.ema.b_simple if self.ema.count else None,
+            "noise_method": "per_example" if isinstance(self.monitor, PerExampleNormMonitor) else "micro_batch",
+            "noise_steps": self.ema.count,
+            "noise_negative_g2": self.ema.n_negative_g2,
+            "noise_skipped": self.monitor.n_skipped,
+            "wall_time_s": time.perf_counter() - self.start,
+            "provenance": provenance(device=str(self.problem.device), seed=cfg.seed),
+        }
+        write_json_atomic(self.folder / "summary.json", self.summary)
+
+
+def _empty_interval() -> dict[str, float]:
+    return {"g2": 0.0, "tr": 0.0, "n": 0, "train_loss": 0.0, "train_error": 0.0, "steps": 0}
+
+
 def train_run(problem: Any, cfg: RunConfig, results_dir: str | Path, progress: bool = True,
               prune_after: int | None = None) -> dict[str, Any]:
-    """Train one run and write ``config.json``, ``metrics.csv`` and ``summary.json``.
+    """Train one run to its end and write ``config.json``, ``metrics.csv`` and ``summary.json``.
 
     Any previous contents of the run folder are removed first (the caller decides
     whether a finished run may be reused; see :func:`gns_utils.experiments.sweep.run_sweep`).
@@ -156,127 +308,31 @@ def train_run(problem: Any, cfg: RunConfig, results_dir: str | Path, progress: b
         cfg: the run's configuration.
         results_dir: root of the results store.
         progress: show a tqdm bar over steps.
-        prune_after: stop with status ``pruned`` after this many steps if the last goal
-            is still unreached (the sweep passes a bound past which the run cannot be the
-            fastest at its batch size for any goal); None = run to the budget.
+        prune_after: stop with status ``pruned`` at the first logged step from this one on if the run
+            has not ended; None = run until it reaches every goal, diverges or spends its budget.
 
     Returns:
         The summary written to ``summary.json``.
     """
-    folder = run_dir(results_dir, cfg.task, cfg.run_id)
-    if folder.exists():
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
-    write_json_atomic(folder / "config.json", {"run_id": cfg.run_id, "config": cfg.to_dict()})
-    start = time.perf_counter()
-
-    set_seed(cfg.seed)
-    model = problem.build_model(cfg.model, cfg.model_kwargs)  # the run's size (e.g. the Fig 8 widths)
-    if hasattr(problem, "restart_stream"):  # problems that draw fresh examples: the stream follows the run's seed
-        problem.restart_stream(cfg.seed)
-    model.train()
-    optimizer = make_optimizer(model, cfg)
-    sampler = EpochSampler(problem.n_train, cfg.batch_size, torch.Generator().manual_seed(cfg.seed), problem.device)
-    monitor, n_micro = noise_monitor(model, cfg.noise_method, min(cfg.n_micro, cfg.batch_size))
-    ema = NoiseScaleEMA(decay=NOISE_EMA_DECAY, adaptive=NOISE_EMA_ADAPTIVE)
-    units_per_step = cfg.batch_size * problem.units_per_example
-    max_steps = int(math.ceil(cfg.budget_examples / cfg.batch_size))
-    schedule = set(eval_schedule(max_steps, cfg.evals_per_decade).tolist())
-    if prune_after is not None:
-        schedule.add(int(prune_after))
-    goals_left = list(cfg.goals)
-    b_noise_rows: list[dict[str, float]] = []
-    interval = {"g2": 0.0, "tr": 0.0, "n": 0, "loss": 0.0, "steps": 0}
-    status = "budget_exhausted"
-    initial_loss = math.nan
-    stop_at = max_steps
-    history: dict[str, list[float]] = {"step": [], "metric": []}
-
-    bar = tqdm(total=max_steps, desc=f"B={cfg.batch_size} lr={cfg.lr:.3g}", leave=False, disable=not progress)
-    with MetricsWriter(folder / "metrics.csv") as writer:
-        step = 0
-        while True:
-            if step in schedule:
-                evaluation = problem.evaluate(model)
-                if step == 0:
-                    initial_loss = evaluation["loss"]
-                metric = evaluation[cfg.metric]
-                diverged = not math.isfinite(evaluation["loss"]) or evaluation["loss"] > BLOWUP_FACTOR * initial_loss
-                writer.write(_metrics_row(step, units_per_step, sampler.epoch, evaluation, interval, ema,
-                                          time.perf_counter() - start))
-                interval = {"g2": 0.0, "tr": 0.0, "n": 0, "loss": 0.0, "steps": 0}
-                if diverged:
-                    status = "diverged"
-                    break
-                history["step"].append(step)
-                history["metric"].append(metric)
-                while goals_left and metric <= goals_left[0]:
-                    goal = goals_left.pop(0)
-                    if cfg.b_noise_examples:
-                        b_noise_rows.append({"goal": goal, "step": step, **checkpoint(problem, model, optimizer, cfg)})
-                        monitor.reset()  # the measurement's backward passes are not a training step
-                    if not goals_left:
-                        stop_at = max(int(math.ceil(CONTINUE_FACTOR * step)), step + 1)
-                        schedule.add(stop_at)
-                if not goals_left and step >= stop_at and _smoothed_reached_all(history, cfg.goals):
-                    status = "complete"
-                    break
-                if step >= max_steps:
-                    break
-                if prune_after is not None and step >= prune_after:
-                    status = "pruned"
-                    break
-            step += 1
-            loss = _train_step(problem, model, optimizer, sampler, monitor, ema, interval, n_micro, cfg.grad_clip)
-            bar.update(1)
-            if not math.isfinite(loss):
-                status = "diverged"
-                writer.write(_metrics_row(step, units_per_step, sampler.epoch, {"loss": math.nan, "error": math.nan},
-                                          interval, ema, time.perf_counter() - start))
-                break
-    bar.close()
-
-    if b_noise_rows:
-        pd.DataFrame(b_noise_rows).to_csv(folder / "b_noise.csv", index=False)
-    steps_needed, steps_raw = (_steps_to_goals(history, cfg.goals, smoothing)
-                               for smoothing in (DEFAULT_SMOOTHING, 0.0))
-    summary = {
-        "run_id": cfg.run_id,
-        "status": status,
-        "config": cfg.to_dict(),
-        "units_per_example": problem.units_per_example,
-        "batch_units": units_per_step,
-        "steps_to_goal": _by_goal(cfg.goals, steps_needed),
-        "steps_to_goal_raw": _by_goal(cfg.goals, steps_raw),
-        "smoothing": DEFAULT_SMOOTHING,
-        "n_parameters": count_parameters(model),
-        "n_steps": step,
-        "n_examples": step * cfg.batch_size,
-        "final_metric": history["metric"][-1] if history["metric"] else None,
-        "initial_loss": initial_loss,
-        "initial_metric": history["metric"][0] if history["metric"] else None,
-        "b_simple_final": ema.b_simple if ema.count else None,
-        "noise_method": "per_example" if isinstance(monitor, PerExampleNormMonitor) else "micro_batch",
-        "noise_steps": ema.count,
-        "noise_negative_g2": ema.n_negative_g2,
-        "noise_skipped": monitor.n_skipped,
-        "wall_time_s": time.perf_counter() - start,
-        "provenance": provenance(device=str(problem.device), seed=cfg.seed),
-    }
-    write_json_atomic(folder / "summary.json", summary)
-    return summary
+    run = Run(problem, cfg, results_dir, progress)
+    while run.curve.status is None:
+        if prune_after is not None and run.step >= prune_after:
+            run.stop("pruned")
+            break
+        run.advance()
+    assert run.summary is not None
+    return run.summary
 
 
-def _steps_to_goals(history: dict[str, list[float]], goals: tuple[float, ...], smoothing: float) -> np.ndarray:
-    """Steps at which the evaluated metric, EMA-smoothed over logged points (A.3), first reaches each goal."""
-    if not history["step"]:
+def _steps_to_goals(curve: Curve, goals: tuple[float, ...], smoothing: float) -> np.ndarray:
+    """Steps at which the goal metric, EMA-smoothed over logged points (A.3), first reaches each goal."""
+    steps, values = np.array(curve.steps, float), np.array(curve.values, float)
+    finite = np.isfinite(values)
+    if not finite.all():  # a diverged tail reaches nothing
+        steps, values = steps[: int(np.argmin(finite))], values[: int(np.argmin(finite))]
+    if not steps.size:
         return np.full(len(goals), np.nan)
-    return steps_to_target(np.array(history["step"], float), np.array(history["metric"], float),
-                           np.array(goals, float), smoothing=smoothing)
-
-
-def _smoothed_reached_all(history: dict[str, list[float]], goals: tuple[float, ...]) -> bool:
-    return bool(np.isfinite(_steps_to_goals(history, goals, DEFAULT_SMOOTHING)).all())
+    return steps_to_target(steps, values, np.array(goals, float), smoothing=smoothing)
 
 
 def _by_goal(goals: tuple[float, ...], steps: np.ndarray) -> dict[str, float | None]:
@@ -285,17 +341,22 @@ def _by_goal(goals: tuple[float, ...], steps: np.ndarray) -> dict[str, float | N
 
 def _train_step(problem: Any, model: torch.nn.Module, optimizer: torch.optim.Optimizer, sampler: EpochSampler,
                 monitor: GradientNoiseMonitor | PerExampleNormMonitor, ema: NoiseScaleEMA, interval: dict[str, float],
-                n_micro: int, grad_clip: float | None) -> float:
-    """One optimizer step over ``n_micro`` micro-batches (1 with per-example norms); returns the batch loss."""
+                n_micro: int, grad_clip: float | None, count_errors: bool = False) -> float:
+    """One optimizer step over ``n_micro`` micro-batches (1 with per-example norms); returns the batch loss.
+
+    Adds the batch's loss (and, with ``count_errors``, its error rate) to ``interval``."""
     batch = problem.batch(sampler.next())
     total_units = problem.units(batch)
     optimizer.zero_grad(set_to_none=True)  # the first backward then takes its gradient buffer, no addition
     loss_sum = 0.0
+    error_sum = 0.0
     capture = monitor.capture if isinstance(monitor, PerExampleNormMonitor) else contextlib.nullcontext
     for micro in _split(batch, n_micro) if n_micro > 1 else [batch]:
         units = problem.units(micro)
+        metrics: dict[str, float] = {}
         with capture():
-            loss = problem.loss(model, micro)
+            loss = problem.loss(model, micro, metrics) if count_errors else problem.loss(model, micro)
+        error_sum += metrics.get("error", math.nan) * units / total_units
         if n_micro > 1:
             loss = loss * (units / total_units)
         loss.backward()
@@ -307,7 +368,8 @@ def _train_step(problem: Any, model: torch.nn.Module, optimizer: torch.optim.Opt
         interval["g2"] += float(estimate.g2)
         interval["tr"] += float(estimate.trace_sigma)
         interval["n"] += 1
-    interval["loss"] += loss_sum
+    interval["train_loss"] += loss_sum
+    interval["train_error"] += error_sum
     interval["steps"] += 1
     if not math.isfinite(loss_sum):
         return loss_sum
@@ -326,7 +388,8 @@ def _metrics_row(step: int, units_per_step: int, epoch: int, evaluation: dict[st
         "epoch": epoch,
         "loss": evaluation.get("loss", math.nan),
         "error": evaluation.get("error", math.nan),
-        "train_loss": interval["loss"] / interval["steps"] if interval["steps"] else math.nan,
+        "train_loss": interval["train_loss"] / interval["steps"] if interval["steps"] else math.nan,
+        "train_error": interval["train_error"] / interval["steps"] if interval["steps"] else math.nan,
         "g2_mean": interval["g2"] / n if n else math.nan,
         "trace_sigma_mean": interval["tr"] / n if n else math.nan,
         "noise_steps": n,

@@ -1,0 +1,90 @@
+"""Stopping losing learning rates early: the rules on exact curves, a late flip, a real sweep, the stored runs."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from gns_utils.critical_batch import best_runs
+from gns_utils.experiments.compute import compute_table, replay_stopping
+from gns_utils.experiments.config import make_experiment
+from gns_utils.experiments.problems import make_problem
+from gns_utils.experiments.profiles import presets
+from gns_utils.experiments.stopping import Curve, can_still_win, replay
+from gns_utils.experiments.sweep import run_sweep
+
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+GOALS = (0.5, 0.3, 0.1)
+STEPS = np.arange(1, 401, dtype=float)
+
+
+def _curve(values, status=None):
+    return Curve(steps=list(STEPS[: len(values)]), values=list(values), status=status)
+
+
+def test_exact_rule_stops_a_run_only_once_every_goal_it_has_not_reached_is_lost():
+    fast = np.exp(-STEPS / 40)  # reaches 0.5, 0.3, 0.1 at steps ≈ 28, 48, 92
+    slow = np.exp(-STEPS / 80)  # twice as slow everywhere
+    # at step 60 the fast run has reached 0.5 and 0.3 but not 0.1: the slow run could still win 0.1
+    assert can_still_win(_curve(slow[:60]), [_curve(fast[:60])], GOALS)
+    # once the fast run reached 0.1 (step 92) the slow run, not there yet, has lost every goal left
+    assert not can_still_win(_curve(slow[:95]), [_curve(fast[:95])], GOALS)
+    # a run that has reached every goal has nothing left to win
+    assert not can_still_win(_curve(fast[:200]), [], GOALS)
+    # the rival's curve counts only up to the member's own step (lockstep, replay and resume agree)
+    assert can_still_win(_curve(slow[:60]), [_curve(fast)], GOALS)
+
+
+def test_late_flip_keeps_the_slow_starter_that_wins_the_last_goal_and_the_margin_rule_can_drop_it():
+    # a large rate: fast, then stuck on a noise floor at 0.15; a rate half as large: half as fast, floor 0.02
+    large = 0.15 + 0.85 * np.exp(-STEPS / 20)
+    small = 0.02 + 0.98 * np.exp(-STEPS / 40)
+    curves = [(STEPS, large, "budget_exhausted"), (STEPS, small, "budget_exhausted")]
+    stops = replay(curves, GOALS)
+    winner_last = _curve(small).steps_to(GOALS[-1])[0]
+    assert np.isfinite(winner_last) and stops[1] >= winner_last  # the small rate kept until it won 0.1
+    assert stops[0] < STEPS[-1]  # the large rate stopped once the small one reached 0.1 first
+    # the predictive margin rule sees the small rate 2x behind early on and would have dropped the winner
+    assert replay(curves, GOALS, margin=1.5)[1] < winner_last
+
+
+def test_margin_rule_ignores_a_rival_that_diverged():
+    fast = np.exp(-STEPS / 20)
+    slow = np.exp(-STEPS / 80)
+    assert not can_still_win(_curve(slow[:100]), [_curve(fast[:100])], (0.5, 0.001), margin=2.0)
+    assert can_still_win(_curve(slow[:100]), [_curve(fast[:100], status="diverged")], (0.5, 0.001), margin=2.0)
+
+
+def test_sweep_with_a_late_flip_keeps_the_best_runs_of_an_exhaustive_sweep(tmp_path):
+    # noisy linear regression: large rates reach the easy goals first, small ones the goal near the floor
+    preset = presets("synthetic", "smoke")[0]
+    preset.update(lr_star=1.5, lr_b_star=64.0, goals=[0.7, 0.56, 0.51], batch_sizes=[8, 16, 32], lr_grid_size=3,
+                  lr_grid_spacing=2.0, max_widen=0, budget_examples=20_000, seeds=[])
+    cfg = make_experiment(preset)
+    problem = make_problem(cfg)
+    table = run_sweep(cfg, tmp_path / "stopped", problem=problem, progress=False)
+    full = run_sweep(make_experiment({**preset, "exhaustive": True}), tmp_path / "full", problem=problem,
+                     progress=False)
+    best = best_runs(table, batch="batch_units")
+    flips = best.groupby("batch_units")["lr"].nunique()
+    assert (flips > 1).any(), best  # the ranking of rates does flip between goals
+    columns = ["goal", "batch_units", "lr", "steps"]
+    pd.testing.assert_frame_equal(best[columns], best_runs(full, batch="batch_units")[columns])
+    assert (table.drop_duplicates("run_id")["status"] == "pruned").any()
+
+
+def _committed_tasks():
+    if not (RESULTS / "summary.json").exists():
+        return []
+    return [p.parent.name for p in sorted(RESULTS.glob("*/experiment.json"))]
+
+
+@pytest.mark.parametrize("task", _committed_tasks())
+def test_replaying_the_stopping_rule_on_the_committed_runs_keeps_every_best_run(task):
+    replayed = replay_stopping(RESULTS, task)
+    assert replayed["kept_every_best"], replayed["dropped"]
+    table = compute_table(RESULTS, [task])
+    assert replayed["examples_trained"] <= table["examples_trained"].iloc[0] + 1e-6
+    assert json.loads((RESULTS / task / "experiment.json").read_text())["task"] == task
