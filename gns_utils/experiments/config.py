@@ -69,6 +69,7 @@ class _RunFields:
     b_noise_examples: int = 0
     seed: int = 0
     device: str = "auto"
+    executor: str = "local"
     profile: str = "cpu"
 
     def __post_init__(self) -> None:
@@ -141,6 +142,9 @@ class ExperimentConfig(_RunFields):
         b_noise_examples: examples used by the Hessian B_noise at goal checkpoints (0 = off).
         seed: random seed (weights, sampling, dropout).
         device: ``auto`` (CUDA when present) | ``cpu`` | ``cuda`` | ``cuda:N`` | ``mps``.
+        executor: where a grid's runs train: ``local`` (this process) | ``ray`` (Ray actors on a
+            local instance or the cluster of ``RAY_ADDRESS``) | ``ray:<address>``
+            (:mod:`gns_utils.experiments.executors`).
         profile: the preset this config came from.
     """
 
@@ -175,7 +179,7 @@ class ExperimentConfig(_RunFields):
 class RunConfig(_RunFields):
     """One training run at batch size B and constant learning rate ε.
 
-    Fields have the meaning given in :class:`ExperimentConfig`. ``device`` and
+    Fields have the meaning given in :class:`ExperimentConfig`. ``device``, ``executor`` and
     ``profile`` do not enter :attr:`run_id` (they do not change what is computed).
     """
 
@@ -192,7 +196,7 @@ class RunConfig(_RunFields):
     @property
     def run_id(self) -> str:
         """Hash of every field that changes the computation."""
-        identity = {k: v for k, v in self.to_dict().items() if k not in ("device", "profile")}
+        identity = {k: v for k, v in self.to_dict().items() if k not in ("device", "executor", "profile")}
         return config_hash(identity)
 
 
@@ -239,6 +243,8 @@ def _check_experiment(cfg: ExperimentConfig) -> None:
         problems.append(f"seeds must be distinct extra seeds other than seed={cfg.seed}, got {list(cfg.seeds)}")
     if cfg.goal_source not in GOAL_SOURCES:
         problems.append(f"goal_source must be one of {GOAL_SOURCES}, got {cfg.goal_source!r}")
+    if not (cfg.executor in ("local", "ray") or cfg.executor.startswith("ray:")):
+        problems.append(f"executor must be 'local', 'ray' or 'ray:<address>', got {cfg.executor!r}")
     if cfg.stop_margin is not None and not cfg.stop_margin > 1:
         problems.append(f"stop_margin must be > 1 or None, got {cfg.stop_margin}")
     if cfg.grad_clip is not None and not cfg.grad_clip > 0:

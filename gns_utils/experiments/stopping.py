@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Iterable, Protocol, Sequence
+from typing import Callable, Iterable, Protocol, Sequence
 
 import numpy as np
 
@@ -122,35 +122,51 @@ class Member(Protocol):
 
 
 def run_group(members: Sequence[Member], goals: Sequence[float], rivals: Sequence[Curve] = (),
-              margin: float | None = None, exhaustive: bool = False) -> None:
+              margin: float | None = None, exhaustive: bool = False,
+              advance: Callable[[list[Member]], None] | None = None) -> None:
     """Train the members of one batch size's grid in lockstep until each ends or can no longer win.
 
-    The member with the fewest steps advances next, so members that run side by side stay at the
-    same step. ``rivals`` are finished runs of the same grid (their curves count as members' would).
-    Members paused by the rules end with status ``pruned`` once no member is left running.
+    The members with the fewest steps advance next (together, through ``advance``: by default one
+    after the other; an executor may run them in parallel), so members that run side by side stay
+    at the same step. ``rivals`` are finished runs of the same grid (their curves count as members'
+    would). Members stopped by the rules end with status ``pruned`` once no member is left running.
     """
     paused: set[int] = set()
     while True:
         running = [k for k, m in enumerate(members) if m.curve.status is None and k not in paused]
         if not running:
             break
-        k = min(running, key=lambda j: members[j].curve.steps[-1] if members[j].curve.steps else -1.0)
-        own = members[k].curve
-        others = [m.curve for j, m in enumerate(members) if j != k] + list(rivals)
-        if exhaustive:
-            bound = EXHAUSTIVE_FACTOR * min(c.steps_to(goals[-1])[0] for c in others + [own])
-            stop = bool(own.steps) and own.steps[-1] >= bound
-        else:
-            stop = not can_still_win(own, others, goals, margin)
-        if stop:  # the exact rule is final; the margin rule is undone only by a rival's divergence
-            paused.add(k)
+        step = min(_last_step(members[k].curve) for k in running)
+        go = []
+        for k in (k for k in running if _last_step(members[k].curve) == step):
+            own = members[k].curve
+            others = [m.curve for j, m in enumerate(members) if j != k] + list(rivals)
+            if exhaustive:
+                bound = EXHAUSTIVE_FACTOR * min(c.steps_to(goals[-1])[0] for c in others + [own])
+                stop = bool(own.steps) and own.steps[-1] >= bound
+            else:
+                stop = not can_still_win(own, others, goals, margin)
+            if stop:  # the exact rule is final; the margin rule is undone only by a rival's divergence
+                paused.add(k)
+            else:
+                go.append(members[k])
+        if not go:
             continue
-        members[k].advance()
-        if own.diverged:
+        (advance or _advance_each)(go)
+        if any(m.curve.diverged for m in go):
             paused.clear()  # a rival gone: every paused member is judged again
     for k in sorted(paused):
         if members[k].curve.status is None:
             members[k].stop("pruned")
+
+
+def _last_step(curve: Curve) -> float:
+    return curve.steps[-1] if curve.steps else -1.0
+
+
+def _advance_each(members: list[Member]) -> None:
+    for m in members:
+        m.advance()
 
 
 @dataclass

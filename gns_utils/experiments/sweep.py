@@ -34,6 +34,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from gns_utils.experiments.config import ConfigError, ExperimentConfig, RunConfig
+from gns_utils.experiments.executors import RayMember, advance_in_parallel, gpus_per_run, init_ray
 from gns_utils.experiments.problems import make_problem
 from gns_utils.experiments.store import (
     FINAL_STATUSES,
@@ -165,13 +166,51 @@ def train_group(problem: Any, cfgs: list[RunConfig], results_dir: str | Path, go
     """Train the runs of one batch size's grid in lockstep; each stops once it can no longer be the
     fastest (:func:`gns_utils.experiments.stopping.run_group`). ``rivals``: curves of the grid's
     runs that already finished. Returns the runs' summaries."""
+    if cfgs and cfgs[0].executor != "local":
+        return _train_group_on_ray(problem, cfgs, results_dir, goals, rivals, exhaustive, margin)
     members = [_Member(problem, c, results_dir, progress) for c in cfgs]
     for m in members:
-        if m.run is not None and m.run.initial_metric <= goals[0]:
-            raise ConfigError(
-                f"goals {[g for g in goals if g >= m.run.initial_metric]} of task {m.cfg.task} are already met before "
-                f"training (initial {m.cfg.metric}: {m.run.initial_metric:.4g}); choose goals below it")
+        if m.run is not None:
+            _check_initial_metric(m.cfg, m.run.initial_metric, goals)
     run_group(members, goals, rivals=rivals, margin=margin, exhaustive=exhaustive)
+    return [m.summary for m in members]
+
+
+def _check_initial_metric(cfg: RunConfig, initial: float, goals: tuple[float, ...]) -> None:
+    """A goal the untrained model already meets says nothing about batch size: fail before training."""
+    if initial <= goals[0]:
+        raise ConfigError(f"goals {[g for g in goals if g >= initial]} of task {cfg.task} are already met before "
+                          f"training (initial {cfg.metric}: {initial:.4g}); choose goals below it")
+
+
+def _train_group_on_ray(problem: Any, cfgs: list[RunConfig], results_dir: str | Path, goals: tuple[float, ...],
+                        rivals: list[Curve], exhaustive: bool, margin: float | None) -> list[dict]:
+    """:func:`train_group` with every run in a Ray actor (:mod:`gns_utils.experiments.executors`)."""
+    ray = init_ray(cfgs[0].executor)
+    gpus = gpus_per_run(ray, cfgs[0].device)
+    members = [RayMember(ray, c, results_dir, gpus) for c in cfgs]
+
+    def fail(member: RayMember, err: BaseException) -> None:
+        member.summary = _record_failure(problem, member.cfg, results_dir, err)
+        member.curve.status = "failed"
+
+    try:
+        for m in members:
+            try:
+                _check_initial_metric(m.cfg, m.initial_metric(), goals)
+            except ConfigError:
+                raise
+            except Exception as err:  # noqa: BLE001 — the actor could not build the run
+                fail(m, err)
+
+        def advance(group: list[RayMember]) -> None:
+            for member, err in advance_in_parallel(group):
+                fail(member, err)
+
+        run_group(members, goals, rivals=rivals, margin=margin, exhaustive=exhaustive, advance=advance)
+    finally:
+        for m in members:
+            ray.kill(m.actor)
     return [m.summary for m in members]
 
 

@@ -23,6 +23,7 @@ from gns_utils.critical_batch import best_runs
 from gns_utils.experiments.paths import repo_path
 from gns_utils.experiments.pipeline import width_study_verdict
 from gns_utils.experiments.profiles import NOTEBOOK_DOMAINS, WIDTHS_SUFFIX
+from gns_utils.experiments.compute import compute_table, sweep_runs
 from gns_utils.experiments.store import load_metrics, load_run_summaries, load_run_summary, run_dir
 from gns_utils.experiments.sweep import runs_table
 from gns_utils.theory import fit_optimal_lr
@@ -224,6 +225,19 @@ def _fair_test_lines(root, tasks: list[dict]) -> list[str]:
     return lines
 
 
+def _compute_lines(root, task_names: list[str]) -> list[str]:
+    """Where the sweeps' compute went (:func:`gns_utils.experiments.compute.compute_table`)."""
+    table = compute_table(root, [t for t in task_names if (root / t / "experiment.json").exists()])
+    if table.empty:
+        return []
+    stopped = sum(sum(r["status"] == "pruned" for r in sweep_runs(root, t)) for t in table["task"])
+    cells = ", ".join(f"{r.task} {r.examples_trained / 1e6:.2f} M ({100 * r.share_needed:.0f} %)"
+                      for r in table.itertuples())
+    return [f"Sweep compute: examples trained (share the (2.11) fits need) {cells}; evaluation "
+            f"{100 * table['eval_share'].min():.1f}–{100 * table['eval_share'].max():.1f} % of the compute; "
+            f"{stopped} of {int(table['runs'].sum())} runs stopped once they could no longer be the fastest."]
+
+
 def key_numbers(root) -> list[str]:
     """The derived numbers the README's discussion quotes, one markdown line each.
 
@@ -271,6 +285,7 @@ def key_numbers(root) -> list[str]:
     lines.append(f"The last-goal fits use {min(points)}–{max(points)} batch sizes spanning "
                  f"2^{min(spans):.0f}–2^{max(spans):.0f}; best learning rates on the edge of their grid: {edges}.")
     lines += optimal_lr_lines
+    lines += _compute_lines(root, [s["task"] for s in summaries if s.get("profile") and "domain" in s])
     for s in tasks:
         study = s["task"] + WIDTHS_SUFFIX
         runs = load_run_summaries(root, study)

@@ -1,0 +1,73 @@
+"""Where a sweep's compute goes, and what stopping losing learning rates early saves.
+
+Usage: python benchmarks/sweep_compute.py RESULTS [BASELINE] [--replay]
+
+For each task of the results folder RESULTS (and of BASELINE, e.g. a ``make reproduce`` of the
+same profile run with ``exhaustive=True`` and ``goal_source="subset"``), counted from the run files
+(:func:`gns_utils.experiments.compute.compute_table`): the sweep's runs, the examples trained, the
+share of them the (2.11) fits need, the examples forwarded to evaluate the goal metric and the
+evaluation's share of the compute; with a baseline, RESULTS' trained + evaluated work as a fraction of
+the baseline's. ``--replay`` replays the stopping rule on BASELINE's stored curves
+(:func:`gns_utils.experiments.compute.replay_stopping`): does it keep every fastest run, and what share
+would the fits then need. The ``make reproduce`` wall and CPU times, from each folder's
+``reproduce_log.json``, close the report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from gns_utils.experiments.compute import FORWARD_COST, compute_table, replay_stopping
+
+
+def _tasks(root: Path) -> list[str]:
+    return [p.parent.name for p in sorted(root.glob("*/experiment.json")) if not p.parent.name.endswith("_widths")]
+
+
+def _work(table: pd.DataFrame) -> pd.Series:
+    return (table["examples_trained"] + FORWARD_COST * table["examples_evaluated"]).set_axis(table["task"])
+
+
+def _wall(root: Path) -> str:
+    log = root / "reproduce_log.json"
+    if not log.exists():
+        return "no reproduce_log.json"
+    data = json.loads(log.read_text())
+    notebooks = ", ".join(f"{name} {n['wall_time_s'] / 60:.1f}" for name, n in data.get("notebooks", {}).items()
+                          if "wall_time_s" in n)
+    return f"make reproduce {data.get('total_wall_time_s', float('nan')) / 60:.1f} min wall; notebooks (min): {notebooks}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("results", type=Path)
+    parser.add_argument("baseline", type=Path, nargs="?")
+    parser.add_argument("--replay", action="store_true", help="replay the stopping rule on the baseline's curves")
+    args = parser.parse_args()
+    pd.set_option("display.width", 200)
+    new = compute_table(args.results, _tasks(args.results))
+    print(f"== {args.results} ({_wall(args.results)})")
+    print(new.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+    if args.baseline is None:
+        return
+    old = compute_table(args.baseline, _tasks(args.baseline))
+    print(f"\n== baseline {args.baseline} ({_wall(args.baseline)})")
+    print(old.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+    ratio = (_work(new) / _work(old)).dropna()
+    print("\nwork (examples trained + evaluated forward passes / 3) against the baseline, per task:")
+    print(ratio.to_string(float_format=lambda v: f"{v:.3f}"))
+    print(f"all tasks: {_work(new).sum() / _work(old).reindex(_work(new).index).sum():.3f}")
+    if args.replay:
+        print("\nthe stopping rule replayed on the baseline's stored curves:")
+        for task in old["task"]:
+            r = replay_stopping(args.baseline, task)
+            print(f"  {task}: kept every fastest run: {r['kept_every_best']}; share the fits need "
+                  f"{r['share_needed']:.3f}; dropped {r['dropped']}")
+
+
+if __name__ == "__main__":
+    main()
