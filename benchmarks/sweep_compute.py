@@ -1,6 +1,6 @@
 """Where a sweep's compute goes, and what stopping losing learning rates early saves.
 
-Usage: python benchmarks/sweep_compute.py RESULTS [BASELINE] [--replay]
+Usage: python benchmarks/sweep_compute.py RESULTS [BASELINE] [--replay [--margins 2 3]]
 
 For each task of the results folder RESULTS (and of BASELINE, e.g. a ``make reproduce`` of the
 same profile run with ``exhaustive=True`` and ``goal_source="subset"``), counted from the run files
@@ -47,6 +47,8 @@ def main() -> None:
     parser.add_argument("results", type=Path)
     parser.add_argument("baseline", type=Path, nargs="?")
     parser.add_argument("--replay", action="store_true", help="replay the stopping rule on the baseline's curves")
+    parser.add_argument("--margins", type=float, nargs="*", default=[],
+                        help="also replay the predictive margin rule with these margins (stop_margin)")
     args = parser.parse_args()
     pd.set_option("display.width", 200)
     new = compute_table(args.results, _tasks(args.results))
@@ -63,10 +65,15 @@ def main() -> None:
     print(f"all tasks: {_work(new).sum() / _work(old).reindex(_work(new).index).sum():.3f}")
     if args.replay:
         print("\nthe stopping rule replayed on the baseline's stored curves:")
-        for task in old["task"]:
-            r = replay_stopping(args.baseline, task)
-            print(f"  {task}: kept every fastest run: {r['kept_every_best']}; share the fits need "
-                  f"{r['share_needed']:.3f}; dropped {r['dropped']}")
+        for margin in [None, *args.margins]:
+            print(f" rule: {'exact' if margin is None else f'exact + margin {margin:g}'}")
+            for task in old["task"]:
+                r = replay_stopping(args.baseline, task, margin=margin)
+                dropped = ", ".join(f"B={b} lr={lr:.3g} stopped at {stop:.0f} of {need:.0f}"
+                                    for b, lr, stop, need in r["dropped"])
+                print(f"  {task}: kept every fastest run: {r['kept_every_best']}; share the fits need "
+                      f"{r['share_needed']:.3f}; examples trained {r['examples_trained'] / 1e6:.2f} M"
+                      + (f"; dropped {len(r['dropped'])}: {dropped}" if dropped else ""))
 
 
 if __name__ == "__main__":

@@ -174,6 +174,9 @@ class Run:
         self.optimizer = make_optimizer(self.model, cfg)
         self.sampler = EpochSampler(problem.n_train, cfg.batch_size, torch.Generator().manual_seed(cfg.seed),
                                     problem.device)
+        if hasattr(problem, "sample"):  # a problem that draws fresh examples: the run owns its stream, so runs
+            stream = torch.Generator(device=problem.device).manual_seed(cfg.seed)  # trained side by side agree
+            self.sampler.draw = lambda: problem.sample(cfg.batch_size, generator=stream)  # with runs trained alone
         self.monitor, self.n_micro = noise_monitor(self.model, cfg.noise_method, min(cfg.n_micro, cfg.batch_size))
         self.ema = NoiseScaleEMA(decay=NOISE_EMA_DECAY, adaptive=NOISE_EMA_ADAPTIVE)
         self.units_per_step = cfg.batch_size * problem.units_per_example
@@ -345,7 +348,7 @@ def _train_step(problem: Any, model: torch.nn.Module, optimizer: torch.optim.Opt
     """One optimizer step over ``n_micro`` micro-batches (1 with per-example norms); returns the batch loss.
 
     Adds the batch's loss (and, with ``count_errors``, its error rate) to ``interval``."""
-    batch = problem.batch(sampler.next())
+    batch = sampler.draw() if hasattr(sampler, "draw") else problem.batch(sampler.next())
     total_units = problem.units(batch)
     optimizer.zero_grad(set_to_none=True)  # the first backward then takes its gradient buffer, no addition
     loss_sum = 0.0
