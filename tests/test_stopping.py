@@ -88,3 +88,19 @@ def test_replaying_the_stopping_rule_on_the_committed_runs_keeps_every_best_run(
     table = compute_table(RESULTS, [task])
     assert replayed["examples_trained"] <= table["examples_trained"].iloc[0] + 1e-6
     assert json.loads((RESULTS / task / "experiment.json").read_text())["task"] == task
+
+
+def test_runs_trained_side_by_side_match_runs_trained_alone(tmp_path):
+    # the synthetic problem draws fresh examples: each run must own its stream, or lockstep would interleave them
+    from gns_utils.experiments.sweep import train_group
+    from gns_utils.experiments.train import train_run
+
+    preset = presets("synthetic", "smoke")[0]
+    preset.update(goals=[0.7, 0.6], budget_examples=2_000, seeds=[], exhaustive=True)
+    exp = make_experiment(preset)
+    problem = make_problem(exp)
+    cfgs = [exp.run(8, lr) for lr in (0.05, 0.1)]
+    together = train_group(problem, cfgs, tmp_path / "group", exp.goals, exhaustive=True, progress=False)
+    for cfg, summary in zip(cfgs, together):
+        alone = train_run(problem, cfg, tmp_path / "alone", progress=False)
+        assert summary["steps_to_goal"] == alone["steps_to_goal"] and summary["n_steps"] == alone["n_steps"]
