@@ -98,7 +98,8 @@ def replay_stopping(results_dir: str | Path, task: str, margin: float | None = N
         by_batch.setdefault(s["config"]["batch_size"], []).append(s)
     for batch, group in sorted(by_batch.items()):
         curves = [stored_curve(results_dir, s) for s in group]
-        stops = replay([(c.steps, c.values, s["status"]) for c, s in zip(curves, group)], goals, margin=margin)
+        stops = replay([(c.steps, c.values, s["status"]) for c, s in zip(curves, group)], goals, margin=margin,
+                       direction=curves[0].direction if curves else "below")
         for s, stop in zip(group, stops):
             n = min(float(stop), float(s["n_steps"]))
             trained += n * batch

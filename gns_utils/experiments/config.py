@@ -21,18 +21,25 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from gns_utils.experiments.models import AUTOENCODER_ARCHS, MODELS, Autoencoder
+from gns_utils.experiments.models import ACTOR_CRITIC_ARCHS, AUTOENCODER_ARCHS, MODELS, Autoencoder
 from gns_utils.experiments.store import config_hash
 
 #: The presets every notebook runs at (defined in :mod:`gns_utils.experiments.profiles`).
 PROFILES = ("smoke", "cpu", "paper")
 #: What the batch size B counts in each domain (the paper's units for B, B_crit and B_simple).
-UNITS = {"image": "images", "language": "tokens", "autoencoder": "images", "synthetic": "examples"}
-OPTIMIZERS = ("sgd", "momentum", "adam")
-METRICS = ("error", "loss")
+UNITS = {"image": "images", "language": "tokens", "autoencoder": "images", "synthetic": "examples", "rl": "frames"}
+OPTIMIZERS = ("sgd", "momentum", "adam", "rmsprop")
+#: Goal metrics and which way is better: ``below`` (a goal is reached when the metric falls to it) or ``above``.
+METRIC_DIRECTION = {"error": "below", "loss": "below", "return": "above"}
+METRICS = tuple(METRIC_DIRECTION)
 DOMAINS = tuple(UNITS)
 NOISE_METHODS = ("auto", "per_example", "micro_batch")
-GOAL_SOURCES = ("batches", "subset")
+GOAL_SOURCES = ("batches", "subset", "episodes")
+
+
+def goal_reached(metric: str, value: float, goal: float) -> bool:
+    """Whether ``value`` of the goal metric ``metric`` has reached ``goal`` (:data:`METRIC_DIRECTION`)."""
+    return bool(value >= goal) if METRIC_DIRECTION.get(metric) == "above" else bool(value <= goal)
 
 
 class ConfigError(ValueError):
@@ -94,16 +101,19 @@ class ExperimentConfig(_RunFields):
     Attributes:
         task: results sub-folder name, e.g. ``"fashion_mnist_mlp_sgd"``.
         domain: ``image`` | ``language`` | ``autoencoder`` | ``synthetic`` (the noisy linear
-            regression calibration task, where B_noise is known exactly).
+            regression calibration task, where B_noise is known exactly) | ``rl`` (A2C on vectorised
+            environments, :mod:`gns_utils.experiments.rl`; batch sizes count environments, B frames).
         dataset: dataset name understood by :mod:`gns_utils.experiments.problems`.
         data_kwargs: dataset options (subset size, tokenizer, sequence length ...).
         model: registry name in :mod:`gns_utils.experiments.models`.
         model_kwargs: keyword arguments of the model.
-        optimizer: ``sgd`` | ``momentum`` (0.9) | ``adam``.
+        optimizer: ``sgd`` | ``momentum`` (0.9) | ``adam`` | ``rmsprop`` (the paper's A2C).
         optimizer_kwargs: extra optimizer arguments (e.g. ``betas`` for Adam).
-        metric: goal metric on the training set, ``error`` or ``loss`` (lower is better).
+        metric: goal metric on the training set, ``error`` or ``loss`` (lower is better), or for
+            reinforcement learning ``return``, the mean episodic return (higher is better).
         goals: goal levels of ``metric``, from easiest to hardest.
-        batch_sizes: batch sizes B to sweep, in examples (sequences for language models).
+        batch_sizes: batch sizes B to sweep, in examples (sequences for language models, parallel
+            environments for reinforcement learning: B in frames is environments × rollout steps).
         lr_star: ε* of the grid centre ε_central(B) = ε*/(1 + B*/B)^α.
         lr_b_star: B* of the grid centre.
         lr_alpha: α of the grid centre (1 for SGD / momentum, 0.5–1 for Adam).
@@ -128,7 +138,9 @@ class ExperimentConfig(_RunFields):
             (free: no extra forward passes) — or ``subset`` — a forward pass over the fixed
             ``eval_examples`` subset at every logged point, in eval mode (the only choice that
             is exact for the synthetic task, and for models with dropout or batch norm the
-            eval-mode metric). Both are smoothed (A.3) before the goals are read off.
+            eval-mode metric) — or, for reinforcement learning only, ``episodes`` — the mean return
+            of the last episodes the run's environments finished. All are smoothed (A.3) before
+            the goals are read off.
         exhaustive: train every learning rate of a grid until it has reached every goal (or
             diverged, spent its budget, or passed twice the fastest run's steps to the last
             goal). Default False: a rate stops as soon as it can no longer be the fastest for
@@ -218,8 +230,14 @@ def _check_experiment(cfg: ExperimentConfig) -> None:
             problems.append(f"{name} must be one of {choices}, got {getattr(cfg, name)!r}")
     if not cfg.goals:
         problems.append("goals must name at least one goal level")
-    elif any(b >= a for a, b in zip(cfg.goals, cfg.goals[1:])):
+    elif METRIC_DIRECTION.get(cfg.metric) == "above" and any(b <= a for a, b in zip(cfg.goals, cfg.goals[1:])):
+        problems.append(f"goals must increase from easiest to hardest ({cfg.metric}: higher is better), got {cfg.goals}")
+    elif METRIC_DIRECTION.get(cfg.metric) == "below" and any(b >= a for a, b in zip(cfg.goals, cfg.goals[1:])):
         problems.append(f"goals must decrease from easiest to hardest (lower is better), got {cfg.goals}")
+    if (cfg.domain == "rl") != (cfg.metric == "return") or (cfg.domain == "rl") != (cfg.goal_source == "episodes"):
+        problems.append("the rl domain, and only it, has metric='return' (mean episodic return) and "
+                        f"goal_source='episodes'; got domain={cfg.domain!r}, metric={cfg.metric!r}, "
+                        f"goal_source={cfg.goal_source!r}")
     if len(cfg.batch_sizes) < 3:
         problems.append(f"batch_sizes needs at least 3 sizes for the (2.11) fit, got {cfg.batch_sizes}")
     if any(b < 1 or b & (b - 1) for b in cfg.batch_sizes):
@@ -264,8 +282,9 @@ def _model_problems(model: str, model_kwargs: Mapping[str, Any]) -> list[str]:
     unknown = sorted(set(model_kwargs) - accepted)
     if unknown:
         problems.append(f"model_kwargs {unknown} are not parameters of model {model!r}; it takes {sorted(accepted)}")
-    if "arch" in model_kwargs and model_kwargs["arch"] not in AUTOENCODER_ARCHS:
-        choices = " or ".join(repr(a) for a in AUTOENCODER_ARCHS)
+    archs = ACTOR_CRITIC_ARCHS if model == "actor_critic" else AUTOENCODER_ARCHS
+    if "arch" in model_kwargs and model_kwargs["arch"] not in archs:
+        choices = " or ".join(repr(a) for a in archs)
         problems.append(f"arch must be {choices}, got {model_kwargs['arch']!r}")
     return problems
 

@@ -10,6 +10,8 @@ arguments, so a run's ``config.json`` fully describes its network.
 * ``lstm_lm``    one-layer LSTM language model (the paper: 2048 units, embedding 512).
 * ``autoencoder`` / ``vae``  InfoGAN-style convolutional encoder/decoder, or an MLP
   encoder/decoder (``arch="mlp"``) for CPU-sized runs.
+* ``actor_critic``  the A2C policy and value networks: tanh MLPs for classic-control
+  observations, or the Nature-DQN convolutional trunk for stacked Atari frames.
 """
 
 from __future__ import annotations
@@ -234,6 +236,54 @@ class Autoencoder(nn.Module):
         return self.decoder(z), mu, logvar
 
 
+#: Networks of :class:`ActorCritic`.
+ACTOR_CRITIC_ARCHS = ("mlp", "cnn")
+
+
+class ActorCritic(nn.Module):
+    """A2C's policy and value networks: ``model(obs)`` → (action logits [n, A], state values [n]).
+
+    ``arch="mlp"``: separate tanh MLPs (``hidden`` units per layer) for the policy and the value
+    (every trainable layer an ``nn.Linear``, so per-frame gradient norms come from the update's
+    one backward); ``arch="cnn"``: the Nature-DQN trunk (conv 8×8/4 (32), 4×4/2 (64), 3×3/1 (64),
+    fully connected 512) shared by both heads, on stacked 84×84 frames scaled from uint8.
+    """
+
+    def __init__(self, obs_shape: tuple[int, ...], n_actions: int, arch: str = "mlp",
+                 hidden: tuple[int, ...] = (64, 64)) -> None:
+        super().__init__()
+        self.arch = arch
+        if arch == "mlp":
+            sizes = [int(torch.tensor(obs_shape).prod()), *hidden]
+
+            def tower(out: int) -> nn.Sequential:
+                layers: list[nn.Module] = [nn.Flatten()]
+                for a, b in zip(sizes, sizes[1:]):
+                    layers += [nn.Linear(a, b), nn.Tanh()]
+                return nn.Sequential(*layers, nn.Linear(sizes[-1], out))
+
+            self.policy, self.value = tower(n_actions), tower(1)
+        elif arch == "cnn":
+            channels, height, width = obs_shape
+            self.trunk = nn.Sequential(
+                nn.Conv2d(channels, 32, 8, stride=4), nn.ReLU(), nn.Conv2d(32, 64, 4, stride=2), nn.ReLU(),
+                nn.Conv2d(64, 64, 3, stride=1), nn.ReLU(), nn.Flatten())
+            with torch.no_grad():
+                features = self.trunk(torch.zeros(1, channels, height, width)).shape[1]
+            self.trunk.append(nn.Linear(features, 512))
+            self.trunk.append(nn.ReLU())
+            self.policy, self.value = nn.Linear(512, n_actions), nn.Linear(512, 1)
+        else:
+            raise ValueError(f"arch must be 'mlp' or 'cnn', got {arch!r}")
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.arch == "cnn":
+            features = self.trunk(obs.float() / 255.0)
+            return self.policy(features), self.value(features).squeeze(-1)
+        obs = obs.float()
+        return self.policy(obs), self.value(obs).squeeze(-1)
+
+
 class LinearRegression(nn.Linear):
     """``ŷ = wᵀx`` without a bias, started at ``w = 0``: the model of the noisy linear regression
     calibration task (quadratic loss, so ``H``, ``G`` and ``Σ`` are known in closed form)."""
@@ -251,6 +301,7 @@ MODELS = {
     "autoencoder": Autoencoder,
     "vae": lambda **kw: Autoencoder(variational=True, **kw),
     "linear": LinearRegression,
+    "actor_critic": ActorCritic,
 }
 
 
@@ -274,4 +325,4 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-__all__ = ["PaperCNN", "MLP", "LinearRegression", "ResNetCifar", "LSTMLanguageModel", "Autoencoder", "AUTOENCODER_ARCHS", "build_model", "count_parameters", "MODELS"]
+__all__ = ["PaperCNN", "MLP", "LinearRegression", "ResNetCifar", "LSTMLanguageModel", "Autoencoder", "AUTOENCODER_ARCHS", "ACTOR_CRITIC_ARCHS", "ActorCritic", "build_model", "count_parameters", "MODELS"]

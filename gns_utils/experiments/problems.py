@@ -207,6 +207,10 @@ def make_problem(cfg: Any, device: torch.device | str | None = None) -> _Problem
             raise ValueError(f"unknown synthetic dataset {cfg.dataset!r}; the synthetic domain has 'noisy_linear'")
         return NoisyLinearProblem(**dict(cfg.data_kwargs), seed=cfg.seed, model=cfg.model,
                                   model_kwargs=cfg.model_kwargs, device=device)
+    if cfg.domain == "rl":
+        from gns_utils.experiments.rl import make_rl_problem  # gymnasium is only needed here
+
+        return make_rl_problem(cfg, device)
     kw = dict(cfg.data_kwargs)
     if cfg.domain == "language":
         sequences = load_sequences(cfg.dataset, **kw)

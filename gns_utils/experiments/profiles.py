@@ -4,7 +4,7 @@
 * ``cpu``    the default: real offline datasets, sized so that the whole
              ``make reproduce`` finishes within an hour on a 2-core machine.
 * ``paper``  the paper's datasets and models (GPU and internet): MNIST, SVHN,
-             CIFAR-10, Billion Word.
+             CIFAR-10, Billion Word, and the Atari games (ROMs shipped with ale-py).
 
 Each preset is a complete :class:`gns_utils.experiments.config.ExperimentConfig` as a dict;
 notebooks override single fields with their parameters.
@@ -140,12 +140,44 @@ _SYNTH_SMOKE = dict(_SYNTH_CPU, task="smoke_noisy_linear", data_kwargs={"dim": 8
                     budget_examples=20_000, evals_per_decade=10, b_noise_examples=64, seeds=[1], profile="smoke")
 _SYNTH_PAPER = dict(_SYNTH_CPU, profile="paper")
 
+# --------------------------------------------------------------------------------------
+# Reinforcement learning (notebook 04): A2C, batch = environments × 5 steps (B in frames).
+# Goals: mean return of the last 20 episodes (CartPole-v1's maximum is 500).
+_RL_CPU = dict(
+    task="cartpole_a2c", domain="rl", dataset="CartPole-v1",
+    data_kwargs={"rollout_steps": 5, "gamma": 0.99, "entropy_coef": 0.01, "value_coef": 0.5, "window": 20},
+    model="actor_critic", model_kwargs={"arch": "mlp", "hidden": [64, 64]}, optimizer="rmsprop",
+    metric="return", goals=[50.0, 100.0, 150.0, 200.0, 300.0], batch_sizes=[2**k for k in range(1, 9)],
+    lr_star=3e-3, lr_b_star=8.0, lr_alpha=0.5, lr_grid_size=3, lr_grid_spacing=2.0, max_widen=2,
+    budget_examples=60_000, eval_examples=1, evals_per_decade=30, b_noise_examples=512, seeds=[1, 2],
+    goal_source="episodes", profile="cpu",
+)  # budget_examples and b_noise_examples count environment segments of 5 frames
+_RL_SMOKE = dict(_RL_CPU, task="smoke_cartpole_a2c", goals=[20.0, 30.0], batch_sizes=[2, 4, 8], lr_grid_size=2,
+                 max_widen=0, budget_examples=1500, evals_per_decade=10, b_noise_examples=64, seeds=[],
+                 profile="smoke")
+# The paper's Atari games (Table 1): ale-py's vectorised environments with the standard preprocessing,
+# rewards clipped to their sign for training, the A2C baselines' RMSProp and gradient clipping at 0.5
+# (applied after the noise measurement). Goals: mean raw return, per game.
+_ATARI_GOALS = {"Alien": [300.0, 600.0, 1000.0, 1500.0], "BeamRider": [500.0, 1000.0, 2000.0, 3000.0],
+                "Breakout": [5.0, 20.0, 50.0, 100.0], "Pong": [-19.0, -10.0, 0.0, 10.0, 18.0],
+                "Qbert": [500.0, 2000.0, 5000.0, 10000.0], "Seaquest": [200.0, 500.0, 1000.0, 1500.0],
+                "SpaceInvaders": [200.0, 350.0, 500.0, 700.0]}
+_RL_PAPER = [dict(
+    _RL_CPU, task=f"atari_{game.lower()}_a2c", dataset=f"ALE/{game}-v5",
+    data_kwargs={"rollout_steps": 5, "gamma": 0.99, "entropy_coef": 0.01, "value_coef": 0.5, "window": 100,
+                 "clip_rewards": True},
+    model_kwargs={"arch": "cnn"}, goals=_ATARI_GOALS[game], batch_sizes=[2**k for k in range(1, 10)],
+    lr_star=7e-4, lr_b_star=16.0, lr_grid_size=5, max_widen=3, budget_examples=4_000_000, grad_clip=0.5,
+    b_noise_examples=256, seeds=[1, 2], profile="paper") for game in ("Alien", "BeamRider", "Breakout", "Pong",
+                                                                         "Qbert", "Seaquest", "SpaceInvaders")]
+
 PRESETS: dict[str, dict[str, list[dict[str, Any]]]] = {
     "image": {"smoke": [_IMAGE_SMOKE], "cpu": [_IMAGE_CPU_SGD, _IMAGE_CPU_ADAM, _IMAGE_CPU_ADAM_BETA2], "paper": _IMAGE_PAPER},
     "language": {"smoke": [_LM_SMOKE], "cpu": [_LM_CPU], "paper": [_LM_PAPER]},
     "autoencoder": {"smoke": [_AE_SMOKE, dict(_AE_SMOKE, task="smoke_vae", model="vae", goals=[41.0, 37.0])],
                     "cpu": [_AE_CPU, _VAE_CPU], "paper": [_AE_PAPER, _VAE_PAPER]},
     "synthetic": {"smoke": [_SYNTH_SMOKE], "cpu": [_SYNTH_CPU], "paper": [_SYNTH_PAPER]},
+    "rl": {"smoke": [_RL_SMOKE], "cpu": [_RL_CPU], "paper": _RL_PAPER},
 }
 
 
@@ -156,7 +188,8 @@ DEFAULT_WIDTHS = {"smoke": (16, 32), "cpu": (64, 128, 256), "paper": (512, 1024,
 WIDTHS_SUFFIX = "_widths"
 
 #: The domain notebooks and the domain each one runs (99_summary reads their files).
-NOTEBOOK_DOMAINS = {"00_calibration": "synthetic", "01_image_classification": "image", "02_language_model": "language", "03_autoencoder": "autoencoder"}
+NOTEBOOK_DOMAINS = {"00_calibration": "synthetic", "01_image_classification": "image", "02_language_model": "language",
+                    "03_autoencoder": "autoencoder", "04_reinforcement_learning": "rl"}
 
 assert all(set(by_profile) == set(PROFILES) for by_profile in (*PRESETS.values(), DEFAULT_WIDTHS)), \
     "every preset table must cover exactly config.PROFILES"

@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from gns_utils.experiments.config import ExperimentConfig
+from gns_utils.experiments.config import ExperimentConfig, goal_reached
 from gns_utils.experiments.store import provenance, task_dir, write_json_atomic
 from gns_utils.noise import windowed_b_simple
 from gns_utils.theory import training_average
@@ -206,7 +206,7 @@ def app_d_by_goal(metrics: pd.DataFrame, batch_units: float, metric: str, goals:
     rows = []
     ok = metrics[metrics["b_simple_ema"].notna() & (metrics["step"] > 0)]
     for goal in goals:
-        reached = metrics[metrics[metric] <= goal]
+        reached = metrics[[goal_reached(metric, v, goal) for v in metrics[metric]]]
         if reached.empty:
             continue
         part = ok[ok["step"] <= reached["step"].iloc[0]]
@@ -246,7 +246,7 @@ def b_simple_over_training(metrics: pd.DataFrame, batch_units: float, metric: st
     average = float(training_average(metrics.loc[ok, "step"].to_numpy(float),
                                      metrics.loc[ok, "b_simple_ema"].to_numpy(float), batch_units)) \
         if ok.sum() >= 2 else float("nan")
-    reached = metrics[metrics[metric] <= first_goal]
+    reached = metrics[[goal_reached(metric, v, first_goal) for v in metrics[metric]]]
     stop = reached["step"].iloc[0] if len(reached) else metrics["step"].max()
     early = metrics[metrics["step"] <= stop]
     weights = early["noise_steps"].fillna(0)

@@ -49,7 +49,8 @@ from gns_utils.experiments.store import load_run_summaries, provenance, read_jso
 
 SUMMARY_NOTEBOOK = "99_summary"
 #: Longest first, so that two workers finish together; the summary runs last, alone.
-NOTEBOOKS = ["01_image_classification", "03_autoencoder", "02_language_model", "00_calibration", SUMMARY_NOTEBOOK]
+NOTEBOOKS = ["01_image_classification", "03_autoencoder", "02_language_model", "04_reinforcement_learning",
+             "00_calibration", SUMMARY_NOTEBOOK]
 #: B_crit agrees when the two fits differ by at most this many combined standard errors.
 AGREE_STDERRS = 2.0
 #: B_simple (no standard error is stored) agrees when the two values are within this factor.

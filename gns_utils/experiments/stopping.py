@@ -42,12 +42,16 @@ EXHAUSTIVE_FACTOR = 2.0
 
 @dataclass
 class Curve:
-    """A member's goal metric at its logged steps, and how its run ended (None while it runs)."""
+    """A member's goal metric at its logged steps, and how its run ended (None while it runs).
+
+    ``direction``: ``below`` (losses, errors: a level is reached when the metric falls to it) or
+    ``above`` (returns)."""
 
     steps: list[float] = field(default_factory=list)
     values: list[float] = field(default_factory=list)
     status: str | None = None
     lr: float = math.nan
+    direction: str = "below"
 
     @property
     def diverged(self) -> bool:
@@ -73,7 +77,7 @@ class Curve:
         if s.size == 0:
             return np.full(levels.shape, math.inf)
         # already smoothed: no second smoothing
-        out = steps_to_target(s, y, levels, smoothing=0.0)
+        out = steps_to_target(s, y, levels, smoothing=0.0, direction=self.direction)
         return np.where(np.isfinite(out), out, math.inf)
 
 
@@ -190,16 +194,18 @@ class ReplayMember:
 
 
 def replay(curves: Sequence[tuple[np.ndarray, np.ndarray, str]], goals: Sequence[float],
-           margin: float | None = None, exhaustive: bool = False) -> list[float]:
+           margin: float | None = None, exhaustive: bool = False, direction: str = "below") -> list[float]:
     """The step at which each stored run of one grid would have stopped under the rules.
 
     Args:
         curves: per run (logged steps, goal metric, final status), e.g. from its ``metrics.csv``.
         goals: the sweep's goals.
+        direction: which way the goal metric improves (:attr:`Curve.direction`).
 
     Returns:
         Per run, the last step it would have trained (its stored last step if never stopped).
     """
-    members = [ReplayMember(np.asarray(s, float), np.asarray(v, float), status) for s, v, status in curves]
+    members = [ReplayMember(np.asarray(s, float), np.asarray(v, float), status, Curve(direction=direction))
+               for s, v, status in curves]
     run_group(members, goals, margin=margin, exhaustive=exhaustive)
     return [m.curve.steps[-1] if m.curve.steps else 0.0 for m in members]

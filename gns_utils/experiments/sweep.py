@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from gns_utils.experiments.config import ConfigError, ExperimentConfig, RunConfig
+from gns_utils.experiments.config import METRIC_DIRECTION, ConfigError, ExperimentConfig, RunConfig, goal_reached
 from gns_utils.experiments.executors import RayMember, advance_in_parallel, gpus_per_run, init_ray
 from gns_utils.experiments.problems import make_problem
 from gns_utils.experiments.store import (
@@ -178,9 +178,10 @@ def train_group(problem: Any, cfgs: list[RunConfig], results_dir: str | Path, go
 
 def _check_initial_metric(cfg: RunConfig, initial: float, goals: tuple[float, ...]) -> None:
     """A goal the untrained model already meets says nothing about batch size: fail before training."""
-    if initial <= goals[0]:
-        raise ConfigError(f"goals {[g for g in goals if g >= initial]} of task {cfg.task} are already met before "
-                          f"training (initial {cfg.metric}: {initial:.4g}); choose goals below it")
+    if goal_reached(cfg.metric, initial, goals[0]):
+        met = [g for g in goals if goal_reached(cfg.metric, initial, g)]
+        raise ConfigError(f"goals {met} of task {cfg.task} are already met before training "
+                          f"(initial {cfg.metric}: {initial:.4g}); choose harder goals")
 
 
 def _train_group_on_ray(problem: Any, cfgs: list[RunConfig], results_dir: str | Path, goals: tuple[float, ...],
@@ -217,13 +218,13 @@ def _train_group_on_ray(problem: Any, cfgs: list[RunConfig], results_dir: str | 
 def stored_curve(results_dir: str | Path, summary: dict) -> Curve:
     """The goal-metric curve of a finished run, from its ``metrics.csv`` (a rival of later runs)."""
     cfg = summary["config"]
-    curve = Curve(lr=cfg["lr"], status=summary["status"])
+    curve = Curve(lr=cfg["lr"], status=summary["status"], direction=METRIC_DIRECTION[cfg["metric"]])
     path = run_dir(results_dir, cfg["task"], summary["run_id"]) / "metrics.csv"
     if summary["status"] == "failed" or not path.exists():
         return curve
     frame = pd.read_csv(path)
     if "metric_step" in frame:
-        if cfg.get("goal_source", "subset") == "batches":
+        if cfg.get("goal_source", "subset") in ("batches", "episodes"):
             frame = frame[frame["step"] > 0]
         steps, values = frame["metric_step"], frame["metric"]
     else:

@@ -31,7 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from gns_utils.critical_batch import DEFAULT_SMOOTHING, steps_to_target
-from gns_utils.experiments.config import RunConfig
+from gns_utils.experiments.config import METRIC_DIRECTION, RunConfig, goal_reached
 from gns_utils.experiments.models import count_parameters
 from gns_utils.experiments.seed import set_seed
 from gns_utils.experiments.stopping import Curve
@@ -69,7 +69,7 @@ NOISE_EMA_ADAPTIVE = 4.0
 
 
 def make_optimizer(model: torch.nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
-    """SGD, momentum (0.9, the paper's CIFAR/ImageNet setting) or Adam at constant ε.
+    """SGD, momentum (0.9, the paper's CIFAR/ImageNet setting), Adam or RMSProp at constant ε.
 
     Uses the fused (Adam) or multi-tensor (SGD) implementations: the per-parameter
     loops are the largest cost of a small model's step on a CPU.
@@ -84,6 +84,8 @@ def make_optimizer(model: torch.nn.Module, cfg: RunConfig) -> torch.optim.Optimi
     if cfg.optimizer == "adam":
         fused = all(p.device.type in ("cpu", "cuda") for p in params)
         return torch.optim.Adam(params, lr=cfg.lr, **{"fused": fused, **kwargs})
+    if cfg.optimizer == "rmsprop":  # the paper's A2C (α = 0.99, ε = 1e-5 as in the A2C baselines)
+        return torch.optim.RMSprop(params, lr=cfg.lr, **{"alpha": 0.99, "eps": 1e-5, "foreach": True, **kwargs})
     raise ValueError(f"unknown optimizer {cfg.optimizer!r}")
 
 
@@ -172,8 +174,11 @@ class Run:
             problem.restart_stream(cfg.seed)
         self.model.train()
         self.optimizer = make_optimizer(self.model, cfg)
-        self.sampler = EpochSampler(problem.n_train, cfg.batch_size, torch.Generator().manual_seed(cfg.seed),
-                                    problem.device)
+        if hasattr(problem, "stream"):  # reinforcement learning: the run's own environments, acting with its model
+            self.sampler = problem.stream(self.model, cfg.batch_size, cfg.seed)
+        else:
+            self.sampler = EpochSampler(problem.n_train, cfg.batch_size, torch.Generator().manual_seed(cfg.seed),
+                                        problem.device)
         if hasattr(problem, "sample"):  # a problem that draws fresh examples: the run owns its stream, so runs
             stream = torch.Generator(device=problem.device).manual_seed(cfg.seed)  # trained side by side agree
             self.sampler.draw = lambda: problem.sample(cfg.batch_size, generator=stream)  # with runs trained alone
@@ -184,7 +189,7 @@ class Run:
         self.schedule = [int(t) for t in eval_schedule(self.max_steps, cfg.evals_per_decade)]
         self.goals_left = list(cfg.goals)
         self.b_noise_rows: list[dict[str, float]] = []
-        self.curve = Curve(lr=cfg.lr)
+        self.curve = Curve(lr=cfg.lr, direction=METRIC_DIRECTION[cfg.metric])
         self.step = 0
         self.n_evaluations = 0
         self.summary: dict[str, Any] | None = None
@@ -220,6 +225,10 @@ class Run:
         interval, cfg = self._interval, self.cfg
         if evaluation is not None:  # the subset's metric, at the logged step
             position, metric, loss = float(step), evaluation[cfg.metric], evaluation["loss"]
+        elif cfg.goal_source == "episodes":  # the mean return of the last episodes the run's environments ended
+            n = interval["steps"]
+            position, metric, loss = float(step), self.sampler.mean_return(), interval["train_loss"] / n
+            evaluation = {"loss": loss, "error": math.nan, cfg.metric: metric}
         else:  # the mean of the steps' own mini-batches, at the mean step of the weights they saw
             n = interval["steps"]
             position = step - (n + 1) / 2
@@ -229,13 +238,15 @@ class Run:
             evaluation = {"loss": loss, "error": interval["train_error"] / n if cfg.metric == "error" else math.nan}
         self._write_row(evaluation, position if step > 0 else 0.0, metric)
         self._interval = _empty_interval()
+        if step == 0 and cfg.goal_source == "episodes":  # no loss before the first update, and no episode
+            return
         if not math.isfinite(loss) or loss > BLOWUP_FACTOR * self.initial_loss:
             self._finish("diverged")
             return
-        if step > 0 or cfg.goal_source == "subset":
+        if (step > 0 or cfg.goal_source == "subset") and (cfg.goal_source != "episodes" or math.isfinite(metric)):
             self.curve.steps.append(position if step > 0 else 0.0)
             self.curve.values.append(metric)
-        while self.goals_left and metric <= self.goals_left[0]:
+        while self.goals_left and goal_reached(cfg.metric, metric, self.goals_left[0]):
             goal = self.goals_left.pop(0)
             if cfg.b_noise_examples:
                 self.b_noise_rows.append({"goal": goal, "step": step,
@@ -249,6 +260,8 @@ class Run:
     def _write_row(self, evaluation: dict[str, float], position: float, metric: float) -> None:
         row = _metrics_row(self.step, self.units_per_step, self.sampler.epoch, evaluation, self._interval, self.ema,
                            time.perf_counter() - self.start)
+        if self.cfg.metric not in row:  # a metric of its own (the return): a column of its own
+            row[self.cfg.metric] = evaluation.get(self.cfg.metric, math.nan)
         self._writer.write({**row, "metric_step": position, "metric": metric})
 
     def stop(self, status: str = "pruned") -> None:
@@ -260,6 +273,8 @@ class Run:
             return
         self.curve.status = status
         self._writer.close()
+        if hasattr(self.sampler, "close"):  # environments
+            self.sampler.close()
         self._bar.close()
         if self.b_noise_rows:
             pd.DataFrame(self.b_noise_rows).to_csv(self.folder / "b_noise.csv", index=False)
@@ -335,7 +350,7 @@ def _steps_to_goals(curve: Curve, goals: tuple[float, ...], smoothing: float) ->
         steps, values = steps[: int(np.argmin(finite))], values[: int(np.argmin(finite))]
     if not steps.size:
         return np.full(len(goals), np.nan)
-    return steps_to_target(steps, values, np.array(goals, float), smoothing=smoothing)
+    return steps_to_target(steps, values, np.array(goals, float), smoothing=smoothing, direction=curve.direction)
 
 
 def _by_goal(goals: tuple[float, ...], steps: np.ndarray) -> dict[str, float | None]:
@@ -427,11 +442,20 @@ def checkpoint(problem: Any, model: torch.nn.Module, optimizer: torch.optim.Opti
     devices = [problem.device] if problem.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(cfg.seed)
-        groups = _split(problem.measurement_batch(n, 0), CHECKPOINT_GROUPS)
+        on_policy = getattr(problem, "on_policy", False)  # reinforcement learning: the model plays the frames
+        batch = problem.measurement_batch(n, 0, model=model) if on_policy else problem.measurement_batch(n, 0)
+        groups = _split(batch, CHECKPOINT_GROUPS)
         loss_fn = problem.loss
         units = float(problem.units(groups[0]))
         raw = checkpoint_noise_scale(model, loss_fn, groups, units=units)
         out.update(b_simple_checkpoint=raw.b_simple, b_simple_checkpoint_stderr=raw.stderr)
+        if on_policy:  # groups of whole environment segments above; here groups of shuffled frames
+            order = torch.randperm(len(batch[0]), generator=torch.Generator().manual_seed(cfg.seed)).to(problem.device)
+            frames = _split(tuple(t.index_select(0, order) for t in batch), CHECKPOINT_GROUPS)
+            shuffled = checkpoint_noise_scale(model, loss_fn, frames, units=units)
+            out.update(b_simple_frames=shuffled.b_simple, b_simple_frames_stderr=shuffled.stderr)
+            policy = checkpoint_noise_scale(model, problem.policy_loss, groups, units=units)
+            out.update(b_simple_policy=policy.b_simple, b_simple_policy_stderr=policy.stderr)
         if cfg.optimizer == "adam":
             pre = checkpoint_noise_scale(model, loss_fn, groups, units=units,
                                          preconditioner=adam_preconditioner(optimizer, model))
