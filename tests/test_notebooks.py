@@ -15,6 +15,7 @@ DOMAIN_TASKS = {
     "01_image_classification": ["smoke_image"],
     "02_language_model": ["smoke_lm"],
     "03_autoencoder": ["smoke_autoencoder", "smoke_vae"],
+    "04_reinforcement_learning": ["smoke_cartpole_a2c"],
 }
 TASK_FIELDS = ["task", "domain", "dataset", "model", "optimizer", "units", "b_crit", "b_crit_stderr",
                "b_crit_start", "b_simple", "b_simple_start", "b_noise", "goals", "profile", "provenance"]
@@ -41,7 +42,7 @@ def test_domain_notebook_at_smoke_size(name, results):
         summary = json.loads((results / task / "summary.json").read_text())
         assert set(TASK_FIELDS) <= set(summary), set(TASK_FIELDS) - set(summary)
         assert summary["task"] == task and summary["profile"] == "smoke"
-        assert summary["units"] == {"00": "examples", "02": "tokens"}.get(name[:2], "images")
+        assert summary["units"] == {"00": "examples", "02": "tokens", "04": "frames"}.get(name[:2], "images")
         assert summary["b_simple"] is not None and summary["b_simple"] > 0
         assert len(summary["goals"]) == 2
         assert all(g["b_simple_local_median"] > 0 and g["b_simple_local_n_runs"] >= 1 for g in summary["goals"])
@@ -56,6 +57,11 @@ def test_domain_notebook_at_smoke_size(name, results):
         goals = json.loads((results / "smoke_noisy_linear" / "summary.json").read_text())["goals"]
         assert all(g["b_crit_predicted"] > 0 and g["b_crit_exact"] > 0 for g in goals)
         assert all(g["b_noise"] > 0 for g in goals)  # measured at each goal on the reference run
+    if name.startswith("04"):  # the reference run measured B_simple from segments and from shuffled frames
+        goals = json.loads((results / "smoke_cartpole_a2c" / "summary.json").read_text())["goals"]
+        assert all(g["b_simple_checkpoint"] > 0 for g in goals)
+        runs = [json.loads((r / "summary.json").read_text()) for r in (results / "smoke_cartpole_a2c" / "runs").iterdir()]
+        assert all(r["batch_units"] == 5 * r["config"]["batch_size"] for r in runs)
     if name.startswith("01"):
         assert (results / "smoke_image" / "figures" / "optimal_lr.png").exists()
 

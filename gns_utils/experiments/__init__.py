@@ -12,6 +12,7 @@ From data to the paper's Fig 4, in the order a notebook uses them:
 * :mod:`~gns_utils.experiments.prepare`    ``make data``: installs / unpacks the offline datasets.
 * :mod:`~gns_utils.experiments.models`     the paper's networks, scaled by parameters.
 * :mod:`~gns_utils.experiments.problems`   data on the device + loss + goal metric, per domain.
+* :mod:`~gns_utils.experiments.rl`         A2C on vector environments: rollouts, the loss, frames as units.
 * :mod:`~gns_utils.experiments.profiles`   the ``smoke`` / ``cpu`` / ``paper`` presets of every task.
 * :mod:`~gns_utils.experiments.config`     frozen, validated experiment and run configurations.
 * :mod:`~gns_utils.experiments.train`      one run at one (batch size, learning rate).

@@ -186,7 +186,8 @@ def matched_by_goal(matched: pd.DataFrame) -> pd.DataFrame:
 
 #: Columns of a checkpoint row (``b_noise.csv`` of the reference run) carried into each goal's record.
 CHECKPOINT_COLUMNS = ("b_noise", "b_noise_stderr", "b_simple_checkpoint", "b_simple_checkpoint_stderr",
-                      "b_simple_preconditioned", "b_simple_preconditioned_stderr")
+                      "b_simple_preconditioned", "b_simple_preconditioned_stderr",
+                      "b_simple_frames", "b_simple_frames_stderr", "b_simple_policy", "b_simple_policy_stderr")
 
 
 def checkpoints_by_goal(checkpoints: pd.DataFrame) -> pd.DataFrame:

@@ -38,6 +38,7 @@ from typing import Any, Mapping
 
 import gymnasium as gym
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -254,15 +255,13 @@ class RLProblem:
         return None
 
 
-def frame_correlation(b_noise: "pd.DataFrame") -> "pd.DataFrame":
+def frame_correlation(b_noise: pd.DataFrame) -> pd.DataFrame:
     """How much the correlation of a rollout's frames matters, per goal of the reference run.
 
     From the checkpoint measurements (``b_noise.csv``): B_simple from groups of whole environment
     segments (independent), from groups of shuffled frames (as if frames were independent), their
     ratio, and B_simple of the policy's part of the loss alone; all in frames.
     """
-    import pandas as pd
-
     columns = ["goal", "b_simple_segments", "b_simple_frames", "frames_over_segments", "b_simple_policy"]
     if b_noise.empty or "b_simple_frames" not in b_noise:
         return pd.DataFrame(columns=columns)
