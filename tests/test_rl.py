@@ -4,6 +4,7 @@ import math
 
 import gymnasium as gym
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -73,11 +74,12 @@ def _problem(monkeypatch, env):
 
 
 @pytest.mark.parametrize("truncate", [False, True])
-def test_k_step_returns_cut_at_episode_ends_and_drop_the_reset_step(monkeypatch, truncate):
+def test_k_step_returns_cut_at_episode_ends_and_mask_the_reset_step(monkeypatch, truncate):
     c = 2.0
     problem = _problem(monkeypatch, CountdownEnv([3, 10], truncate=truncate))
     stream = rl.Rollouts(problem, ConstantValue(c), 2, seed=0)
-    obs, actions, returns = stream.play(5)
+    obs, actions, returns, valid = stream.play(5)
+    assert obs.shape == (2, 5, 1) and actions.shape == returns.shape == valid.shape == (2, 5)  # one row per env
     # env 0: steps 1-3 of an episode that ends at step 3, step 4 only resets, step 5 is step 1 of the next
     end = GAMMA * c if truncate else 0.0  # truncation bootstraps from V(final observation); termination does not
     r3 = 1 + end
@@ -86,33 +88,55 @@ def test_k_step_returns_cut_at_episode_ends_and_drop_the_reset_step(monkeypatch,
     r5 = 1 + GAMMA * c
     # env 1: five steps of a long episode, bootstrapped from V(s_6) = c
     long = [sum(GAMMA**j for j in range(5 - t)) + GAMMA ** (5 - t) * c for t in range(5)]
-    expected = [r1, r2, r3, r5, *long]
-    assert len(returns) == 9  # 10 frames less the reset step
-    np.testing.assert_allclose(returns.numpy(), expected, rtol=1e-6)
-    np.testing.assert_array_equal(obs[:4, 0].numpy(), [0, 1, 2, 0])  # environment-major frames, reset step left out
+    np.testing.assert_array_equal(valid.numpy(), [[1, 1, 1, 0, 1], [1, 1, 1, 1, 1]])
+    np.testing.assert_allclose(returns[0, [0, 1, 2, 4]].numpy(), [r1, r2, r3, r5], rtol=1e-6)
+    np.testing.assert_allclose(returns[1].numpy(), long, rtol=1e-6)
+    np.testing.assert_array_equal(obs[0, :, 0].numpy(), [0, 1, 2, 3, 0])  # the reset step sees the final state
     assert stream.episodes == 1 and stream.mean_return() == 3.0
 
 
-def test_per_frame_noise_of_the_a2c_loss_matches_torch_func_per_sample_gradients():
-    """The monitor's per-frame norms (hooks, one backward) against torch.func's per-sample gradients."""
-    cfg = make_experiment(presets("rl", "smoke")[0])
-    problem = make_problem(cfg, "cpu")
-    torch.manual_seed(0)
-    model = problem.build_model()
-    batch = problem.stream(model, 16, seed=3).draw()
-    monitor = PerExampleNormMonitor(model)
+def _hooks(problem, model, batch, module):
+    """The per-example monitor's estimate on ``module`` for one training backward of the A2C loss."""
+    monitor = PerExampleNormMonitor(module)
+    model.zero_grad()
     with monitor.capture():
         loss = problem.loss(model, batch)
     loss.backward()
     monitor.after_micro_batch(problem.units(batch))
-    hooks = monitor.after_step()
+    estimate = monitor.after_step()
+    monitor.remove()
+    return estimate
 
-    def frame_loss(outputs, targets):  # the same loss, with (action, return) packed as targets
-        return problem.loss(lambda _: outputs, (None, targets[:, 0].long(), targets[:, 1]))
 
-    targets = torch.stack([batch[1].float(), batch[2]], 1)
-    func = per_example_estimate(model, frame_loss, batch[0], targets, method="func")
-    assert float(hooks.g2) == pytest.approx(float(func.g2), rel=1e-4)
+def _func(problem, model, batch, loss_fn):
+    """torch.func's per-sample-gradient estimate for ``loss_fn``, one sample per environment segment."""
+    targets = torch.stack([batch[1].float(), batch[2], batch[3]], -1)
+
+    def segment_loss(outputs, packed):  # the same loss, with (action, return, valid) packed as targets
+        return loss_fn(lambda _: outputs, (None, packed[..., 0].long(), packed[..., 1], packed[..., 2]))
+
+    return per_example_estimate(model, segment_loss, batch[0], targets, units_per_example=problem.rollout_steps,
+                                method="func")
+
+
+@pytest.mark.parametrize("which", ["loss", "policy"])
+def test_segment_noise_of_the_a2c_loss_matches_torch_func_per_sample_gradients(which):
+    """The monitor's per-segment norms (hooks, one backward) against torch.func's per-sample gradients, for the
+    whole loss and for the policy network alone (its own monitor, as trained, against the policy's loss)."""
+    cfg = make_experiment(presets("rl", "smoke")[0])
+    problem = make_problem(cfg, "cpu")
+    torch.manual_seed(0)
+    model = problem.build_model()
+    batch = problem.stream(model, 16, seed=3).play(40)[:4]  # long segments: episodes end and reset inside
+    batch = tuple(t[:, -5:] for t in batch)
+    assert (batch[3] == 0).any(), "the test batch should hold a reset step"
+    if which == "loss":
+        hooks, func = _hooks(problem, model, batch, model), _func(problem, model, batch, problem.loss)
+    else:  # the policy tower's monitor sees the whole loss's backward; its gradient is the policy loss's
+        hooks = _hooks(problem, model, batch, problem.noise_parts(model)["policy"])
+        func = _func(problem, model, batch, problem.policy_loss)
+    assert hooks.b_small == func.b_small == 5 and hooks.b_big == func.b_big == 80  # frames
+    assert float(hooks.g2) == pytest.approx(float(func.g2), rel=1e-4, abs=1e-7)
     assert float(hooks.trace_sigma) == pytest.approx(float(func.trace_sigma), rel=1e-4)
 
 
@@ -127,6 +151,9 @@ def test_the_learner_reaches_the_documented_return_on_cartpole(tmp_path):
     frames = summary["steps_to_goal"]["200.0"] * summary["batch_units"]
     assert frames <= 20_000, frames
     assert summary["noise_method"] == "per_example" and summary["b_simple_final"] > 0
+    metrics = pd.read_csv(tmp_path / cfg.task / "runs" / summary["run_id"] / "metrics.csv")
+    assert metrics["noise_steps_policy"].sum() == summary["n_steps"]  # the policy's own noise at every step
+    assert metrics["return"].dropna().iloc[-1] >= 200
 
 
 def test_return_goals_are_reached_upwards():

@@ -252,19 +252,19 @@ class ActorCritic(nn.Module):
     def __init__(self, obs_shape: tuple[int, ...], n_actions: int, arch: str = "mlp",
                  hidden: tuple[int, ...] = (64, 64)) -> None:
         super().__init__()
-        self.arch = arch
+        self.arch, self.obs_shape = arch, tuple(int(d) for d in obs_shape)
         if arch == "mlp":
-            sizes = [int(torch.tensor(obs_shape).prod()), *hidden]
+            sizes = [int(torch.tensor(self.obs_shape).prod()), *hidden]
 
             def tower(out: int) -> nn.Sequential:
-                layers: list[nn.Module] = [nn.Flatten()]
+                layers: list[nn.Module] = []
                 for a, b in zip(sizes, sizes[1:]):
                     layers += [nn.Linear(a, b), nn.Tanh()]
                 return nn.Sequential(*layers, nn.Linear(sizes[-1], out))
 
             self.policy, self.value = tower(n_actions), tower(1)
         elif arch == "cnn":
-            channels, height, width = obs_shape
+            channels, height, width = self.obs_shape
             self.trunk = nn.Sequential(
                 nn.Conv2d(channels, 32, 8, stride=4), nn.ReLU(), nn.Conv2d(32, 64, 4, stride=2), nn.ReLU(),
                 nn.Conv2d(64, 64, 3, stride=1), nn.ReLU(), nn.Flatten())
@@ -277,11 +277,13 @@ class ActorCritic(nn.Module):
             raise ValueError(f"arch must be 'mlp' or 'cnn', got {arch!r}")
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Observations with any leading dimensions ([n] or [n, k] frames) → logits [..., A], values [...]."""
+        lead = obs.shape[: obs.dim() - len(self.obs_shape)]
         if self.arch == "cnn":
-            features = self.trunk(obs.float() / 255.0)
-            return self.policy(features), self.value(features).squeeze(-1)
-        obs = obs.float()
-        return self.policy(obs), self.value(obs).squeeze(-1)
+            features = self.trunk(obs.reshape(-1, *self.obs_shape).float() / 255.0)
+            return self.policy(features).reshape(*lead, -1), self.value(features).reshape(lead)
+        x = obs.float().reshape(*lead, -1)  # an MLP keeps [n, k, features]: per-example norms per segment
+        return self.policy(x), self.value(x).squeeze(-1)
 
 
 class LinearRegression(nn.Linear):

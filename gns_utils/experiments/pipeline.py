@@ -112,12 +112,15 @@ def run_experiment(cfg: ExperimentConfig, results_dir: str | Path, progress: boo
     best_ids = best.dropna(subset=["steps"]).sort_values("goal").drop_duplicates("batch_units")["run_id"]
     metrics = read_metrics(results_dir, cfg.task, runs)  # the sweep's run table: no summary is read twice
     matched = matched_noise_scales(best, metrics)
+    parts = [c[len("g2_"):-len("_mean")] for c in metrics.columns if c.startswith("g2_") and c.endswith("_mean")
+             and c != "g2_mean"]  # parts of the network measured on their own (the policy of an actor-critic)
+    matched_parts = {part: matched_noise_scales(best, metrics, part) for part in parts}
     curves = metrics[metrics["run_id"].isin(set(best_ids))].reset_index(drop=True)
     noise = metrics[metrics["run_id"] == ref_id].reset_index(drop=True)
     b_noise_file = run_dir(results_dir, cfg.task, ref_id) / "b_noise.csv"
     b_noise = pd.read_csv(b_noise_file) if b_noise_file.exists() else pd.DataFrame()
     summary = summarize_task(cfg, table, by_goal, noise, b_noise, results_dir, matched=matched,
-                             extra={"b_crit_seeds": seeds.to_dict(orient="records")})
+                             extra={"b_crit_seeds": seeds.to_dict(orient="records")}, matched_parts=matched_parts)
     return TaskResult(cfg, summary, table, best, by_goal, fits, curves, noise, b_noise, matched,
                       task_dir(results_dir, cfg.task) / "figures", seeds)
 

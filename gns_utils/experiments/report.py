@@ -65,7 +65,8 @@ def reference_run(best: pd.DataFrame, b_crit: float) -> pd.Series:
 
 def summarize_task(cfg: ExperimentConfig, table: pd.DataFrame, by_goal: pd.DataFrame, reference: pd.DataFrame,
                    b_noise: pd.DataFrame, results_dir: str | Path, matched: pd.DataFrame | None = None,
-                   extra: dict[str, Any] | None = None) -> dict[str, Any]:
+                   extra: dict[str, Any] | None = None,
+                   matched_parts: dict[str, pd.DataFrame] | None = None) -> dict[str, Any]:
     """Collect B_crit per goal and the reference run's B_simple / B_noise; write the task summary.
 
     Reads nothing: every input is already in memory.
@@ -80,6 +81,8 @@ def summarize_task(cfg: ExperimentConfig, table: pd.DataFrame, by_goal: pd.DataF
         results_dir: root of the results store.
         matched: :func:`matched_noise_scales` of the sweep's best runs (added to ``goals``).
         extra: fields to add to the summary.
+        matched_parts: the same for parts of the network measured on their own (the policy of an
+            actor-critic), added to ``goals`` as ``b_simple_<part>_local_*``.
 
     Returns:
         The summary, also written to ``<results_dir>/<task>/summary.json``.
@@ -93,6 +96,9 @@ def summarize_task(cfg: ExperimentConfig, table: pd.DataFrame, by_goal: pd.DataF
     goals = by_goal.merge(app_d_by_goal(reference, batch_units, cfg.metric, cfg.goals), on="goal", how="left")
     if matched is not None and len(matched):
         goals = goals.merge(matched_by_goal(matched), on="goal", how="left")
+    for part, frame in (matched_parts or {}).items():
+        if len(frame):
+            goals = goals.merge(matched_by_goal(frame, prefix=f"b_simple_{part}_local"), on="goal", how="left")
     if len(b_noise):
         goals = goals.merge(checkpoints_by_goal(b_noise), on="goal", how="left")
     summary: dict[str, Any] = {
@@ -137,7 +143,7 @@ TASK_TABLE_COLUMNS = ("task", "units", "b_crit_start", "b_crit", "b_crit_stderr"
                       "b_simple", "b_noise", "n_runs", "n_runs_trained")
 
 
-def matched_noise_scales(best: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
+def matched_noise_scales(best: pd.DataFrame, metrics: pd.DataFrame, part: str | None = None) -> pd.DataFrame:
     """B_simple of each best-tuned run at the point where it reaches each goal (matched points).
 
     For every row of ``best`` (fastest run per goal and batch size) the run's logged per-step
@@ -148,6 +154,8 @@ def matched_noise_scales(best: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFr
         best: :func:`gns_utils.critical_batch.best_runs` output with ``batch_units`` and ``run_id``.
         metrics: the ``metrics.csv`` rows of those runs (``step``, ``g2_mean``,
             ``trace_sigma_mean``, ``noise_steps``; :func:`gns_utils.experiments.store.load_metrics`).
+        part: a part of the network measured on its own (columns ``g2_<part>_mean``,
+            ``trace_sigma_<part>_mean``, ``noise_steps_<part>``); None = the whole network.
 
     Returns:
         One row per (goal, batch size): ``goal, batch_units, run_id, at_step, b_simple_local,
@@ -160,27 +168,29 @@ def matched_noise_scales(best: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFr
         log = logs.get(point.run_id)
         if log is None or not (point.steps > 0):
             continue
-        n = log["noise_steps"].fillna(0).to_numpy(float)
-        window = windowed_b_simple(log["step"].to_numpy(float), log["g2_mean"].fillna(0).to_numpy(float) * n,
-                                   log["trace_sigma_mean"].fillna(0).to_numpy(float) * n, n, float(point.steps))
+        g2, trace, count = (("g2_mean", "trace_sigma_mean", "noise_steps") if part is None else
+                            (f"g2_{part}_mean", f"trace_sigma_{part}_mean", f"noise_steps_{part}"))
+        n = log[count].fillna(0).to_numpy(float)
+        window = windowed_b_simple(log["step"].to_numpy(float), log[g2].fillna(0).to_numpy(float) * n,
+                                   log[trace].fillna(0).to_numpy(float) * n, n, float(point.steps))
         rows.append([point.goal, point.batch_units, point.run_id, float(point.steps), window.estimate, window.stderr,
                      window.n_estimates])
     return pd.DataFrame(rows, columns=columns)
 
 
-def matched_by_goal(matched: pd.DataFrame) -> pd.DataFrame:
+def matched_by_goal(matched: pd.DataFrame, prefix: str = "b_simple_local") -> pd.DataFrame:
     """Per goal: the matched B_simple at the smallest batch size, the median over batch sizes, min, max,
-    and the spread (standard deviation of log10 B_simple over batch sizes)."""
+    and the spread (standard deviation of log10 B_simple over batch sizes); columns ``<prefix>_*``."""
     rows = []
     for goal, group in matched.groupby("goal", sort=False):
         values = group.sort_values("batch_units")["b_simple_local"].to_numpy(float)
         positive = values[np.isfinite(values) & (values > 0)]
-        rows.append({"goal": goal, "b_simple_local_small_b": _num(values[0]) if len(values) else None,
-                     "b_simple_local_median": _num(np.median(positive)) if len(positive) else None,
-                     "b_simple_local_min": _num(positive.min()) if len(positive) else None,
-                     "b_simple_local_max": _num(positive.max()) if len(positive) else None,
-                     "b_simple_local_log10_spread": _num(np.log10(positive).std()) if len(positive) >= 2 else None,
-                     "b_simple_local_n_runs": int(len(positive))})
+        rows.append({"goal": goal, f"{prefix}_small_b": _num(values[0]) if len(values) else None,
+                     f"{prefix}_median": _num(np.median(positive)) if len(positive) else None,
+                     f"{prefix}_min": _num(positive.min()) if len(positive) else None,
+                     f"{prefix}_max": _num(positive.max()) if len(positive) else None,
+                     f"{prefix}_log10_spread": _num(np.log10(positive).std()) if len(positive) >= 2 else None,
+                     f"{prefix}_n_runs": int(len(positive))})
     return pd.DataFrame(rows)
 
 

@@ -14,20 +14,22 @@ B_simple are in frames (``units_per_example = k``), as in Table 1.
   their k-step bootstrapped returns.
 * :class:`RLProblem` is the problem the sweep trains (:mod:`gns_utils.experiments.problems`):
   the A2C loss per frame (policy gradient with the advantage R − V(s), an entropy bonus and a
-  squared-error value loss), averaged over the batch's frames, so the per-example gradient
-  norms of the update's one backward are per-frame norms
-  (:class:`gns_utils.noise.PerExampleNormMonitor`, MLP policies); the goal metric is the mean
+  squared-error value loss), averaged over the batch's frames; the goal metric is the mean
   return of the last ``window`` episodes (``goal_source="episodes"``).
 
 Frames within a rollout are correlated (one environment's k consecutive frames share a
-trajectory), so per-frame gradients are not independent samples. The checkpoint measurement
-(:func:`gns_utils.experiments.train.checkpoint`) therefore reports B_simple twice on the same
-frames: from groups of whole environment segments (``b_simple_checkpoint``; environments are
-independent) and from groups of shuffled frames (``b_simple_frames``, which treats frames as
-independent); their ratio says how much the correlation matters. It also reports B_simple of
-the policy's part of the loss alone (``b_simple_policy``): the value loss, whose gradient is
-large and consistent while the value estimates lag the improving returns, can dominate the
-noise scale of the whole loss.
+trajectory), so they are not independent samples; the environments are. A batch therefore
+keeps one row per environment ([n, k, ...]) and the loss is a mean of per-environment losses,
+so the per-example gradient norms of the update's one backward
+(:class:`gns_utils.noise.PerExampleNormMonitor`, MLP policies) are those of whole environment
+segments, and B_simple comes out in frames (k frames per segment). The checkpoint measurement
+(:func:`gns_utils.experiments.train.checkpoint`) reports B_simple on the same frames from groups
+of whole segments (``b_simple_checkpoint``) and from groups of shuffled frames
+(``b_simple_frames``, as if frames were independent): their ratio says how much the correlation
+matters. The value loss, whose gradient is large and consistent while the value estimates lag
+the improving returns, can dominate the noise scale of the whole loss, so the policy network's
+own noise scale is measured too: at every step (:meth:`RLProblem.noise_parts`, columns
+``*_policy_*`` of ``metrics.csv``) and at each checkpoint (``b_simple_policy``).
 """
 
 from __future__ import annotations
@@ -113,12 +115,13 @@ class Rollouts:
 
     @torch.no_grad()
     def play(self, steps: int) -> Batch:
-        """Play ``steps`` steps in every environment; the frames (environment-major) and their returns.
+        """Play ``steps`` steps in every environment; the update's frames, one row per environment.
 
-        Returns ``(observations, actions, returns)`` of the valid frames: a step that only resets an
-        environment whose episode ended on the step before (gymnasium's next-step autoreset) is
-        left out. Returns are k-step bootstrapped: R_t = r_t + γ R_{t+1}, cut at a terminal state,
-        from V(final observation) at a time-limit truncation, and from V(s_{t+k}) after the last step.
+        Returns ``(observations [n, k, ...], actions [n, k], returns [n, k], valid [n, k])``. A step that
+        only resets an environment whose episode ended on the step before (gymnasium's next-step
+        autoreset) is not valid (weight 0 in the loss). Returns are k-step bootstrapped:
+        R_t = r_t + γ R_{t+1}, cut at a terminal state, from V(final observation) at a time-limit
+        truncation, and from V(s_{t+k}) after the last step.
         """
         p, device = self.problem, self.problem.device
         obs, actions, rewards, nonterminal, valid, cut_values = [], [], [], [], [], []
@@ -152,11 +155,8 @@ class Rollouts:
             running = rewards[t] + p.gamma * np.where(nonterminal[t], running, cut_values[t])
             returns[t] = running
         self.frames += steps * self.num_envs
-        keep = torch.as_tensor(np.stack(valid).T.reshape(-1), device=device)  # environment-major: [n · k]
-        frames = torch.stack(obs).transpose(0, 1).reshape(steps * self.num_envs, *obs[0].shape[1:])
-        acts = torch.stack(actions).T.reshape(-1)
-        rets = torch.as_tensor(returns.T.reshape(-1), device=device)
-        return frames[keep], acts[keep], rets[keep]
+        return (torch.stack(obs, 1), torch.stack(actions, 1), torch.as_tensor(returns.T.copy(), device=device),
+                torch.as_tensor(np.stack(valid, 1), dtype=torch.float32, device=device))
 
     def draw(self) -> Batch:
         """The next update's frames: ``k`` steps of every environment."""
@@ -210,28 +210,42 @@ class RLProblem:
         return Rollouts(self, model, num_envs, seed)
 
     def units(self, batch: Batch) -> int:
-        """Frames in ``batch`` (the unit of B here)."""
-        return len(batch[0])
+        """Frames in ``batch``: environments × k (the unit of B here)."""
+        return int(batch[0].shape[0]) * self.rollout_steps
 
-    def loss(self, model: nn.Module, batch: Batch, metrics: dict[str, float] | None = None) -> torch.Tensor:
-        """A2C loss per frame, averaged over the batch's frames:
-        −log π(a|s) (R − V(s)) − c_H H(π(·|s)) + c_V (R − V(s))², the advantage held constant."""
-        obs, actions, returns = batch
+    def _per_frame(self, model: nn.Module, batch: Batch, value_coef: float) -> torch.Tensor:
+        obs, actions, returns, valid = batch
         logits, values = model(obs)
         logp = F.log_softmax(logits.float(), -1)
         advantage = (returns - values.float()).detach()
-        policy = -logp.gather(1, actions[:, None]).squeeze(1) * advantage
-        entropy = -(logp.exp() * logp).sum(1)
-        return (policy - self.entropy_coef * entropy + self.value_coef * (returns - values.float()).pow(2)).mean()
+        policy = -logp.gather(-1, actions[..., None]).squeeze(-1) * advantage
+        entropy = -(logp.exp() * logp).sum(-1)
+        loss = policy - self.entropy_coef * entropy
+        if value_coef:
+            loss = loss + value_coef * (returns - values.float()).pow(2)
+        return loss * valid
+
+    def loss(self, model: nn.Module, batch: Batch, metrics: dict[str, float] | None = None) -> torch.Tensor:
+        """A2C loss: −log π(a|s) (R − V(s)) − c_H H(π(·|s)) + c_V (R − V(s))² per frame, the advantage held
+        constant, summed over an environment's valid frames and divided by k (a mean over frames), then
+        averaged over environments: a mean of per-environment losses, so per-example gradient norms are
+        those of whole environment segments (independent, unlike the frames within one)."""
+        return self._per_frame(model, batch, self.value_coef).sum(1).mean() / self.rollout_steps
 
     def policy_loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         """The policy's part of :meth:`loss` (no value term): its gradient is the policy network's alone."""
-        obs, actions, returns = batch
-        logits, values = model(obs)
-        logp = F.log_softmax(logits.float(), -1)
-        advantage = (returns - values.float()).detach()
-        entropy = -(logp.exp() * logp).sum(1)
-        return (-logp.gather(1, actions[:, None]).squeeze(1) * advantage - self.entropy_coef * entropy).mean()
+        return self._per_frame(model, batch, 0.0).sum(1).mean() / self.rollout_steps
+
+    def noise_parts(self, model: nn.Module) -> dict[str, nn.Module]:
+        """Parts of the network whose noise scale is measured on their own at every step: the policy
+        network of an MLP actor-critic (its gradient is that of the policy's part of the loss alone)."""
+        return {"policy": model.policy} if getattr(model, "arch", None) == "mlp" else {}
+
+    def shuffle_frames(self, batch: Batch, generator: torch.Generator) -> Batch:
+        """The same frames with the environment segments broken up: frames permuted across rows."""
+        n, k = batch[1].shape
+        order = torch.randperm(n * k, generator=generator).to(self.device)
+        return tuple(t.reshape(n * k, *t.shape[2:]).index_select(0, order).reshape(t.shape) for t in batch)
 
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         """Nothing to evaluate before the first update: the goal metric comes from the run's episodes."""
@@ -255,20 +269,24 @@ class RLProblem:
         return None
 
 
-def frame_correlation(b_noise: pd.DataFrame) -> pd.DataFrame:
-    """How much the correlation of a rollout's frames matters, per goal of the reference run.
+def noise_by_goal(summary: Mapping[str, Any]) -> pd.DataFrame:
+    """B_crit per goal beside the noise scales of an RL task, all in frames (from its ``summary.json``).
 
-    From the checkpoint measurements (``b_noise.csv``): B_simple from groups of whole environment
-    segments (independent), from groups of shuffled frames (as if frames were independent), their
-    ratio, and B_simple of the policy's part of the loss alone; all in frames.
+    ``b_simple_local_median`` / ``b_simple_policy_local_median``: B_simple of the whole loss / of the
+    policy network alone, summed around the step where each batch size's fastest run reached the goal
+    (median over batch sizes; per environment segment); ``b_simple_segments`` / ``b_simple_frames``:
+    the reference run's checkpoint, on the same frames grouped by whole environment segments / shuffled
+    (as if frames were independent), and their ratio; ``b_simple_policy_checkpoint``: the policy's part
+    of the loss at the checkpoint.
     """
-    columns = ["goal", "b_simple_segments", "b_simple_frames", "frames_over_segments", "b_simple_policy"]
-    if b_noise.empty or "b_simple_frames" not in b_noise:
-        return pd.DataFrame(columns=columns)
-    return pd.DataFrame({"goal": b_noise["goal"], "b_simple_segments": b_noise["b_simple_checkpoint"],
-                         "b_simple_frames": b_noise["b_simple_frames"],
-                         "frames_over_segments": b_noise["b_simple_frames"] / b_noise["b_simple_checkpoint"],
-                         "b_simple_policy": b_noise["b_simple_policy"]})[columns]
+    goals = pd.DataFrame(summary["goals"])
+    renames = {"b_simple_checkpoint": "b_simple_segments", "b_simple_policy": "b_simple_policy_checkpoint"}
+    goals = goals.rename(columns=renames)
+    if {"b_simple_frames", "b_simple_segments"} <= set(goals):
+        goals["frames_over_segments"] = goals["b_simple_frames"] / goals["b_simple_segments"]
+    columns = ["goal", "b_crit", "b_crit_stderr", "b_simple_local_median", "b_simple_policy_local_median",
+               "b_simple_segments", "b_simple_frames", "frames_over_segments", "b_simple_policy_checkpoint"]
+    return goals.filter(columns)
 
 
 def make_rl_problem(cfg: Any, device: torch.device) -> RLProblem:
@@ -276,4 +294,4 @@ def make_rl_problem(cfg: Any, device: torch.device) -> RLProblem:
     return RLProblem(cfg.dataset, cfg.model, cfg.model_kwargs, device, **dict(cfg.data_kwargs))
 
 
-__all__ = ["ATARI_GAMES", "RLProblem", "Rollouts", "frame_correlation", "make_rl_problem", "make_vector_env"]
+__all__ = ["ATARI_GAMES", "RLProblem", "Rollouts", "noise_by_goal", "make_rl_problem", "make_vector_env"]

@@ -184,6 +184,11 @@ class Run:
             self.sampler.draw = lambda: problem.sample(cfg.batch_size, generator=stream)  # with runs trained alone
         self.monitor, self.n_micro = noise_monitor(self.model, cfg.noise_method, min(cfg.n_micro, cfg.batch_size))
         self.ema = NoiseScaleEMA(decay=NOISE_EMA_DECAY, adaptive=NOISE_EMA_ADAPTIVE)
+        # parts of the network measured on their own as well (the policy of an actor-critic), per-example only
+        parts = problem.noise_parts(self.model) if hasattr(problem, "noise_parts") else {}
+        self.parts = {name: (PerExampleNormMonitor(module), NoiseScaleEMA(decay=NOISE_EMA_DECAY,
+                                                                           adaptive=NOISE_EMA_ADAPTIVE))
+                      for name, module in parts.items() if isinstance(self.monitor, PerExampleNormMonitor)}
         self.units_per_step = cfg.batch_size * problem.units_per_example
         self.max_steps = int(math.ceil(cfg.budget_examples / cfg.batch_size))
         self.schedule = [int(t) for t in eval_schedule(self.max_steps, cfg.evals_per_decade)]
@@ -212,7 +217,8 @@ class Run:
         while self.step < target:
             self.step += 1
             loss = _train_step(self.problem, self.model, self.optimizer, self.sampler, self.monitor, self.ema,
-                               self._interval, self.n_micro, self.cfg.grad_clip, self.cfg.metric == "error")
+                               self._interval, self.n_micro, self.cfg.grad_clip, self.cfg.metric == "error",
+                               self.parts)
             self._bar.update(1)
             if not math.isfinite(loss):
                 self._write_row({"loss": math.nan, "error": math.nan}, math.nan, math.nan)
@@ -252,6 +258,8 @@ class Run:
                 self.b_noise_rows.append({"goal": goal, "step": step,
                                           **checkpoint(self.problem, self.model, self.optimizer, cfg)})
                 self.monitor.reset()  # the measurement's backward passes are not a training step
+                for part, _ in self.parts.values():
+                    part.reset()
         if np.isfinite(self.curve.steps_to(cfg.goals[-1])).all():
             self._finish("complete")
         elif step >= self.max_steps:
@@ -262,6 +270,11 @@ class Run:
                            time.perf_counter() - self.start)
         if self.cfg.metric not in row:  # a metric of its own (the return): a column of its own
             row[self.cfg.metric] = evaluation.get(self.cfg.metric, math.nan)
+        for name, (_, ema) in self.parts.items():
+            n = self._interval.get(f"n_{name}", 0)
+            row.update({f"g2_{name}_mean": self._interval[f"g2_{name}"] / n if n else math.nan,
+                        f"trace_sigma_{name}_mean": self._interval[f"tr_{name}"] / n if n else math.nan,
+                        f"noise_steps_{name}": n, f"b_simple_{name}_ema": ema.b_simple if ema.count else math.nan})
         self._writer.write({**row, "metric_step": position, "metric": metric})
 
     def stop(self, status: str = "pruned") -> None:
@@ -359,10 +372,13 @@ def _by_goal(goals: tuple[float, ...], steps: np.ndarray) -> dict[str, float | N
 
 def _train_step(problem: Any, model: torch.nn.Module, optimizer: torch.optim.Optimizer, sampler: EpochSampler,
                 monitor: GradientNoiseMonitor | PerExampleNormMonitor, ema: NoiseScaleEMA, interval: dict[str, float],
-                n_micro: int, grad_clip: float | None, count_errors: bool = False) -> float:
+                n_micro: int, grad_clip: float | None, count_errors: bool = False,
+                parts: dict[str, tuple[PerExampleNormMonitor, NoiseScaleEMA]] | None = None) -> float:
     """One optimizer step over ``n_micro`` micro-batches (1 with per-example norms); returns the batch loss.
 
-    Adds the batch's loss (and, with ``count_errors``, its error rate) to ``interval``."""
+    Adds the batch's loss (and, with ``count_errors``, its error rate) to ``interval``; ``parts``: per-example
+    monitors of parts of the network, measured in the same backward (``g2_<name>``, ``tr_<name>``, ``n_<name>``)."""
+    parts = parts or {}
     batch = sampler.draw() if hasattr(sampler, "draw") else problem.batch(sampler.next())
     total_units = problem.units(batch)
     optimizer.zero_grad(set_to_none=True)  # the first backward then takes its gradient buffer, no addition
@@ -372,14 +388,25 @@ def _train_step(problem: Any, model: torch.nn.Module, optimizer: torch.optim.Opt
     for micro in _split(batch, n_micro) if n_micro > 1 else [batch]:
         units = problem.units(micro)
         metrics: dict[str, float] = {}
-        with capture():
+        with contextlib.ExitStack() as stack:
+            for context in (capture, *(m.capture for m, _ in parts.values())):
+                stack.enter_context(context())
             loss = problem.loss(model, micro, metrics) if count_errors else problem.loss(model, micro)
         error_sum += metrics.get("error", math.nan) * units / total_units
         if n_micro > 1:
             loss = loss * (units / total_units)
         loss.backward()
         monitor.after_micro_batch(units)
+        for part, _ in parts.values():
+            part.after_micro_batch(units)
         loss_sum += float(loss.detach())
+    for name, (part, part_ema) in parts.items():
+        part_estimate = part.after_step()
+        if part_estimate is not None:
+            part_ema.update(part_estimate)
+            interval[f"g2_{name}"] = interval.get(f"g2_{name}", 0.0) + float(part_estimate.g2)
+            interval[f"tr_{name}"] = interval.get(f"tr_{name}", 0.0) + float(part_estimate.trace_sigma)
+            interval[f"n_{name}"] = interval.get(f"n_{name}", 0) + 1
     estimate = monitor.after_step()
     if estimate is not None:
         ema.update(estimate)
@@ -450,8 +477,7 @@ def checkpoint(problem: Any, model: torch.nn.Module, optimizer: torch.optim.Opti
         raw = checkpoint_noise_scale(model, loss_fn, groups, units=units)
         out.update(b_simple_checkpoint=raw.b_simple, b_simple_checkpoint_stderr=raw.stderr)
         if on_policy:  # groups of whole environment segments above; here groups of shuffled frames
-            order = torch.randperm(len(batch[0]), generator=torch.Generator().manual_seed(cfg.seed)).to(problem.device)
-            frames = _split(tuple(t.index_select(0, order) for t in batch), CHECKPOINT_GROUPS)
+            frames = _split(problem.shuffle_frames(batch, torch.Generator().manual_seed(cfg.seed)), CHECKPOINT_GROUPS)
             shuffled = checkpoint_noise_scale(model, loss_fn, frames, units=units)
             out.update(b_simple_frames=shuffled.b_simple, b_simple_frames_stderr=shuffled.stderr)
             policy = checkpoint_noise_scale(model, problem.policy_loss, groups, units=units)
