@@ -1,0 +1,71 @@
+"""``gns-utils fit``: the (2.11) fit of a user's own sweep from a CSV file."""
+
+import importlib.metadata
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from gns_utils.cli import main
+
+
+def _sweep(path, goals={"0.5": (400.0, 300.0), "0.3": (900.0, 600.0)}, sizes=(16, 32, 64, 128, 256, 512, 1024)):
+    """Exact (2.11) steps per goal, plus a slower learning rate at every batch size (it must not count)."""
+    rows = []
+    for goal, (s_min, b_crit) in goals.items():
+        for b in sizes:
+            steps = s_min * (1 + b_crit / b)
+            rows += [{"batch_size": b, "goal": goal, "lr": 0.1, "steps": steps},
+                     {"batch_size": b, "goal": goal, "lr": 0.2, "steps": 1.7 * steps}]
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+def test_fit_recovers_b_crit_per_goal_from_the_fewest_steps(tmp_path, capsys):
+    assert main(["fit", str(_sweep(tmp_path / "sweep.csv"))]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "B_crit ± s.e." in lines[0] and "bounded by the data" in lines[0]
+    first, second = lines[1].split(), lines[2].split()
+    assert first[0] == "0.5" and first[1] == "7" and first[2] == "300" and first[-1] == "yes"
+    assert second[0] == "0.3" and second[2] == "600" and second[5] == "900"  # B_crit, then S_min
+
+
+def test_a_goal_with_b_crit_beyond_the_batch_sizes_is_reported_as_a_bound(tmp_path, capsys):
+    path = _sweep(tmp_path / "sweep.csv", goals={"1": (100.0, 1e6)}, sizes=(8, 16, 32, 64))
+    main(["fit", str(path)])
+    assert "no: B_crit >= the largest batch size" in capsys.readouterr().out
+
+
+def test_fit_saves_the_pareto_fronts(tmp_path, capsys):
+    main(["fit", str(_sweep(tmp_path / "sweep.csv")), "--plot", str(tmp_path / "fronts")])
+    assert (tmp_path / "fronts.png").stat().st_size > 0 and (tmp_path / "fronts.pdf").stat().st_size > 0
+
+
+@pytest.mark.parametrize("content, message", [
+    ("a,b\n1,2\n", "no column batch_size or steps"),
+    ("batch_size,steps\n32,abc\n", "non-numbers"),
+    ("batch_size,steps\n-4,10\n", "positive"),
+])
+def test_bad_files_get_a_message_that_says_what_to_do(tmp_path, content, message):
+    path = tmp_path / "bad.csv"
+    path.write_text(content)
+    with pytest.raises(SystemExit, match=message):
+        main(["fit", str(path)])
+    with pytest.raises(SystemExit, match="no such file"):
+        main(["fit", str(tmp_path / "missing.csv")])
+
+
+def test_too_few_batch_sizes_for_a_goal_say_so(tmp_path, capsys):
+    pd.DataFrame({"batch_size": [32, 64], "steps": [100.0, 60.0]}).to_csv(tmp_path / "two.csv", index=False)
+    main(["fit", str(tmp_path / "two.csv")])
+    assert "too few batch sizes" in capsys.readouterr().out
+
+
+def test_installed_as_a_console_script_with_help():
+    scripts = {e.name: e.value for e in importlib.metadata.entry_points(group="console_scripts")}
+    assert scripts.get("gns-utils") == "gns_utils.cli:main"
+    out = subprocess.run([sys.executable, "-m", "gns_utils.cli", "fit", "--help"], capture_output=True, text=True,
+                         check=True).stdout
+    assert "batch_size" in out and "steps" in out and "goal" in out
