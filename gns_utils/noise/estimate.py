@@ -130,19 +130,28 @@ def data_parallel_estimate(
         global_sq_norm: ``|G_global|^2`` of the all-reduced (averaged) gradient.
         local_batch: units per rank per step.
         world_size: number of ranks, ≥ 2.
-        all_reduce: force (True) or skip (False) the all-reduce; None = when a process
-            group is initialised.
+        all_reduce: force (True) or skip (False) the all-reduce; None = all-reduce, which needs an
+            initialised process group (ValueError otherwise, naming the two fixes).
 
     Returns:
         A :class:`NoiseEstimate` (python floats).
 
     Raises:
-        ValueError: ``world_size < 2`` or the errors of :func:`two_batch_estimates`.
+        ValueError: ``world_size < 2``, no process group with ``all_reduce=None``, a ``world_size``
+            other than the process group's, or the errors of :func:`two_batch_estimates`.
     """
     if world_size < 2:
         raise ValueError(f"world_size must be >= 2 for a data-parallel estimate, got {world_size}")
+    initialised = torch.distributed.is_available() and torch.distributed.is_initialized()
     if all_reduce is None:
-        all_reduce = torch.distributed.is_available() and torch.distributed.is_initialized()
+        if not initialised:  # the caller's local norm would silently stand for the mean over ranks
+            raise ValueError("no torch.distributed process group is initialised, so this rank's |G_local|^2 cannot be "
+                             "averaged over ranks: call torch.distributed.init_process_group first (torchrun does), "
+                             "or pass all_reduce=False with local_sq_norm already the mean over ranks of |G_local|^2")
+        all_reduce = True
+    if all_reduce and initialised and torch.distributed.get_world_size() != world_size:
+        raise ValueError(f"world_size={world_size} but the process group has {torch.distributed.get_world_size()} "
+                         "ranks; pass torch.distributed.get_world_size()")
     local = torch.as_tensor(local_sq_norm, dtype=torch.float64).detach().clone()
     if all_reduce:
         if isinstance(local_sq_norm, torch.Tensor):

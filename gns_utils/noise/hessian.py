@@ -110,7 +110,7 @@ def _sum_quadratic_forms(hvp: Callable[[ParamDict], ParamDict], vectors: ParamDi
 
 
 def hessian_noise_scale(
-    model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor, targets: torch.Tensor,
+    model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor, targets: torch.Tensor, *,
     chunk_size: int = 16, population: bool = False,
     hessian_inputs: torch.Tensor | None = None, hessian_targets: torch.Tensor | None = None,
     directions: int | None = None, generator: torch.Generator | None = None,

@@ -13,6 +13,7 @@ Both return a :class:`~gns_utils.noise.estimate.NoiseEstimate` per step, to be f
 from __future__ import annotations
 
 import math
+import warnings
 from contextlib import contextmanager
 from typing import Callable, Iterable, Iterator, Protocol, runtime_checkable
 
@@ -196,6 +197,12 @@ class GradientNoiseMonitor(_StepMonitor):
         self.reset()
         if len(micro_sq) < 2:
             self.n_too_few += 1
+            if self.n_too_few == 1 and micro_sq:  # say once why no estimate comes (not when nothing was recorded)
+                warnings.warn("GradientNoiseMonitor got 1 micro-batch this step; it needs >= 2 backward passes "
+                              "(micro-batches) per step to estimate |G|^2 and tr Σ, so this step gives no estimate. "
+                              "Split each batch into micro-batches (gradient accumulation), or use "
+                              "PerExampleNormMonitor (one backward, nets of nn.Linear layers)", RuntimeWarning,
+                              stacklevel=2)
             return None
         s = _loss_scales(units, scales)
         grads = [p.grad for p in self.params if p.grad is not None]
