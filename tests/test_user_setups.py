@@ -47,3 +47,60 @@ def test_one_backward_per_step_says_why_no_estimate_comes():
         monitor.after_micro_batch(8)
         monitor.after_step()  # no second warning
     assert monitor.n_too_few == 4
+
+
+def _train(model, opt, monitor, ema, steps, seed):
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        x = torch.randn(16, 4, generator=gen)
+        y = x.sum(1, keepdim=True) + torch.randn(16, 1, generator=gen)
+        opt.zero_grad()
+        for xb, yb in zip(x.chunk(2), y.chunk(2)):
+            (F.mse_loss(model(xb), yb) / 2).backward()
+            monitor.after_micro_batch(len(xb))
+        ema.update(monitor.after_step())
+        opt.step()
+
+
+def test_a_resumed_training_continues_the_same_b_simple_series(tmp_path):
+    from gns_utils.noise import NoiseScaleEMA
+
+    def fresh():
+        torch.manual_seed(0)
+        model = nn.Linear(4, 1)
+        opt = torch.optim.SGD(model.parameters(), lr=0.05)
+        return model, opt, GradientNoiseMonitor(model.parameters()), NoiseScaleEMA(decay=0.9, adaptive=4)
+
+    model, opt, monitor, ema = fresh()
+    _train(model, opt, monitor, ema, 30, seed=1)
+    _train(model, opt, monitor, ema, 30, seed=2)
+    unbroken = ema.history()
+
+    model, opt, monitor, ema = fresh()
+    _train(model, opt, monitor, ema, 30, seed=1)
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "ema": ema.state_dict(),
+                "monitor": monitor.state_dict()}, tmp_path / "ckpt.pt")
+    model, opt, monitor, ema = fresh()
+    state = torch.load(tmp_path / "ckpt.pt", weights_only=True)  # torch's safe default loads it
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["opt"])
+    ema.load_state_dict(state["ema"])
+    monitor.load_state_dict(state["monitor"])
+    _train(model, opt, monitor, ema, 30, seed=2)
+    for key, values in unbroken.items():
+        torch.testing.assert_close(torch.as_tensor(ema.history()[key]), torch.as_tensor(values), rtol=0, atol=0, equal_nan=True,
+                                   msg=lambda m, key=key: f"{key}: {m}")
+    assert monitor.n_steps == 60 and ema.count == 60
+
+
+def test_the_moving_average_keeps_a_bounded_history():
+    from gns_utils.noise import NoiseEstimate, NoiseScaleEMA
+
+    ema, unbounded = NoiseScaleEMA(decay=0.9, max_history=100), NoiseScaleEMA(decay=0.9, max_history=None)
+    for t in range(1000):
+        est = NoiseEstimate(g2=1.0 + 0.001 * t, trace_sigma=5.0, b_small=1.0, b_big=8.0)
+        ema.update(est)
+        unbounded.update(est)
+    assert len(ema._rows["g2"]) <= 200 and len(ema.history()["g2"]) == 100
+    assert ema.b_simple == unbounded.b_simple and ema.count == 1000
+    assert ema.uncertainty().estimate == pytest.approx(unbounded.uncertainty().estimate)

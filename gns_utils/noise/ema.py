@@ -104,9 +104,15 @@ class NoiseScaleEMA:
     training dynamics that move on a log scale of steps. Debiasing divides by ``1 − Π d_t``
     (``1 − d^t`` for a constant decay; 1 once ``d_1 = 0``).
 
+    Checkpoints: :meth:`state_dict` holds plain numbers and lists only (``torch.save`` it with the
+    model; it loads under ``torch.load(..., weights_only=True)``), and :meth:`load_state_dict`
+    continues the same series, so a resumed training reports the B_simple an unbroken one would.
+
     Args:
         decay: ``d`` in [0, 1); the averages span about ``(1+d)/(1−d)`` steps.
         adaptive: ``k ≥ 1`` for the step-dependent decay above; None keeps ``d`` constant.
+        max_history: raw steps kept for :meth:`history` and :meth:`uncertainty` (the most recent
+            ones; about 100 bytes each); None keeps every step. The averages never need them.
 
     Attributes:
         count: steps accepted into the averages.
@@ -114,7 +120,11 @@ class NoiseScaleEMA:
         n_skipped: steps ignored because an estimate was nan or infinite.
     """
 
-    def __init__(self, decay: float = 0.99, adaptive: float | None = None) -> None:
+    def __init__(self, decay: float = 0.99, adaptive: float | None = None, max_history: int | None = 100_000) -> None:
+        if max_history is not None and (isinstance(max_history, bool) or not isinstance(max_history, int)
+                                        or max_history < 2):
+            raise ValueError(f"max_history must be None or an integer >= 2, got {max_history!r}")
+        self.max_history = max_history
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"decay must be in [0, 1), got {decay}")
         if adaptive is not None and not (math.isfinite(adaptive) and adaptive >= 1.0):
@@ -151,6 +161,27 @@ class NoiseScaleEMA:
         for key, value in (("step", self._n_updates - 1), ("g2", g2), ("trace_sigma", trace),
                            ("b_small", estimate.b_small), ("b_big", estimate.b_big), ("b_simple_ema", self.b_simple)):
             self._rows[key].append(float(value))
+        if self.max_history is not None and len(self._rows["step"]) > 2 * self.max_history:  # trim now and then
+            for rows in self._rows.values():
+                del rows[: len(rows) - self.max_history]
+
+    _STATE = ("decay", "adaptive", "max_history", "_decay_product", "count", "n_negative_g2", "n_skipped", "_m_g2",
+              "_m_trace", "_n_updates")
+
+    def state_dict(self) -> dict:
+        """Everything needed to continue the series: plain numbers and lists (``weights_only``-loadable)."""
+        state = {name.lstrip("_"): getattr(self, name) for name in self._STATE}
+        state["rows"] = {k: list(v) for k, v in self._rows.items()}
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue the series saved by :meth:`state_dict` (the settings come from the state)."""
+        missing = [name for name in (*(n.lstrip("_") for n in self._STATE), "rows") if name not in state]
+        if missing:
+            raise ValueError(f"not a NoiseScaleEMA state: missing {missing}")
+        for name in self._STATE:
+            setattr(self, name, state[name.lstrip("_")])
+        self._rows = {k: [float(x) for x in v] for k, v in state["rows"].items()}
 
     def step_decay(self, t: int) -> float:
         """The decay ``d_t`` applied at the ``t``-th accepted step (``t ≥ 1``)."""
@@ -190,9 +221,10 @@ class NoiseScaleEMA:
         return self.trace_sigma / g2 if self.count and g2 > 0 else math.nan
 
     def history(self) -> dict[str, np.ndarray]:
-        """The accepted steps, raw: arrays ``step`` (update index, gaps at skipped steps),
-        ``g2``, ``trace_sigma``, ``b_small``, ``b_big`` and ``b_simple_ema`` (after that step)."""
-        return {k: np.asarray(v, dtype=float) for k, v in self._rows.items()}
+        """The accepted steps, raw (at least the last ``max_history``): arrays ``step`` (update index, gaps
+        at skipped steps), ``g2``, ``trace_sigma``, ``b_small``, ``b_big`` and ``b_simple_ema`` (after that step)."""
+        keep = len(self._rows["step"]) if self.max_history is None else self.max_history
+        return {k: np.asarray(v[-keep:], dtype=float) for k, v in self._rows.items()}
 
     def to_dataframe(self) -> "pd.DataFrame":
         """:meth:`history` as a pandas DataFrame, one row per accepted step."""

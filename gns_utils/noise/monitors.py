@@ -62,6 +62,14 @@ class _StepMonitor:
         self.n_too_few = 0
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
+    def state_dict(self) -> dict[str, int]:
+        """The monitor's counters (a step's records live only until :meth:`after_step`): save them between steps."""
+        return {"n_steps": self.n_steps, "n_skipped": self.n_skipped, "n_too_few": self.n_too_few}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Restore the counters saved by :meth:`state_dict`."""
+        self.n_steps, self.n_skipped, self.n_too_few = (int(state[k]) for k in ("n_steps", "n_skipped", "n_too_few"))
+
     def remove(self) -> None:
         """Remove the hooks; the monitor is unusable afterwards."""
         for handle in self._handles:
