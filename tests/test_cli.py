@@ -4,7 +4,6 @@ import importlib.metadata
 import subprocess
 import sys
 
-import numpy as np
 import pandas as pd
 import pytest
 
