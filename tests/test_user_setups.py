@@ -104,3 +104,60 @@ def test_the_moving_average_keeps_a_bounded_history():
     assert len(ema._rows["g2"]) <= 200 and len(ema.history()["g2"]) == 100
     assert ema.b_simple == unbounded.b_simple and ema.count == 1000
     assert ema.uncertainty().estimate == pytest.approx(unbounded.uncertainty().estimate)
+
+
+@pytest.mark.parametrize("source", ["micro_batches", "per_example"])
+@pytest.mark.parametrize("change", ["clip", "unscale"])
+def test_clipping_or_unscaling_before_after_step_is_refused(source, change):
+    """Before: B_simple came out as nonsense (negative, or far off) with no message."""
+    from gns_utils.noise import PerExampleNormMonitor
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    monitor = GradientNoiseMonitor(model.parameters()) if source == "micro_batches" else PerExampleNormMonitor(model)
+    x, y = torch.randn(16, 4), torch.randn(16, 1)
+    for wrong in (True, False):
+        opt.zero_grad()
+        for xb, yb in zip(x.chunk(2), y.chunk(2)):
+            if source == "per_example":
+                with monitor.capture():
+                    loss = F.mse_loss(model(xb), yb) / 2
+            else:
+                loss = F.mse_loss(model(xb), yb) / 2
+            loss.backward()
+            monitor.after_micro_batch(len(xb))
+        if wrong:
+            if change == "clip":
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1e-3)
+            else:  # what GradScaler.unscale_ does: divide the gradients in place
+                torch._foreach_mul_([p.grad for p in model.parameters()], 1 / 1024)
+            with pytest.raises(RuntimeError, match="before clipping or unscaling"):
+                monitor.after_step()
+        else:  # the right order: measure, then clip
+            assert monitor.after_step() is not None
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1e-3)
+        opt.step()
+
+
+def test_with_a_grad_scaler_the_estimate_is_that_of_the_unscaled_gradients_and_overflow_steps_are_skipped():
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 4), torch.randn(16, 1)
+
+    def step(scaler, blow_up=False):
+        torch.manual_seed(1)
+        model = nn.Linear(4, 1)
+        monitor = GradientNoiseMonitor(model.parameters())
+        scale = scaler.get_scale() if scaler else 1.0
+        for xb, yb in zip(x.chunk(4), y.chunk(4)):
+            loss = F.mse_loss(model(xb), yb) / 4 * (1e38 if blow_up else 1.0)
+            (scaler.scale(loss) if scaler else loss).backward()
+            monitor.after_micro_batch(len(xb), loss_scale=scale / 4)  # the scaler's factor is divided out
+        return monitor, monitor.after_step()
+
+    _, plain = step(None)
+    _, scaled = step(torch.amp.GradScaler("cpu", init_scale=2.0**16))
+    assert scaled.g2 == pytest.approx(plain.g2, rel=1e-6) and scaled.trace_sigma == pytest.approx(plain.trace_sigma,
+                                                                                                  rel=1e-6)
+    monitor, overflow = step(torch.amp.GradScaler("cpu", init_scale=2.0**16), blow_up=True)
+    assert overflow is None and monitor.n_skipped == 1  # the step the scaler skips gives no estimate

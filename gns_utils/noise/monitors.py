@@ -62,6 +62,26 @@ class _StepMonitor:
         self.n_too_few = 0
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
+    def _record_gradients(self) -> None:
+        """Remember which ``.grad`` tensors the last backward left (their identity and version counter)."""
+        self._grad_versions = [(id(p.grad), p.grad._version) if p.grad is not None else None for p in self.params]
+
+    def _gradients_changed(self) -> bool:
+        """Whether the ``.grad`` tensors were replaced or changed in place since the last backward."""
+        recorded = getattr(self, "_grad_versions", None)
+        if recorded is None:
+            return False
+        return recorded != [(id(p.grad), p.grad._version) if p.grad is not None else None for p in self.params]
+
+    @staticmethod
+    def _refuse_changed_gradients() -> None:
+        """Clipping or ``GradScaler.unscale_`` before :meth:`after_step` would make its estimate meaningless."""
+        raise RuntimeError(
+            "the gradients changed after the last backward and before after_step() (gradient clipping, "
+            "GradScaler.unscale_(), or another in-place change): call after_step() right after the last "
+            "after_micro_batch(), before clipping or unscaling; with a GradScaler pass "
+            "loss_scale=<your scale> * scaler.get_scale() to after_micro_batch()")
+
     def state_dict(self) -> dict[str, int]:
         """The monitor's counters (a step's records live only until :meth:`after_step`): save them between steps."""
         return {"n_steps": self.n_steps, "n_skipped": self.n_skipped, "n_too_few": self.n_too_few}
@@ -155,6 +175,7 @@ class GradientNoiseMonitor(_StepMonitor):
 
     def reset(self) -> None:
         """Forget the current step's micro-batches (e.g. after an unrelated backward)."""
+        self._grad_versions = None
         self._pending = [None] * len(self.params)
         self._repeated = False
         self._micro_sq: list[torch.Tensor] = []
@@ -189,6 +210,7 @@ class GradientNoiseMonitor(_StepMonitor):
         self._micro_sq.append(_total_sq_norm(norms))
         self._units.append(float(units))
         self._scales.append(loss_scale)
+        self._record_gradients()
 
     def after_step(self) -> NoiseEstimate | None:
         """This step's estimate, measured on the accumulated ``.grad`` (call before clipping).
@@ -202,7 +224,10 @@ class GradientNoiseMonitor(_StepMonitor):
             ValueError: explicit ``loss_scale`` given for some micro-batches but not others.
         """
         micro_sq, units, scales = self._micro_sq, np.asarray(self._units), self._scales
+        changed = self._gradients_changed()
         self.reset()
+        if changed:
+            self._refuse_changed_gradients()
         if len(micro_sq) < 2:
             self.n_too_few += 1
             if self.n_too_few == 1 and micro_sq:  # say once why no estimate comes (not when nothing was recorded)
@@ -298,6 +323,7 @@ class PerExampleNormMonitor(_StepMonitor):
 
     def reset(self) -> None:
         """Forget the current step's micro-batches (gradients of forwards captured before are then ignored)."""
+        self._grad_versions = None
         self._generation += 1
         self._ran: set[nn.Module] = set()
         self._pending: list[torch.Tensor] = []
@@ -367,6 +393,7 @@ class PerExampleNormMonitor(_StepMonitor):
         self._n.append(float(n))
         self._units.append(float(units))
         self._scales.append(loss_scale)
+        self._record_gradients()
 
     def after_step(self) -> NoiseEstimate | None:
         """This step's estimate from the per-example norms and the accumulated ``.grad`` (call before clipping).
@@ -376,7 +403,10 @@ class PerExampleNormMonitor(_StepMonitor):
             2 examples or a norm was not finite (counted in ``n_too_few`` / ``n_skipped``).
         """
         sums, n, units, scales = self._sums, self._n, self._units, self._scales
+        changed = self._gradients_changed()
         self.reset()
+        if changed:
+            self._refuse_changed_gradients()
         if not sums or sum(n) < 2:
             self.n_too_few += 1
             return None
