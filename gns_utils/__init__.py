@@ -26,7 +26,8 @@ figures) is :mod:`gns_utils.experiments`; it imports the library, never the reve
 from gns_utils import noise
 from gns_utils.critical_batch import (TradeoffFit, b_crit_by_goal, best_runs, fit_tradeoff, fit_tradeoff_by_goal,
                                       steps_to_target)
-from gns_utils.noise import (CheckpointNoiseScale, CombinedHessianNoiseScale, GradientNoiseMonitor, HessianNoiseScale,
+from gns_utils.noise import (CheckpointNoiseScale, CombinedHessianNoiseScale, DataParallelNoiseMonitor,
+                             GradientNoiseMonitor, HessianNoiseScale,
                              NoiseEstimate, NoiseScaleEMA, NoiseSource, PerExampleNormMonitor, RatioUncertainty,
                              WindowedNoiseScale, adam_preconditioner, checkpoint_noise_scale,
                              combine_hessian_noise_scales, data_parallel_estimate, hessian_noise_scale,

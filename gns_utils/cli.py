@@ -101,21 +101,37 @@ def _format(results: pd.DataFrame) -> str:
 
 
 def _plot(best: pd.DataFrame, fits: dict, path: str) -> None:
+    """Steps against examples per goal, with each fitted (2.11) hyperbola and ★ at B = B_crit (Fig 7)."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-
-        from gns_utils.experiments.plotting import plot_pareto_fronts, save_figure
     except ImportError as err:
-        raise SystemExit(f"gns-utils fit --plot needs matplotlib and the experiments extra "
-                         f"(pip install 'gns_utils[experiments]'): {err}") from err
+        raise SystemExit("gns-utils fit --plot needs matplotlib: pip install matplotlib "
+                         f"(or the experiments extra, pip install 'gns_utils[experiments]'); {err}") from err
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
-    plot_pareto_fronts(ax, best.rename(columns={"batch_size": "batch_units"}), fits)
+    colours = plt.cm.viridis(np.linspace(0.0, 0.9, max(len(fits), 1)))
+    for colour, (goal, fit) in zip(colours, fits.items()):
+        points = best[(best["goal"] == goal) & best["steps"].notna()]
+        ax.scatter(points["examples"], points["steps"], color=colour, s=18, label=f"goal {goal}")
+        if fit is None:
+            continue
+        b = np.geomspace(points["batch_size"].min() / 4, points["batch_size"].max() * 4, 200)
+        ax.plot(fit.examples(b), fit.steps(b), color=colour, lw=1, ls="-" if fit.bound == "none" else "--")
+        if fit.bound == "none":
+            ax.scatter([2 * fit.e_min], [2 * fit.s_min], marker="*", s=120, color=colour, edgecolor="black", zorder=3)
+    ax.set(xscale="log", yscale="log", xlabel="examples E (batch size × steps)", ylabel="steps S",
+           title="Pareto fronts and the (2.11) fit (★: B = B_crit)")
+    ax.legend(fontsize=8)
     fig.tight_layout()
-    png, pdf = save_figure(fig, Path(path).with_suffix(""))
-    print(f"Pareto fronts saved to {png} and {pdf}")
+    base = Path(path)
+    base = base.with_suffix("") if base.suffix.lower() in (".png", ".pdf") else base
+    base.parent.mkdir(parents=True, exist_ok=True)
+    for suffix in (".png", ".pdf"):
+        fig.savefig(base.with_name(base.name + suffix), dpi=150)
+    plt.close(fig)
+    print(f"Pareto fronts saved to {base}.png and {base}.pdf")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

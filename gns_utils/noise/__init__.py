@@ -15,6 +15,7 @@ Modules, by what they hold:
   and B_simple in a window around a matched point of training.
 * :mod:`~gns_utils.noise.monitors`     step-wise sources inside a training loop (micro-batches,
   per-example norms in the step's backward).
+* :mod:`~gns_utils.noise.distributed`  the data-parallel source for DDP (a communication hook).
 * :mod:`~gns_utils.noise.per_example`  per-example gradients of one batch (torch.func or per layer).
 * :mod:`~gns_utils.noise.hessian`      B_noise with Hessian-vector products, and over repeats.
 * :mod:`~gns_utils.noise.checkpoint`   B_simple at a checkpoint from micro-batch gradients, in any
@@ -26,6 +27,7 @@ from gns_utils.noise.checkpoint import (
     adam_preconditioner,
     checkpoint_noise_scale,
 )
+from gns_utils.noise.distributed import DataParallelNoiseMonitor
 from gns_utils.noise.ema import (
     NoiseScaleEMA,
     RatioUncertainty,
@@ -54,6 +56,7 @@ from gns_utils.noise.per_example import per_example_estimate
 __all__ = [
     "CheckpointNoiseScale",
     "CombinedHessianNoiseScale",
+    "DataParallelNoiseMonitor",
     "GradientNoiseMonitor",
     "HessianNoiseScale",
     "NoiseEstimate",
