@@ -147,11 +147,12 @@ _RL_CPU = dict(
     task="cartpole_a2c", domain="rl", dataset="CartPole-v1",
     data_kwargs={"rollout_steps": 5, "gamma": 0.99, "entropy_coef": 0.01, "value_coef": 0.5, "window": 20},
     model="actor_critic", model_kwargs={"arch": "mlp", "hidden": [64, 64]}, optimizer="rmsprop",
-    metric="return", goals=[50.0, 100.0, 150.0, 200.0, 300.0], batch_sizes=[2**k for k in range(1, 9)],
+    metric="return", goals=[50.0, 100.0, 150.0, 200.0, 300.0], batch_sizes=[2**k for k in range(2, 9)],
     lr_star=3e-3, lr_b_star=8.0, lr_alpha=0.5, lr_grid_size=3, lr_grid_spacing=2.0, max_widen=2,
     budget_examples=60_000, eval_examples=1, evals_per_decade=30, b_noise_examples=512, seeds=[1, 2],
     goal_source="episodes", profile="cpu",
-)  # budget_examples and b_noise_examples count environment segments of 5 frames
+)  # budget_examples and b_noise_examples count environment segments of 5 frames; batch sizes from 4
+# environments (20 frames): runs at 2 took half of the sweep, and a first sweep put B_crit near 100 frames
 _RL_SMOKE = dict(_RL_CPU, task="smoke_cartpole_a2c", goals=[20.0, 30.0], batch_sizes=[2, 4, 8], lr_grid_size=2,
                  max_widen=0, budget_examples=1500, evals_per_decade=10, b_noise_examples=64, seeds=[],
                  profile="smoke")
