@@ -80,13 +80,13 @@ class DataParallelNoiseMonitor:
     def _hook(state, bucket):  # no annotations: DDP checks them, and they are strings under postponed evaluation
         """Measure ``|bucket|^2`` before and after DDP's averaging all-reduce (a ``dist.GradBucket``)."""
         buffer = bucket.buffer()
-        state._local_sq.append(torch.linalg.vector_norm(buffer, dtype=torch.float64).square())
+        state._local_sq.append(torch.linalg.vector_norm(buffer).double().square())
         buffer.div_(state.world_size)
         future = dist.all_reduce(buffer, group=state.group, async_op=True).get_future()
 
         def measured(fut: torch.futures.Future) -> torch.Tensor:
             reduced = fut.value()[0]
-            state._global_sq.append(torch.linalg.vector_norm(reduced, dtype=torch.float64).square())
+            state._global_sq.append(torch.linalg.vector_norm(reduced).double().square())
             return reduced
 
         return future.then(measured)
