@@ -41,7 +41,8 @@ def test_library_import_leaves_the_harness_and_its_dependencies_unimported():
     code = ("import sys, gns_utils; from gns_utils import GradientNoiseMonitor, NoiseScaleEMA, fit_tradeoff; "
             "print(' '.join(sorted(m for m in sys.modules if '.' not in m or m.startswith('gns_utils'))))")
     loaded = set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split())
-    for heavy in ("papermill", "datasets", "tokenizers", "seaborn", "matplotlib", "torchvision", "gns_utils.experiments"):
+    for heavy in ("papermill", "datasets", "tokenizers", "seaborn", "matplotlib", "torchvision", "gns_utils.experiments",
+                  "transformers", "lightning", "gymnasium", "ray"):
         assert heavy not in loaded, f"`import gns_utils` imported {heavy}"
     assert {"torch", "numpy", "scipy", "gns_utils.noise", "gns_utils.critical_batch", "gns_utils.theory"} <= loaded
 

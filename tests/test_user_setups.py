@@ -161,3 +161,21 @@ def test_with_a_grad_scaler_the_estimate_is_that_of_the_unscaled_gradients_and_o
                                                                                                   rel=1e-6)
     monitor, overflow = step(torch.amp.GradScaler("cpu", init_scale=2.0**16), blow_up=True)
     assert overflow is None and monitor.n_skipped == 1  # the step the scaler skips gives no estimate
+
+
+def test_big_norm_from_the_hooks_equals_the_accumulated_gradient_and_survives_clipping():
+    torch.manual_seed(0)
+    x, y = torch.randn(24, 4, dtype=torch.float64), torch.randn(24, 1, dtype=torch.float64)
+    estimates = {}
+    for mode in ("grad", "hooks"):
+        torch.manual_seed(1)
+        model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1)).double()
+        monitor = GradientNoiseMonitor(model.parameters(), big_norm=mode)
+        for xb, yb in zip(x.split([6, 8, 10]), y.split([6, 8, 10])):  # unequal micro-batches
+            (F.mse_loss(model(xb), yb) * len(xb) / 24).backward()
+            monitor.after_micro_batch(len(xb))
+        if mode == "hooks":
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1e-3)  # a trainer clipping before its callback
+        estimates[mode] = monitor.after_step()
+    assert estimates["hooks"].g2 == pytest.approx(estimates["grad"].g2, rel=1e-10)
+    assert estimates["hooks"].trace_sigma == pytest.approx(estimates["grad"].trace_sigma, rel=1e-10)

@@ -147,8 +147,16 @@ class GradientNoiseMonitor(_StepMonitor):
     a plain ``vector_norm`` per tensor (single-threaded; row norms use all threads).
     Differencing consecutive accumulated gradients needs a gradient copy and more passes.
 
+    ``big_norm="hooks"`` measures the big norm inside the hooks as well: as micro-batch ``j``'s
+    gradient arrives, its dot product with the ``.grad`` accumulated so far gives the cross terms of
+    ``|Σ_j s_j g_j|^2``, so :meth:`after_step` never reads ``.grad`` and may come after clipping or
+    unscaling (a trainer that clips before its last callback). It costs one more read of ``.grad``
+    per micro-batch.
+
     Args:
         params: the parameters the optimizer updates (those with ``requires_grad``).
+        big_norm: ``"grad"`` (default: read the accumulated ``.grad`` in :meth:`after_step`, which
+            must then come before clipping) or ``"hooks"`` (see above).
 
     Attributes:
         n_steps: steps that returned an estimate.
@@ -156,10 +164,13 @@ class GradientNoiseMonitor(_StepMonitor):
         n_too_few: steps with fewer than 2 micro-batches (no estimate).
     """
 
-    def __init__(self, params: Iterable[torch.Tensor]) -> None:
+    def __init__(self, params: Iterable[torch.Tensor], big_norm: str = "grad") -> None:
         self.params = [p for p in params if p.requires_grad]
         if not self.params:
             raise ValueError("GradientNoiseMonitor needs at least one parameter with requires_grad=True")
+        if big_norm not in ("grad", "hooks"):
+            raise ValueError(f"big_norm must be 'grad' or 'hooks', got {big_norm!r}")
+        self.big_norm = big_norm
         super().__init__()
         self._pending: list[torch.Tensor | None] = [None] * len(self.params)
         self._repeated = False
@@ -167,15 +178,21 @@ class GradientNoiseMonitor(_StepMonitor):
         self.reset()
 
     def _make_hook(self, index: int) -> Callable[[torch.Tensor], None]:
+        param = self.params[index]
+
         def hook(incoming: torch.Tensor) -> None:
             if self._pending[index] is not None:
                 self._repeated = True
             self._pending[index] = _row_norms(incoming.detach())
+            if self.big_norm == "hooks" and param.grad is not None:  # <Σ_{l<j} s_l g_l, s_j g_j>, before it adds
+                cross = torch.dot(param.grad.detach().reshape(-1), incoming.detach().reshape(-1).to(param.grad.dtype))
+                self._cross = self._cross + cross.to(torch.float64)
         return hook
 
     def reset(self) -> None:
         """Forget the current step's micro-batches (e.g. after an unrelated backward)."""
         self._grad_versions = None
+        self._cross = torch.zeros((), dtype=torch.float64, device=self.params[0].device)
         self._pending = [None] * len(self.params)
         self._repeated = False
         self._micro_sq: list[torch.Tensor] = []
@@ -223,8 +240,8 @@ class GradientNoiseMonitor(_StepMonitor):
         Raises:
             ValueError: explicit ``loss_scale`` given for some micro-batches but not others.
         """
-        micro_sq, units, scales = self._micro_sq, np.asarray(self._units), self._scales
-        changed = self._gradients_changed()
+        micro_sq, units, scales, cross = self._micro_sq, np.asarray(self._units), self._scales, self._cross
+        changed = self._gradients_changed() and self.big_norm == "grad"
         self.reset()
         if changed:
             self._refuse_changed_gradients()
@@ -238,8 +255,11 @@ class GradientNoiseMonitor(_StepMonitor):
                               stacklevel=2)
             return None
         s = _loss_scales(units, scales)
-        grads = [p.grad for p in self.params if p.grad is not None]
-        big_raw = _total_sq_norm([_row_norms(g.detach()) for g in grads])
+        if self.big_norm == "hooks":  # |Σ_j s_j g_j|^2 = Σ_j |s_j g_j|^2 + 2 Σ_{l<j} <s_l g_l, s_j g_j>
+            big_raw = torch.stack(micro_sq).sum() + 2.0 * cross.to(micro_sq[0].device)
+        else:
+            grads = [p.grad for p in self.params if p.grad is not None]
+            big_raw = _total_sq_norm([_row_norms(g.detach()) for g in grads])
         small_each = torch.stack(micro_sq) / torch.as_tensor(s**2, dtype=torch.float64, device=big_raw.device)
         small, big = torch.stack([small_each.mean(), big_raw / float(s.sum()) ** 2]).tolist()
         if not (math.isfinite(small) and math.isfinite(big)):

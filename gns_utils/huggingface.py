@@ -1,0 +1,132 @@
+"""B_simple in a Hugging Face ``Trainer``: :class:`NoiseScaleCallback` (``pip install "gns_utils[hf]"``).
+
+The callback measures ``|G|^2`` and ``tr Σ`` from the micro-batches of gradient accumulation
+(``TrainingArguments(gradient_accumulation_steps=k)``, ``k ≥ 2``; A.1, A.2) with a
+:class:`gns_utils.noise.GradientNoiseMonitor` whose big norm is taken inside the gradient hooks: the
+Trainer clips the gradients before its last callback of a step, and the hooks have measured by then.
+It adds to the Trainer's logs, and so to every logger of ``report_to`` (TensorBoard, W&B, MLflow ...) and
+to ``trainer.state.log_history``:
+
+* ``gns/g2``, ``gns/trace_sigma``: the moving averages of the two estimates (per batch unit);
+* ``gns/b_simple``: B_simple = tr Σ / |G|² (2.9) from those averages, and ``gns/b_simple_stderr``.
+
+Attach it with :meth:`NoiseScaleCallback.attach` (it must run before the reporting callbacks see the
+logs)::
+
+    trainer = Trainer(model, args, train_dataset=data)
+    NoiseScaleCallback(units="tokens").attach(trainer)
+    trainer.train()
+
+Units: ``"examples"`` (sequences) or ``"tokens"`` (the attention mask's ones, else every input id),
+counted from each micro-batch's forward. The micro-batches' weights are taken proportional to their
+units, which is what the Trainer does with a loss normalised by the tokens in the batch, and what
+equal micro-batches give with its default division by ``k``. With fp16 and a grad scaler the two
+estimates carry the scale squared; B_simple, their ratio, does not.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+try:
+    from transformers import TrainerCallback
+except ImportError as err:  # the core library does not need transformers
+    raise ImportError("gns_utils.huggingface needs transformers: pip install 'gns_utils[hf]' "
+                      "(or pip install transformers)") from err
+
+from gns_utils.noise import GradientNoiseMonitor, NoiseScaleEMA
+
+
+class NoiseScaleCallback(TrainerCallback):
+    """Log the gradient noise scale B_simple of a ``transformers.Trainer`` run (see the module docstring).
+
+    Args:
+        units: ``"examples"`` or ``"tokens"``: what a batch unit is (B_simple comes out in it).
+        decay, adaptive: the moving averages' settings (:class:`gns_utils.noise.NoiseScaleEMA`).
+        prefix: the logged names' prefix.
+    """
+
+    def __init__(self, units: str = "examples", decay: float = 0.99, adaptive: float | None = 4.0,
+                 prefix: str = "gns/") -> None:
+        if units not in ("examples", "tokens"):
+            raise ValueError(f"units must be 'examples' or 'tokens', got {units!r}")
+        self.unit, self.prefix = units, prefix
+        self.ema = NoiseScaleEMA(decay=decay, adaptive=adaptive)
+        self.monitor: GradientNoiseMonitor | None = None
+        self._units: float | None = None
+        self._handle: Any = None
+
+    def attach(self, trainer: Any) -> "NoiseScaleCallback":
+        """Add the callback to ``trainer`` ahead of its reporting callbacks (so they log its numbers)."""
+        trainer.callback_handler.callbacks.insert(0, self)
+        return self
+
+    def _count(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        if not module.training:
+            return
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if not isinstance(ids, torch.Tensor):
+            raise TypeError("NoiseScaleCallback counts units from the model's input_ids; this model got none")
+        mask = kwargs.get("attention_mask")
+        if self.unit == "examples":
+            self._units = float(ids.shape[0])
+        else:
+            self._units = float(mask.sum()) if isinstance(mask, torch.Tensor) else float(ids.numel())
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        if args.gradient_accumulation_steps < 2:
+            raise ValueError("NoiseScaleCallback measures the noise from the micro-batches of gradient accumulation: "
+                             "use TrainingArguments(gradient_accumulation_steps=k) with k >= 2 (and the per-device "
+                             "batch size divided by k for the same effective batch)")
+        self.monitor = GradientNoiseMonitor(model.parameters(), big_norm="hooks")
+        self._handle = model.register_forward_pre_hook(self._count, with_kwargs=True)
+
+    def _micro_batch(self) -> None:
+        if self._units is None:
+            raise RuntimeError("NoiseScaleCallback saw a backward without a training forward of the model")
+        self.monitor.after_micro_batch(self._units)
+        self._units = None
+
+    def on_substep_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._micro_batch()
+
+    def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._micro_batch()  # the step's last micro-batch (already clipped: the hooks measured before)
+        estimate = self.monitor.after_step()
+        if estimate is not None:
+            self.ema.update(estimate)
+
+    def values(self) -> dict[str, float]:
+        """The current logged numbers (empty before the first estimate)."""
+        if not self.ema.count:
+            return {}
+        out = {"g2": self.ema.g2, "trace_sigma": self.ema.trace_sigma, "b_simple": self.ema.b_simple}
+        if self.ema.count >= 2:
+            out["b_simple_stderr"] = self.ema.uncertainty().stderr
+        return {self.prefix + k: float(v) for k, v in out.items()}
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
+        values = self.values()
+        if logs is None or not values or "loss" not in logs:  # training logs only
+            return
+        logs.update(values)
+        if state.log_history and state.log_history[-1].get("step") == state.global_step:
+            state.log_history[-1].update(values)  # the Trainer keeps its history before the callbacks run
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+        if self.monitor is not None:
+            self.monitor.remove()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The moving averages (save them with a checkpoint; plain numbers and lists)."""
+        return {"ema": self.ema.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.ema.load_state_dict(state["ema"])
+
+
+__all__ = ["NoiseScaleCallback"]

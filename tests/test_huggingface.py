@@ -1,0 +1,39 @@
+"""The Hugging Face Trainer callback: B_simple in the Trainer's logs, with gradient accumulation (offline)."""
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")  # an optional extra: pip install "gns_utils[hf]"
+
+from gns_utils.huggingface import NoiseScaleCallback  # noqa: E402
+
+
+def _trainer(tmp_path, accumulation):
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=64, n_positions=16, n_embd=16, n_layer=1, n_head=2,
+                                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    model = transformers.GPT2LMHeadModel(config)  # built from a config: nothing downloaded
+    gen = torch.Generator().manual_seed(1)
+    data = [{"input_ids": ids, "labels": ids} for ids in torch.randint(0, 64, (48, 12), generator=gen)]
+    args = transformers.TrainingArguments(output_dir=str(tmp_path), max_steps=4, per_device_train_batch_size=4,
+                                          gradient_accumulation_steps=accumulation, logging_steps=1, report_to=[],
+                                          use_cpu=True, save_strategy="no", learning_rate=1e-3, max_grad_norm=1.0,
+                                          disable_tqdm=True)
+    return transformers.Trainer(model=model, args=args, train_dataset=data)
+
+
+def test_b_simple_reaches_the_trainers_logs_with_accumulation(tmp_path):
+    trainer = _trainer(tmp_path, accumulation=2)
+    callback = NoiseScaleCallback(units="tokens").attach(trainer)
+    trainer.train()
+    logged = [entry for entry in trainer.state.log_history if "gns/trace_sigma" in entry]
+    assert len(logged) == 4 and callback.ema.count == 4
+    assert all(entry["gns/trace_sigma"] > 0 for entry in logged)
+    assert callback.monitor.n_steps == 4 and callback.monitor.n_too_few == 0
+
+
+def test_without_accumulation_the_callback_says_what_to_do(tmp_path):
+    trainer = _trainer(tmp_path, accumulation=1)
+    NoiseScaleCallback().attach(trainer)
+    with pytest.raises(ValueError, match="gradient_accumulation_steps"):
+        trainer.train()
