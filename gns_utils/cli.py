@@ -78,8 +78,10 @@ def fit_table(table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     for goal, fit in fits.items():
         n = int(best[(best["goal"] == goal) & best["steps"].notna()]["batch_size"].nunique())
         if fit is None:
+            reason = ("too few batch sizes (need 3)" if n < 3 else
+                      "no fit: the steps grow with the batch size, which (2.11) cannot describe")
             rows.append({"goal": goal, "batch_sizes": n, "b_crit": math.nan, "b_crit_stderr": math.nan,
-                         "s_min": math.nan, "e_min": math.nan, "bounded": "too few batch sizes (need 3)"})
+                         "s_min": math.nan, "e_min": math.nan, "bounded": reason})
             continue
         bounded = {"none": "yes", "upper": "no: B_crit <= the smallest batch size",
                    "lower": "no: B_crit >= the largest batch size"}[fit.bound]

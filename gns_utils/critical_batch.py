@@ -432,7 +432,9 @@ def fit_tradeoff(
 
     Raises:
         ValueError: mismatched lengths, fewer than 3 finite points, fewer than 2
-            distinct batch sizes, non-positive or infinite values, bad ``confidence``.
+            distinct batch sizes, non-positive or infinite values, bad ``confidence``, or steps
+            that clearly grow with the batch size (a log-log slope more than :data:`INCREASING_T`
+            standard errors above 0), which (2.11) cannot describe.
     """
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
@@ -453,6 +455,8 @@ def fit_tradeoff(
         confidence=confidence, log_b_crit_stderr=log_se, b_crit_fit=b_fit, residuals=resid,
         r2=r2, rmse=rmse, n_points=int(b.size), batch_sizes=b, steps_data=s,
     )
+    if bound == "upper":
+        _refuse_increasing_steps(b, s)
     if bound != "none":
         edge = float(b.min()) if bound == "upper" else float(b.max())
         if bound == "upper":
@@ -486,6 +490,23 @@ def fit_tradeoff(
     )
 
 
+#: Steps that grow with the batch size by more than this many standard errors of the log-log slope are
+#: rejected as contradicting (2.11) (S(B) never increases), instead of being reported as saturated.
+INCREASING_T = 3.0
+
+
+def _refuse_increasing_steps(b: np.ndarray, s: np.ndarray) -> None:
+    """Raise when log S clearly grows with log B: no S_min, B_crit fits (2.11), and "saturated" would mislead."""
+    if b.size < 3 or np.unique(b).size < 3:
+        return
+    fit = stats.linregress(np.log(b), np.log(s))
+    if fit.slope > 0 and fit.stderr > 0 and fit.slope / fit.stderr > INCREASING_T:
+        raise ValueError(
+            f"steps grow with the batch size (log-log slope {fit.slope:.2f} ± {fit.stderr:.2f}) over batch sizes "
+            f"{b.min():g}..{b.max():g}: (2.11) has S(B) non-increasing, so these points cannot be fitted; check "
+            "that the steps are those of the best-tuned run at each batch size, to the same goal")
+
+
 # --------------------------------------------------------------------------- per goal
 _TABLE_COLUMNS = [
     "goal", "b_crit", "b_crit_stderr", "ci_low", "ci_high", "s_min", "e_min",
@@ -505,7 +526,8 @@ def fit_tradeoff_by_goal(
 
     Returns:
         ``{goal: TradeoffFit}`` in the frame's goal order; ``None`` for a goal with fewer
-        than 3 finite points or fewer than 2 distinct batch sizes.
+        than 3 finite points or fewer than 2 distinct batch sizes, or whose steps grow with the
+        batch size (a warning says so).
     """
     fits: dict[Any, TradeoffFit | None] = {}
     for goal, group in best.groupby("goal", sort=False):
@@ -513,7 +535,11 @@ def fit_tradeoff_by_goal(
         if len(ok) < 3 or ok[batch].nunique() < 2:
             fits[goal] = None
             continue
-        fits[goal] = fit_tradeoff(ok[batch], ok["steps"], bootstrap=bootstrap, seed=seed, confidence=confidence)
+        try:
+            fits[goal] = fit_tradeoff(ok[batch], ok["steps"], bootstrap=bootstrap, seed=seed, confidence=confidence)
+        except ValueError as err:  # data that contradict (2.11): no fit for this goal, said once
+            warnings.warn(f"goal {goal}: {err}", RuntimeWarning, stacklevel=2)
+            fits[goal] = None
     return fits
 
 

@@ -68,3 +68,11 @@ def test_installed_as_a_console_script_with_help():
     out = subprocess.run([sys.executable, "-m", "gns_utils.cli", "fit", "--help"], capture_output=True, text=True,
                          check=True).stdout
     assert "batch_size" in out and "steps" in out and "goal" in out
+
+
+def test_steps_that_grow_with_batch_size_are_reported_as_no_fit(tmp_path, capsys):
+    sizes = [16, 32, 64, 128, 256]
+    pd.DataFrame({"batch_size": sizes, "steps": [100.0 * (b / 16) ** 0.4 for b in sizes]}).to_csv(
+        tmp_path / "rising.csv", index=False)
+    main(["fit", str(tmp_path / "rising.csv")])
+    assert "steps grow with the batch size" in capsys.readouterr().out

@@ -249,3 +249,25 @@ def test_smoothing_lags_a_log_linear_curve_by_a_fixed_factor_and_leaves_b_crit_u
     assert fit_raw.b_crit == pytest.approx(b_crit, rel=1e-3)
     assert fit_smooth.b_crit == pytest.approx(b_crit, rel=1e-3)
     assert fit_smooth.s_min == pytest.approx(s_min * r ** (a / (1 - a)), rel=1e-3)
+
+
+def test_steps_that_grow_with_batch_size_are_rejected_not_called_saturated():
+    """Before: such data came back as a 'saturated' bound, B_crit <= the smallest batch size."""
+    import warnings as _warnings
+
+    import pandas as pd
+
+    from gns_utils.critical_batch import best_runs, fit_tradeoff, fit_tradeoff_by_goal
+
+    b = np.array([16, 32, 64, 128, 256, 512], float)
+    rising = 100.0 * (b / 16) ** 0.3 * np.exp(np.array([0.01, -0.02, 0.015, 0.0, -0.01, 0.02]))
+    with pytest.raises(ValueError, match="steps grow with the batch size"):
+        fit_tradeoff(b, rising)
+    flat = 100.0 * np.exp(np.array([0.01, -0.02, 0.015, 0.0, -0.01, 0.02]))  # saturated: still a bound
+    with pytest.warns(RuntimeWarning, match="saturated"):
+        assert fit_tradeoff(b, flat).bound == "upper"
+    table = pd.DataFrame({"batch_size": b, "lr": 0.1, "goal": 1.0, "steps": rising})
+    with _warnings.catch_warnings(record=True) as caught:
+        _warnings.simplefilter("always")
+        assert fit_tradeoff_by_goal(best_runs(table)) == {1.0: None}
+    assert any("steps grow" in str(w.message) for w in caught)
