@@ -500,7 +500,7 @@ def _refuse_increasing_steps(b: np.ndarray, s: np.ndarray) -> None:
     if b.size < 3 or np.unique(b).size < 3:
         return
     fit = stats.linregress(np.log(b), np.log(s))
-    if fit.slope > 0 and fit.stderr > 0 and fit.slope / fit.stderr > INCREASING_T:
+    if fit.slope > 0 and (fit.stderr == 0 or fit.slope / fit.stderr > INCREASING_T):
         raise ValueError(
             f"steps grow with the batch size (log-log slope {fit.slope:.2f} ± {fit.stderr:.2f}) over batch sizes "
             f"{b.min():g}..{b.max():g}: (2.11) has S(B) non-increasing, so these points cannot be fitted; check "
