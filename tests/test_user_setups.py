@@ -179,3 +179,17 @@ def test_big_norm_from_the_hooks_equals_the_accumulated_gradient_and_survives_cl
         estimates[mode] = monitor.after_step()
     assert estimates["hooks"].g2 == pytest.approx(estimates["grad"].g2, rel=1e-10)
     assert estimates["hooks"].trace_sigma == pytest.approx(estimates["grad"].trace_sigma, rel=1e-10)
+
+
+def test_hessian_noise_scale_in_units_of_tokens():
+    """A loss averaged over the L units of each example: B_noise and B_simple per unit are L times those per example."""
+    torch.manual_seed(0)
+    model = nn.Linear(3, 1, bias=False).double()
+    x, y = torch.randn(32, 3, dtype=torch.float64), torch.randn(32, 1, dtype=torch.float64)
+    per_example = hessian_noise_scale(model, F.mse_loss, x, y, population=True)
+    per_token = hessian_noise_scale(model, F.mse_loss, x, y, population=True, units_per_example=20)
+    assert per_token.b_noise == pytest.approx(20 * per_example.b_noise, rel=1e-12)
+    assert per_token.b_simple == pytest.approx(20 * per_example.b_simple, rel=1e-12)
+    assert per_token.g2 == pytest.approx(per_example.g2, rel=1e-12)
+    with pytest.raises(ValueError, match="units_per_example"):
+        hessian_noise_scale(model, F.mse_loss, x, y, units_per_example=0)

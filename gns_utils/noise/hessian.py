@@ -113,7 +113,7 @@ def hessian_noise_scale(
     model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor, targets: torch.Tensor, *,
     chunk_size: int = 16, population: bool = False,
     hessian_inputs: torch.Tensor | None = None, hessian_targets: torch.Tensor | None = None,
-    directions: int | None = None, generator: torch.Generator | None = None,
+    directions: int | None = None, generator: torch.Generator | None = None, units_per_example: float = 1.0,
 ) -> HessianNoiseScale:
     """``B_noise = tr(HΣ) / (GᵀHG)`` (2.8) from per-example gradients and Hessian-vector products.
 
@@ -168,6 +168,9 @@ def hessian_noise_scale(
         hessian_targets: their targets (required with ``hessian_inputs``).
         directions: ``k ≥ 1`` random directions for ``Σ_i d_iᵀHd_i``; None: the exact sum.
         generator: random generator (CPU) for the Rademacher signs; None: torch's global one.
+        units_per_example: batch units per example when ``loss_fn`` is a mean over units within an
+            example (tokens of a sequence: its length). ``tr Σ``, ``tr(HΣ)``, ``B_noise`` and
+            ``B_simple`` then come out per unit (B in tokens); the default 1 keeps them per example.
 
     Returns:
         A :class:`HessianNoiseScale` (python floats); ``b_noise``/``b_simple`` are nan when
@@ -179,6 +182,8 @@ def hessian_noise_scale(
             ``hessian_targets``.
     """
     n = _check_batch(inputs, targets, chunk_size, minimum=2)
+    if not (isinstance(units_per_example, (int, float)) and units_per_example > 0):
+        raise ValueError(f"units_per_example must be a positive number, got {units_per_example!r}")
     if (hessian_inputs is None) != (hessian_targets is None):
         raise ValueError("pass hessian_inputs and hessian_targets together")
     if directions is not None and (isinstance(directions, bool) or not isinstance(directions, int) or directions < 1):
@@ -226,6 +231,8 @@ def hessian_noise_scale(
     g2, g_h_g = g2_raw, ghg_raw
     if not population:
         g2, g_h_g = g2_raw - trace_sigma / n, ghg_raw - trace_h_sigma / n
+    # a batch of B units holds B / u examples: the covariances per unit are u times those per example
+    trace_sigma, trace_h_sigma = trace_sigma * units_per_example, trace_h_sigma * units_per_example
     return HessianNoiseScale(
         b_noise=trace_h_sigma / g_h_g if g_h_g > 0 else math.nan,
         b_simple=trace_sigma / g2 if g2 > 0 else math.nan,
