@@ -193,3 +193,11 @@ def test_hessian_noise_scale_in_units_of_tokens():
     assert per_token.g2 == pytest.approx(per_example.g2, rel=1e-12)
     with pytest.raises(ValueError, match="units_per_example"):
         hessian_noise_scale(model, F.mse_loss, x, y, units_per_example=0)
+
+
+def test_a_compiled_model_gets_a_message_that_names_the_alternative():
+    from gns_utils.noise import PerExampleNormMonitor
+
+    compiled = torch.compile(nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1)))  # compiles lazily
+    with pytest.raises(ValueError, match="torch.compile.*GradientNoiseMonitor"):
+        PerExampleNormMonitor(compiled)

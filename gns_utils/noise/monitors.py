@@ -339,6 +339,10 @@ class PerExampleNormMonitor(_StepMonitor):
     @staticmethod
     def unsupported(model: nn.Module) -> str:
         """Why the monitor cannot handle ``model`` ('' when it can)."""
+        if hasattr(model, "_orig_mod"):  # torch.compile's OptimizedModule
+            return ("the model is compiled with torch.compile, and the per-example hooks need eager execution: "
+                    "build the monitor on the uncompiled model and train that, or measure with GradientNoiseMonitor "
+                    "(micro-batches), whose gradient hooks work with compiled models")
         return _layerwise_unsupported(model, (nn.Linear,)) or _train_mode_batchnorm(model)
 
     def reset(self) -> None:
