@@ -27,7 +27,7 @@ pytestmark = pytest.mark.skipif(_profile() != "cpu", reason="results/ does not h
 
 
 def _cpu_tasks() -> list[str]:
-    return [p["task"] for domain in ("image", "language", "autoencoder") for p in presets(domain, "cpu")]
+    return [p["task"] for domain in ("image", "language", "autoencoder", "rl") for p in presets(domain, "cpu")]
 
 
 def test_cross_task_summary_has_every_cpu_task_and_six_r2_values():
@@ -45,7 +45,7 @@ def test_task_summary_fields_and_fit_quality(task):
     assert TASK_FIELDS <= set(summary) and summary["profile"] == "cpu"
     assert summary["b_crit_bound"] == "none" and summary["b_crit_stderr"] < 0.5 * summary["b_crit"]
     assert summary["b_simple"] > 0 and summary["b_crit_start"] < summary["b_crit"]
-    assert summary["units"] == ("tokens" if summary["domain"] == "language" else "images")
+    assert summary["units"] == {"language": "tokens", "rl": "frames"}.get(summary["domain"], "images")
     for name in ("figures/pareto_fronts.png", "figures/b_crit_by_goal.png", "experiment.json"):
         assert (RESULTS / task / name).exists(), name
 

@@ -225,6 +225,32 @@ def _fair_test_lines(root, tasks: list[dict]) -> list[str]:
     return lines
 
 
+def _rl_lines(s: dict) -> list[str]:
+    """A reinforcement-learning task: the policy network's own B_simple against B_crit, per-frame against
+    per-segment B_simple at the checkpoints, and the seed spread (:mod:`gns_utils.experiments.rl`)."""
+    goals = [g for g in s["goals"] if g.get("bound") == "none" and g.get("b_crit")]
+    ratio = [g["b_simple_policy_local_median"] / g["b_crit"] for g in goals if g.get("b_simple_policy_local_median")]
+    frames = [g["b_simple_frames"] / g["b_simple_checkpoint"] for g in goals
+              if g.get("b_simple_frames") and g.get("b_simple_checkpoint")]
+    spread = [g["b_crit_seed_rel_std"] for g in goals if g.get("b_crit_seed_rel_std") is not None]
+    fit = [g["b_crit_stderr"] / g["b_crit"] for g in goals if g.get("b_crit_stderr")]
+    out = []
+    if ratio:
+        b_crits = ", ".join(f"{g['b_crit']:,.0f}" for g in goals)
+        out.append(f"{s['task']} (frames): B_crit per goal {b_crits}; the "
+                   f"policy network's own B_simple where each goal is reached / B_crit(goal) = "
+                   f"{', '.join(f'{r:.1f}' for r in ratio)} (the whole loss's: see its line above).")
+    if frames:
+        out.append(f"{s['task']}: B_simple from groups of shuffled frames / from groups of whole environment segments, "
+                   f"same frames, at the reference run's goals: {', '.join(f'{r:.2f}' for r in frames)} "
+                   f"(median {np.median(frames):.2f}).")
+    if spread and fit:
+        out.append(f"{s['task']}: seed-to-seed spread of B_crit {100 * min(spread):.0f}–{100 * max(spread):.0f} % "
+                   f"over {max(g.get('n_seeds') or 0 for g in goals)} seeds, against a fit standard error of "
+                   f"{100 * min(fit):.0f}–{100 * max(fit):.0f} %.")
+    return out
+
+
 def _compute_lines(root, task_names: list[str]) -> list[str]:
     """Where the sweeps' compute went (:func:`gns_utils.experiments.compute.compute_table`)."""
     table = compute_table(root, [t for t in task_names if (root / t / "experiment.json").exists()])
@@ -266,6 +292,7 @@ def key_numbers(root) -> list[str]:
     lines += _matched_lines(root, tasks)
     lines += _fair_test_lines(root, tasks)
     lines += _predictor_by_task_lines(tasks)
+    lines += [line for s in tasks if s["domain"] == "rl" for line in _rl_lines(s)]
     points, spans, edges, optimal_lr_lines = [], [], 0, []
     for s in tasks:
         runs = load_run_summaries(root, s["task"])
