@@ -406,7 +406,10 @@ def fit_tradeoff(
     gives ``stderr(B_crit) = B_crit·stderr(log B_crit)`` and the interval is
     ``exp(log B_crit ± t_{n−2}·stderr(log B_crit))`` (asymmetric). With
     ``bootstrap > 0`` the points are resampled with replacement that many times and
-    refitted: stderr = bootstrap SD, interval = percentiles.
+    refitted: stderr = bootstrap SD, interval = percentiles. Prefer the default: on simulated sweeps
+    of 9 batch sizes with log-normal noise the covariance interval covers the true B_crit 94.8–95.0 %
+    of the time at nominal 95 %, the bootstrap percentile interval only 88.8 % (resampling so few points
+    understates the spread; ``benchmarks/fit_coverage.py``, output in ``benchmarks/fit_coverage.txt``).
 
     Bounds: if the fitted ``B_crit`` is below the smallest batch size (all points
     saturated, ``S`` flat in ``B``) the result has ``bound="upper"`` and ``b_crit`` =
