@@ -104,7 +104,6 @@ class Rollouts:
         self.generator = torch.Generator(device=problem.device).manual_seed(seed)
         self.recent: deque[float] = deque(maxlen=problem.window)
         self.episodes = 0
-        self.frames = 0
 
     def mean_return(self) -> float:
         """Mean return of the last ``window`` episodes (NaN before the first one ended)."""
@@ -154,7 +153,6 @@ class Rollouts:
         for t in reversed(range(steps)):
             running = rewards[t] + p.gamma * np.where(nonterminal[t], running, cut_values[t])
             returns[t] = running
-        self.frames += steps * self.num_envs
         return (torch.stack(obs, 1), torch.stack(actions, 1), torch.as_tensor(returns.T.copy(), device=device),
                 torch.as_tensor(np.stack(valid, 1), dtype=torch.float32, device=device))
 
@@ -199,7 +197,6 @@ class RLProblem:
         self.model_kwargs = {"obs_shape": list(self.obs_shape), "n_actions": int(space.n), **dict(model_kwargs)}
         self.units_per_example = self.rollout_steps
         self.n_train = 2**62  # experience is unlimited
-        self._measurement: Rollouts | None = None
 
     def build_model(self, model: str | None = None, model_kwargs: Mapping[str, Any] | None = None) -> nn.Module:
         kwargs = {**self.model_kwargs, **dict(model_kwargs or {})}

@@ -192,7 +192,7 @@ class GradientNoiseMonitor(_StepMonitor):
     def reset(self) -> None:
         """Forget the current step's micro-batches (e.g. after an unrelated backward)."""
         self._grad_versions = None
-        self._cross = torch.zeros((), dtype=torch.float64, device=self.params[0].device)
+        self._cross: torch.Tensor | float = 0.0  # big_norm="hooks": the cross terms, a tensor once one arrives
         self._pending = [None] * len(self.params)
         self._repeated = False
         self._micro_sq: list[torch.Tensor] = []
@@ -256,7 +256,8 @@ class GradientNoiseMonitor(_StepMonitor):
             return None
         s = _loss_scales(units, scales)
         if self.big_norm == "hooks":  # |Σ_j s_j g_j|^2 = Σ_j |s_j g_j|^2 + 2 Σ_{l<j} <s_l g_l, s_j g_j>
-            big_raw = torch.stack(micro_sq).sum() + 2.0 * cross.to(micro_sq[0].device)
+            big_raw = torch.stack(micro_sq).sum() + 2.0 * torch.as_tensor(cross, dtype=torch.float64,
+                                                                           device=micro_sq[0].device)
         else:
             grads = [p.grad for p in self.params if p.grad is not None]
             big_raw = _total_sq_norm([_row_norms(g.detach()) for g in grads])
