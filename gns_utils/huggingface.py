@@ -80,7 +80,7 @@ class NoiseScaleCallback(TrainerCallback):
             raise ValueError("NoiseScaleCallback measures the noise from the micro-batches of gradient accumulation: "
                              "use TrainingArguments(gradient_accumulation_steps=k) with k >= 2 (and the per-device "
                              "batch size divided by k for the same effective batch)")
-        self.monitor = GradientNoiseMonitor(model.parameters(), big_norm="hooks")
+        self.monitor = GradientNoiseMonitor(model, big_norm="hooks")
         self._handle = model.register_forward_pre_hook(self._count, with_kwargs=True)
 
     def _micro_batch(self) -> None:

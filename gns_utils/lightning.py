@@ -64,7 +64,7 @@ class NoiseScaleCallback(Callback):
                              "micro-batches)")
         if not pl_module.automatic_optimization:
             raise ValueError("NoiseScaleCallback needs Lightning's automatic optimization")
-        self.monitor = GradientNoiseMonitor(pl_module.parameters(), big_norm="hooks")
+        self.monitor = GradientNoiseMonitor(pl_module, big_norm="hooks")
 
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
         if self.monitor is not None:

@@ -64,6 +64,18 @@ def main(out: Path) -> None:
                 reference.after_micro_batch(len(xr), loss_scale=1.0 / world)
             ref = reference.after_step()
             results[name]["reference"] = [ref.g2, ref.trace_sigma, ref.b_small, ref.b_big]
+    model = DDP(_net())  # every=2: steps 0 and 2 measured, step 1 plain DDP (None), the gradients unchanged
+    monitor = DataParallelNoiseMonitor(model, every=2)
+    x, y = _data(8, rank)
+    results["every"] = []
+    for step in range(3):
+        model.zero_grad()
+        F.mse_loss(model(x), y).backward()
+        monitor.after_micro_batch(len(x))
+        est = monitor.after_step()
+        results["every"].append(None if est is None else [est.g2, est.trace_sigma, est.b_small, est.b_big])
+        if step == 1:
+            results["every_grad"] = [float(p.grad.square().sum()) for p in model.parameters()]
     (out / f"rank{rank}.json").write_text(json.dumps(results))
     dist.destroy_process_group()
 

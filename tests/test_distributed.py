@@ -32,3 +32,12 @@ def test_ddp_estimate_equals_the_single_process_estimate_on_the_same_batches(tor
     assert trace > 0
     if case == "unequal":
         assert (b_small, b_big) == pytest.approx((2 / (1 / 6 + 1 / 10), 4 / (1 / 6 + 1 / 10)))
+
+
+def test_every_measures_only_every_mth_step_and_leaves_ddp_averaging_intact(torchrun_results):
+    rank0, rank1 = torchrun_results
+    first, skipped, third = rank0["every"]
+    assert skipped is None and first is not None and third is not None
+    assert first == pytest.approx(rank0["plain"]["ddp"], rel=1e-12)  # the same weights and batches as "plain"
+    assert third == pytest.approx(first, rel=1e-12)  # no optimizer step between: the same gradients
+    assert rank0["every_grad"] == pytest.approx(rank1["every_grad"], rel=1e-12)  # the unmeasured step averaged too

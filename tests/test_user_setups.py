@@ -201,3 +201,112 @@ def test_a_compiled_model_gets_a_message_that_names_the_alternative():
     compiled = torch.compile(nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1)))  # compiles lazily
     with pytest.raises(ValueError, match="torch.compile.*GradientNoiseMonitor"):
         PerExampleNormMonitor(compiled)
+
+
+def test_per_example_monitor_sums_half_precision_gradients_in_float32_or_better():
+    """bf16 gradients: the batch norm is the float64 sum of the squared gradient entries, not a bf16-rounded norm."""
+    from gns_utils.noise import PerExampleNormMonitor
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(20, 64), nn.Tanh(), nn.Linear(64, 3)).to(torch.bfloat16)
+    x, y = torch.randn(32, 20).to(torch.bfloat16), torch.randint(0, 3, (32,))
+    monitor = PerExampleNormMonitor(model)
+    with monitor.capture():
+        loss = F.cross_entropy(model(x).float(), y)
+    loss.backward()
+    monitor.after_micro_batch(32)
+    est = monitor.after_step()
+    big = sum(float(p.grad.double().square().sum()) for p in model.parameters())
+    assert est.g2 + est.trace_sigma / est.b_big == pytest.approx(big, rel=1e-6)  # a bf16 norm is off by ~1e-3
+    reference = model.to(torch.float64)  # the same weights in float64: the small norm agrees to bf16's accuracy
+    ref_monitor = PerExampleNormMonitor(reference)
+    reference.zero_grad()
+    with ref_monitor.capture():
+        loss = F.cross_entropy(reference(x.double()), y)
+    loss.backward()
+    ref_monitor.after_micro_batch(32)
+    ref = ref_monitor.after_step()
+    assert est.trace_sigma == pytest.approx(ref.trace_sigma, rel=0.02)
+
+
+def test_micro_batch_monitor_refuses_train_mode_batchnorm_when_given_the_model():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Tanh(), nn.Linear(8, 1))
+    x, y = torch.randn(16, 4), torch.randn(16, 1)
+
+    def step(monitor):
+        model.zero_grad()
+        for xb, yb in zip(x.chunk(2), y.chunk(2)):
+            (F.mse_loss(model(xb), yb) / 2).backward()
+            monitor.after_micro_batch(len(xb))
+        return monitor.after_step()
+
+    with pytest.raises(ValueError, match="BatchNorm '1' is in train mode.*allow_batchnorm=True"):
+        step(GradientNoiseMonitor(model))
+    assert step(GradientNoiseMonitor(model, allow_batchnorm=True)) is not None  # measured knowingly
+    model.eval()  # running statistics: each micro-batch's gradient is a mean of per-example gradients again
+    assert step(GradientNoiseMonitor(model)).trace_sigma > 0
+
+
+def test_hessian_noise_scale_on_the_lstm_language_model_matches_plain_double_backward():
+    """nn.LSTM on CPU (float32, the fused mkldnn kernel): B_noise's four sums against per-example autograd
+    gradients and Hessian-vector products by double backward, computed without torch.func."""
+    from gns_utils.experiments.models import LSTMLanguageModel
+
+    torch.manual_seed(0)
+    model = LSTMLanguageModel(vocab_size=11, embed_dim=6, hidden=8).eval()
+    x, y = torch.randint(0, 11, (6, 7)), torch.randint(0, 11, (6, 7))
+
+    def loss(out, t):
+        return F.cross_entropy(out.reshape(-1, out.shape[-1]), t.reshape(-1))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # vmap's fallback for the fused LSTM kernel is slow, not wrong
+        res = hessian_noise_scale(model, loss, x, y, population=True, chunk_size=3, units_per_example=7)
+    params = list(model.parameters())
+
+    def flat(grads):
+        return torch.cat([g.reshape(-1) for g in grads]).double()
+
+    per = torch.stack([flat(torch.autograd.grad(loss(model(x[i:i + 1]), y[i:i + 1]), params)) for i in range(6)])
+    mean, dev = per.mean(0), per - per.mean(0)
+    g = torch.cat([t.reshape(-1) for t in torch.autograd.grad(loss(model(x), y), params, create_graph=True)])
+
+    def hvp(v):
+        return flat(torch.autograd.grad(g, params, grad_outputs=v.float(), retain_graph=True))
+
+    assert res.trace_sigma == pytest.approx(7 * float((dev * dev).sum()) / 6, rel=1e-5)  # per token: × 7
+    assert res.trace_h_sigma == pytest.approx(7 * float(sum(d @ hvp(d) for d in dev)) / 6, rel=1e-5)
+    assert res.g_h_g == pytest.approx(float(mean @ hvp(mean)), rel=1e-5)
+    assert res.g2 == pytest.approx(float(mean @ mean), rel=1e-5)
+
+
+@pytest.mark.parametrize("sequence", [False, True])
+def test_per_example_norms_can_be_read_out_and_equal_torch_func_per_sample_gradients(sequence):
+    from torch.func import functional_call, grad, vmap
+
+    from gns_utils.noise import PerExampleNormMonitor
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 2)).double()
+    model[0].bias.requires_grad_(False)  # a frozen bias: not part of any g_i
+    shape = (10, 3, 5) if sequence else (10, 5)
+    x, y = torch.randn(*shape, dtype=torch.float64), torch.randn(*shape[:-1], 2, dtype=torch.float64)
+    monitor = PerExampleNormMonitor(model)
+    assert monitor.sq_norms is None
+    for xb, yb in zip(x.split([4, 6]), y.split([4, 6])):  # two unequal micro-batches, loss scaled by n_j / n
+        with monitor.capture():
+            loss = F.mse_loss(model(xb), yb) * len(xb) / len(x)
+        loss.backward()
+        monitor.after_micro_batch(len(xb))
+    monitor.after_step()
+    params = {k: v.detach() for k, v in model.named_parameters() if v.requires_grad}
+    frozen = {k: v.detach() for k, v in model.named_parameters() if not v.requires_grad}
+
+    def example_loss(p, xi, yi):
+        return F.mse_loss(functional_call(model, (p, frozen), (xi.unsqueeze(0),)), yi.unsqueeze(0))
+
+    per = vmap(grad(example_loss), in_dims=(None, 0, 0))(params, x, y)
+    expected = sum(g.reshape(len(x), -1).square().sum(1) for g in per.values())
+    assert monitor.sq_norms.dtype == torch.float64
+    torch.testing.assert_close(monitor.sq_norms, expected, rtol=1e-10, atol=0)

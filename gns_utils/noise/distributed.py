@@ -48,15 +48,24 @@ class DataParallelNoiseMonitor:
     register another communication hook. Call :meth:`after_step` on every rank every step (it holds
     a collective), before clipping or unscaling (those act on ``.grad`` after the hook has measured).
 
+    Cost: two reads of the gradient per step (its norm before and after the all-reduce) and one
+    all-reduce of two numbers; ``benchmarks/ddp_overhead.py`` measures it against plain DDP. With
+    ``every = m`` only every ``m``-th step is measured (the others run DDP's plain all-reduce and
+    return None), which divides the cost by ``m``; B_simple averaged over many steps needs no more.
+
     Args:
         model: the ``DistributedDataParallel`` model.
         process_group: the group DDP reduces over (default: the world).
+        every: measure steps ``0, m, 2m, …`` (counted by :meth:`after_step` calls, the same on every rank).
 
     Attributes:
         n_steps, n_skipped: steps with an estimate; steps skipped for a non-finite norm.
     """
 
-    def __init__(self, model: torch.nn.parallel.DistributedDataParallel, process_group: Any = None) -> None:
+    def __init__(self, model: torch.nn.parallel.DistributedDataParallel, process_group: Any = None,
+                 every: int = 1) -> None:
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ValueError(f"every must be an integer >= 1, got {every!r}")
         if not isinstance(model, torch.nn.parallel.DistributedDataParallel):
             raise TypeError(f"DataParallelNoiseMonitor needs a DistributedDataParallel model, got "
                             f"{type(model).__name__}; wrap it first: model = DDP(model)")
@@ -65,8 +74,10 @@ class DataParallelNoiseMonitor:
         if self.world_size < 2:
             raise ValueError("a data-parallel noise estimate needs >= 2 ranks; with one process use "
                              "GradientNoiseMonitor (micro-batches) or PerExampleNormMonitor")
+        self.every = every
         self.n_steps = 0
         self.n_skipped = 0
+        self._step = 0  # after_step calls so far: step s is measured when s % every == 0
         self._reset()
         model.register_comm_hook(self, DataParallelNoiseMonitor._hook)
 
@@ -75,14 +86,20 @@ class DataParallelNoiseMonitor:
         self._global_sq: list[torch.Tensor] = []
         self._units: list[float] = []
         self._scales: list[float | None] = []
+        self._synced = False  # an unmeasured step's all-reduce ran
 
     @staticmethod
     def _hook(state, bucket):  # no annotations: DDP checks them, and they are strings under postponed evaluation
         """Measure ``|bucket|^2`` before and after DDP's averaging all-reduce (a ``dist.GradBucket``)."""
         buffer = bucket.buffer()
-        state._local_sq.append(torch.linalg.vector_norm(buffer).double().square())
+        measure = state._step % state.every == 0
+        if measure:
+            state._local_sq.append(torch.linalg.vector_norm(buffer).double().square())
         buffer.div_(state.world_size)
         future = dist.all_reduce(buffer, group=state.group, async_op=True).get_future()
+        if not measure:
+            state._synced = True
+            return future.then(lambda fut: fut.value()[0])
 
         def measured(fut: torch.futures.Future) -> torch.Tensor:
             reduced = fut.value()[0]
@@ -101,18 +118,27 @@ class DataParallelNoiseMonitor:
         self._scales.append(loss_scale)
 
     def after_step(self) -> NoiseEstimate | None:
-        """This step's estimate (identical on every rank), or None for a non-finite step. A collective:
-        call it on every rank, after the step's last (synchronised) backward.
+        """This step's estimate (identical on every rank), or None for a non-finite or unmeasured step
+        (see ``every``). A collective on measured steps: call it on every rank, after the step's last
+        (synchronised) backward.
 
         Raises:
             RuntimeError: no micro-batch was recorded, or DDP's all-reduce did not run this step (every
                 backward was under ``no_sync``).
         """
-        local, reduced, units, scales = self._local_sq, self._global_sq, self._units, self._scales
+        local, reduced, units, scales, synced = (self._local_sq, self._global_sq, self._units, self._scales,
+                                                 self._synced)
+        measured = self._step % self.every == 0
         self._reset()
+        self._step += 1
         if not units:
             raise RuntimeError("after_step() without after_micro_batch(): call after_micro_batch(units) after "
                                "each backward")
+        if not measured:
+            if not synced:
+                raise RuntimeError("DDP's all-reduce did not run this step (every backward under no_sync(), or the "
+                                   "hook was replaced): the last micro-batch's backward must synchronise")
+            return None
         if not local or len(reduced) != len(local):
             raise RuntimeError("DDP's all-reduce did not run this step (every backward under no_sync(), or the "
                                "hook was replaced): the last micro-batch's backward must synchronise")
@@ -139,10 +165,12 @@ class DataParallelNoiseMonitor:
 
     def state_dict(self) -> dict[str, int]:
         """The counters (save between steps)."""
-        return {"n_steps": self.n_steps, "n_skipped": self.n_skipped}
+        return {"n_steps": self.n_steps, "n_skipped": self.n_skipped, "step": self._step}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
+        """Restore the counters saved by :meth:`state_dict` (a checkpoint without ``step`` restarts the count)."""
         self.n_steps, self.n_skipped = int(state["n_steps"]), int(state["n_skipped"])
+        self._step = int(state.get("step", 0))
 
 
 __all__ = ["DataParallelNoiseMonitor"]

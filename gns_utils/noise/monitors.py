@@ -23,6 +23,7 @@ from torch import nn
 
 from gns_utils.noise.estimate import NoiseEstimate, two_batch_estimates
 from gns_utils.noise.per_example import (
+    _accumulation_dtype,
     _layerwise_unsupported,
     _products_sq_norm_and_sum,
     _row_norms,
@@ -111,7 +112,7 @@ class GradientNoiseMonitor(_StepMonitor):
     before it is added to ``.grad``, and takes its squared norm; :meth:`after_step` takes
     the squared norm of the accumulated ``.grad``. No gradient is copied. Usage::
 
-        monitor = GradientNoiseMonitor(model.parameters())
+        monitor = GradientNoiseMonitor(model)   # or model.parameters()
         opt.zero_grad()
         for xb, yb in micro_batches:            # k >= 2 micro-batches per step
             loss = loss_fn(model(xb), yb) * (n_units(xb) / n_units_total)
@@ -153,10 +154,19 @@ class GradientNoiseMonitor(_StepMonitor):
     unscaling (a trainer that clips before its last callback). It costs one more read of ``.grad``
     per micro-batch.
 
+    BatchNorm: in train mode each micro-batch is normalised with its own statistics, so the
+    micro-batch gradients are not samples of one per-example gradient distribution (2.3) and the
+    estimate would describe something else. Given the model (rather than its parameters), the
+    monitor checks this at every micro-batch and refuses a train-mode BatchNorm unless
+    ``allow_batchnorm=True``; given parameters only it cannot see the layers.
+
     Args:
-        params: the parameters the optimizer updates (those with ``requires_grad``).
+        params: the model (preferred: its train-mode BatchNorm layers are refused), or the
+            parameters the optimizer updates (those with ``requires_grad`` are monitored).
         big_norm: ``"grad"`` (default: read the accumulated ``.grad`` in :meth:`after_step`, which
             must then come before clipping) or ``"hooks"`` (see above).
+        allow_batchnorm: measure even with BatchNorm layers in train mode (the estimate is then that
+            of micro-batch-normalised gradients, not the paper's ``B_simple``).
 
     Attributes:
         n_steps: steps that returned an estimate.
@@ -164,8 +174,13 @@ class GradientNoiseMonitor(_StepMonitor):
         n_too_few: steps with fewer than 2 micro-batches (no estimate).
     """
 
-    def __init__(self, params: Iterable[torch.Tensor], big_norm: str = "grad") -> None:
-        self.params = [p for p in params if p.requires_grad]
+    def __init__(self, params: nn.Module | Iterable[torch.Tensor], big_norm: str = "grad",
+                 allow_batchnorm: bool = False) -> None:
+        model = params if isinstance(params, nn.Module) else None
+        self._batchnorms = [] if model is None or allow_batchnorm else [
+            (name or type(m).__name__, m) for name, m in model.named_modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        self.params = [p for p in (model.parameters() if model is not None else params) if p.requires_grad]
         if not self.params:
             raise ValueError("GradientNoiseMonitor needs at least one parameter with requires_grad=True")
         if big_norm not in ("grad", "hooks"):
@@ -208,11 +223,20 @@ class GradientNoiseMonitor(_StepMonitor):
                 ``backward()``; None means ``units / N`` (``N`` the step's total units).
 
         Raises:
-            ValueError: ``units`` not positive, or ``loss_scale`` not positive.
+            ValueError: ``units`` or ``loss_scale`` not positive, or a BatchNorm of the model is in
+                train mode (see ``allow_batchnorm``).
             RuntimeError: no gradient arrived since the last call, or a parameter
                 received two gradients (two backward passes in one micro-batch).
         """
         self._check_micro_batch(units, loss_scale)
+        for name, module in self._batchnorms:
+            if module.training:
+                self.reset()
+                raise ValueError(
+                    f"BatchNorm {name!r} is in train mode: each micro-batch is normalised with its own statistics, "
+                    "so the micro-batch gradients are not samples of the batch gradient and B_simple would be "
+                    "wrong. Put the BatchNorm layers in eval mode, use GroupNorm or LayerNorm, or pass "
+                    "allow_batchnorm=True to GradientNoiseMonitor to measure anyway")
         norms = [n for n in self._pending if n is not None]
         repeated = self._repeated
         self._pending = [None] * len(self.params)
@@ -321,6 +345,10 @@ class PerExampleNormMonitor(_StepMonitor):
     Attributes:
         n_steps, n_skipped, n_too_few: as in :class:`GradientNoiseMonitor`
             (``n_too_few``: steps with fewer than 2 examples).
+        sq_norms: the last step's per-example squared gradient norms ``|g_i|^2`` (each example's
+            gradient of its own loss, float64 tensor on the model's device, micro-batches in
+            order), or None before the first step: for outlier examples, clipping studies or
+            B_simple's distribution. Read it after :meth:`after_step`.
     """
 
     def __init__(self, model: nn.Module) -> None:
@@ -333,6 +361,7 @@ class PerExampleNormMonitor(_StepMonitor):
         self.params = [p for p in model.parameters() if p.requires_grad]
         super().__init__()
         self._capturing = False
+        self.sq_norms: torch.Tensor | None = None
         self._generation = 0  # advanced whenever captured forwards are consumed or given up
         self._handles = [m.register_forward_hook(self._forward_hook) for m in self.layers]
         self.reset()
@@ -376,6 +405,7 @@ class PerExampleNormMonitor(_StepMonitor):
                                "once per forward (use GradientNoiseMonitor)")
         self._ran.add(module)
         a = args[0].detach()
+        a = a.to(_accumulation_dtype(a))  # half-precision activations and deltas are summed in float32
         n = a.shape[0]
         if self._examples and n != self._examples:
             raise RuntimeError(f"Linear layers saw {self._examples} and {n} examples in one forward")
@@ -383,19 +413,19 @@ class PerExampleNormMonitor(_StepMonitor):
         weight, bias = module.weight.requires_grad, module.bias is not None and module.bias.requires_grad
         generation = self._generation
 
-        def record(sq_norm_sum: Callable[[], torch.Tensor]) -> None:
+        def record(sq_norms: Callable[[], torch.Tensor]) -> None:
             if self._generation == generation:  # a forward given up since (reset, or an error) is ignored
-                self._pending.append(sq_norm_sum())
+                self._pending.append(sq_norms())
 
-        if a.dim() == 2:  # one row per example: |g_i|^2 ∝ |δ_i|^2 (|a_i|^2 + 1), a_i's part computed now
+        if a.dim() == 2:  # one row per example: this layer's |g_i|^2 ∝ |δ_i|^2 (|a_i|^2 + 1), a_i's part now
             aa = torch.linalg.vector_norm(a, dim=1).square_() if weight else a.new_zeros(n)
             if bias:
                 aa.add_(1.0)
-            output.register_hook(lambda delta: record(lambda: torch.dot(delta.detach().square().sum(1), aa)))
+            output.register_hook(lambda delta: record(lambda: delta.detach().to(aa.dtype).square().sum(1) * aa))
             return
         a = a.reshape(n, -1, a.shape[-1])
         output.register_hook(lambda delta: record(
-            lambda: _linear_sq_norm_sum(delta.detach().reshape(n, -1, delta.shape[-1]), a, weight, bias)))
+            lambda: _linear_sq_norms(delta.detach().to(a.dtype).reshape(n, -1, delta.shape[-1]), a, weight, bias)))
 
     def after_micro_batch(self, units: float, loss_scale: float | None = None) -> None:
         """Record the micro-batch whose ``backward()`` just ran (arguments as in :class:`GradientNoiseMonitor`).
@@ -437,14 +467,13 @@ class PerExampleNormMonitor(_StepMonitor):
             return None
         s = _loss_scales(np.asarray(units), scales).tolist()
         s_total, n_total = sum(s), sum(n)
-        grads = [p.grad.detach() for p in self.params if p.grad is not None]
-        values = torch.stack(list(torch._foreach_norm(grads)) + [t for layers in sums for t in layers]).tolist()
-        big = math.fsum(v * v for v in values[:len(grads)]) / s_total**2
-        # g_i = (n_j / s_j) δ_iᵀ a_i in micro-batch j; the small norm is the mean of |g_i|^2 over all examples
-        layer_sums, small = iter(values[len(grads):]), 0.0
-        for layers, n_j, s_j in zip(sums, n, s):
-            small += math.fsum(next(layer_sums) for _ in layers) * (n_j / s_j) ** 2
-        small /= n_total
+        # |Σ_j s_j g_j|^2 from the row norms of .grad, squared and summed in float64 (as GradientNoiseMonitor)
+        big_raw = _total_sq_norm([_row_norms(p.grad.detach()) for p in self.params if p.grad is not None])
+        # g_i = (n_j / s_j) δ_iᵀ a_i in micro-batch j: each example's |g_i|^2, summed over the layers
+        self.sq_norms = torch.cat([torch.stack([t.to(torch.float64) for t in layers]).sum(0) * (n_j / s_j) ** 2
+                                   for layers, n_j, s_j in zip(sums, n, s)])
+        big_sq, small_sum = torch.stack([big_raw, self.sq_norms.sum()]).tolist()  # one transfer
+        big, small = big_sq / s_total**2, small_sum / n_total  # the small norm: the mean of |g_i|^2
         if not (math.isfinite(small) and math.isfinite(big)):
             self.n_skipped += 1
             return None
@@ -454,12 +483,12 @@ class PerExampleNormMonitor(_StepMonitor):
         return two_batch_estimates(small, big, b_small, b_big)
 
 
-def _linear_sq_norm_sum(d: torch.Tensor, a: torch.Tensor, weight: bool, bias: bool) -> torch.Tensor:
-    """``Σ_i |δ_iᵀ a_i|^2 + |Σ_t δ_it|^2`` over the examples of ``d: [n, T, out]``, ``a: [n, T, in]`` (float64).
+def _linear_sq_norms(d: torch.Tensor, a: torch.Tensor, weight: bool, bias: bool) -> torch.Tensor:
+    """``|δ_iᵀ a_i|^2 + |Σ_t δ_it|^2`` for each example of ``d: [n, T, out]``, ``a: [n, T, in]`` (float64 ``[n]``).
 
     Gram matrices or outer products, whichever is cheaper (see :func:`_products_sq_norm_and_sum`).
     """
-    total = _products_sq_norm_and_sum(d, a)[0].sum() if weight else d.new_zeros((), dtype=torch.float64)
+    sq = _products_sq_norm_and_sum(d, a)[0] if weight else d.new_zeros(len(d), dtype=torch.float64)
     if bias:
-        total = total + d.sum(1).square().sum().double()
-    return total
+        sq = sq + d.sum(1).square().sum(1).double()
+    return sq

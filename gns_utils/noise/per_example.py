@@ -27,7 +27,12 @@ __all__ = ["per_example_estimate"]
 def _row_norms(t: torch.Tensor) -> torch.Tensor:
     """Euclidean norms of the rows of ``t`` (1-D result) — reducing over rows runs in parallel."""
     rows = t.reshape(t.shape[0], -1) if t.dim() >= 2 else t.reshape(1, -1)
-    return torch.linalg.vector_norm(rows, dim=1)
+    return torch.linalg.vector_norm(rows, dim=1, dtype=_accumulation_dtype(rows))
+
+
+def _accumulation_dtype(t: torch.Tensor) -> torch.dtype:
+    """float32 for half-precision tensors (their sums and norms would round to 3–4 digits), else their own."""
+    return torch.float32 if t.dtype in (torch.float16, torch.bfloat16) else t.dtype
 
 
 def _total_sq_norm(row_norms: list[torch.Tensor]) -> torch.Tensor:
