@@ -18,12 +18,14 @@ The library (this namespace; it needs torch, numpy, scipy and pandas only):
 * :mod:`gns_utils.noise`           estimators of ``|G|^2``, ``tr Σ``, B_simple (A.1, A.2) and B_noise (2.8).
 * :mod:`gns_utils.critical_batch`  steps-to-target and the (2.11) fit giving B_crit with errors.
 * :mod:`gns_utils.theory`          the paper's closed forms (2.6, 2.7, 2.11, A.3, App. D).
+* :mod:`gns_utils.batch_size`      :class:`BatchSizeController`, a batch size grown with B_simple (D.6).
 
 The experiments harness that reproduces the paper (data, models, sweeps, the run store,
 figures) is :mod:`gns_utils.experiments`; it imports the library, never the reverse.
 """
 
 from gns_utils import noise
+from gns_utils.batch_size import BatchSizeController
 from gns_utils.critical_batch import (TradeoffFit, b_crit_by_goal, best_runs, fit_tradeoff, fit_tradeoff_by_goal,
                                       steps_to_target)
 from gns_utils.noise import (CheckpointNoiseScale, CombinedHessianNoiseScale, DataParallelNoiseMonitor,
@@ -36,7 +38,7 @@ from gns_utils.theory import (adaptive_batch_size, adaptive_gain, adaptive_speed
                               fit_optimal_lr, lr_grid, lr_grid_centre, optimal_improvement, optimal_lr,
                               steps_for_batch, training_average)
 
-__all__ = sorted([*noise.__all__, "TradeoffFit", "b_crit_by_goal", "best_runs", "fit_tradeoff",
+__all__ = sorted([*noise.__all__, "BatchSizeController", "TradeoffFit", "b_crit_by_goal", "best_runs", "fit_tradeoff",
                   "fit_tradeoff_by_goal", "steps_to_target", "adaptive_batch_size", "adaptive_gain",
                   "adaptive_speedup", "examples_for_batch", "fit_optimal_lr", "lr_grid", "lr_grid_centre",
                   "optimal_improvement", "optimal_lr", "steps_for_batch", "training_average"])
