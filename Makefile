@@ -16,7 +16,7 @@ export HF_HUB_OFFLINE ?= 1
 export MPLBACKEND ?= Agg
 export PYTHONUNBUFFERED := 1
 
-.PHONY: env data test smoke reproduce lab calibration image language autoencoder rl summary benchmarks
+.PHONY: env data test smoke reproduce lab calibration image language autoencoder rl dynamics summary benchmarks
 
 # The virtual environment, installed from the exact lock; rebuilt when the lock changes.
 $(STAMP): requirements.lock pyproject.toml
@@ -57,6 +57,8 @@ autoencoder: data
 	$(REPRODUCE) --only 03_autoencoder
 rl: data
 	$(REPRODUCE) --only 04_reinforcement_learning
+dynamics: data
+	$(REPRODUCE) --only 05_noise_dynamics
 summary: $(STAMP)
 	$(REPRODUCE) --only 99_summary
 

@@ -104,3 +104,22 @@ def test_calibration_task_is_scored_against_its_exact_b_crit():
     assert any(g.get("b_crit_seed_rel_std") is not None for g in goals)  # the rerun spread
     calibration = json.loads((RESULTS / "summary.json").read_text())["calibration"]
     assert calibration["n_points"] >= 3 and calibration["measured_over_exact_median"] > 0
+
+
+def test_noise_dynamics_results_are_complete_and_quoted_by_the_key_numbers():
+    data = json.loads((RESULTS / "noise_dynamics" / "dynamics.json").read_text())
+    assert data["profile"] == "cpu"
+    assert [t["task"] for t in data["temperature"]] == ["fashion_mnist_mlp_sgd", "prose_lstm_adam"]
+    for t in data["temperature"]:
+        assert [r["run"] for r in t["rises"]][0] == "unchanged" and len(t["rises"]) == 5
+        assert all(r["rise_in_window"] > 0 for r in t["rises"])
+        assert (RESULTS / "noise_dynamics" / "figures" / f"temperature_{t['task']}.png").exists()
+    adaptive = data["adaptive"]
+    assert adaptive["task"] == "fashion_mnist_mlp_sgd" and len(adaptive["batch_sizes"]) == 3
+    assert len(adaptive["comparison"]) >= 4 and all(0 < r["gamma_predicted"] <= 1 for r in adaptive["comparison"])
+    assert (RESULTS / "noise_dynamics" / "figures" / "adaptive_fashion_mnist_mlp_sgd.pdf").exists()
+    text = "\n".join(module.key_numbers(RESULTS))
+    first = data["temperature"][0]["rises"][1]
+    assert f"{first['run']} ×{first['rise_in_window']:.2f}" in text
+    last = adaptive["comparison"][-1]
+    assert f"step saving {last['step_saving']:.2f}×" in text

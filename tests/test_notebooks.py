@@ -66,6 +66,22 @@ def test_domain_notebook_at_smoke_size(name, results):
         assert (results / "smoke_image" / "figures" / "optimal_lr.png").exists()
 
 
+def test_noise_dynamics_notebook_at_smoke_size(results):
+    _execute("05_noise_dynamics", results)  # after 01 in this module: the adaptive runs read its smoke sweep back
+    summary = json.loads((results / "noise_dynamics" / "dynamics.json").read_text())
+    assert summary["profile"] == "smoke"
+    assert [t["task"] for t in summary["temperature"]] == ["smoke_image", "smoke_lm"]
+    for task in summary["temperature"]:
+        assert len(task["rises"]) == 5 and task["rises"][0]["run"] == "unchanged"
+        assert (results / "noise_dynamics" / task["task"] / "temperature.csv").exists()
+        assert (results / "noise_dynamics" / "figures" / f"temperature_{task['task']}.pdf").exists()
+    adaptive = summary["adaptive"]
+    assert adaptive["task"] == "smoke_image" and adaptive["r"] > 0 and adaptive["comparison"]
+    assert all(row["steps"] > 0 and 0 < row["gamma_predicted"] <= 1 for row in adaptive["comparison"])
+    assert (results / "noise_dynamics" / "figures" / "adaptive_smoke_image.png").exists()
+    assert not (results / "noise_dynamics" / "summary.json").exists()  # not a task: 99_summary must not read it
+
+
 def test_summary_notebook_reads_files_only(results):
     _execute("99_summary", results)
     summary = json.loads((results / "summary.json").read_text())

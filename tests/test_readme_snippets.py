@@ -27,3 +27,6 @@ def test_the_plain_loop_snippets_run_and_measure_a_positive_noise_scale():
                      "loader": list(zip(x.split(32), y.split(32)))}
         exec(compile(code, "README.md", "exec"), namespace)
         assert namespace["ema"].count > 0 and namespace["ema"].trace_sigma > 0
+        if "BatchSizeController" in code:  # the batch grew, by more micro-batches, with the learning rate
+            history = namespace["control"].history
+            assert len(history) >= 2 and history[-1][1] > 32 and history[-1][2] > 0.05

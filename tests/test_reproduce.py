@@ -87,3 +87,27 @@ def test_reproduce_trains_every_run_and_compares(tmp_path, capsys):
     assert row["task"] == "smoke_image" and row["b_crit_reference"] == 14.0 and row["b_crit"] > 0
     assert not (tmp_path / reproduce.STATE_DIR).exists()  # finished: no reproduction in progress
     assert "Verdict" in capsys.readouterr().out and (tmp_path / "reproduction.md").exists()
+
+
+def test_a_notebook_that_reads_another_starts_after_it(tmp_path, monkeypatch):
+    """05_noise_dynamics reads the image sweep: it is submitted only once 01 has finished."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    events, lock = [], threading.Lock()
+
+    def fake_run(name, profile, results_dir):
+        with lock:
+            events.append(("start", name))
+        time.sleep({"01_image_classification": 0.3}.get(name, 0.05))
+        with lock:
+            events.append(("end", name))
+        return {"status": "ok", "wall_time_s": 0.0}
+
+    monkeypatch.setattr(reproduce, "ProcessPoolExecutor", ThreadPoolExecutor)
+    monkeypatch.setattr(reproduce, "run_notebook", fake_run)
+    assert reproduce.main(["--profile", "smoke", "--only", "01_image_classification", "03_autoencoder",
+                           "05_noise_dynamics", "--results-dir", str(tmp_path), "--jobs", "2"]) == 0
+    assert events.index(("start", "05_noise_dynamics")) > events.index(("end", "01_image_classification"))
+    assert events.index(("start", "03_autoencoder")) < events.index(("end", "01_image_classification"))

@@ -15,6 +15,8 @@ shows it). Symbols as in the paper: ``B`` batch size, ``S`` steps, ``E = B·S`` 
 * :func:`width_study`           Fig 8: B_simple of several widths against loss and tokens.
 * :func:`b_crit_vs_b_simple`    Fig 4: B_crit against B_simple, one point per task.
 * :func:`b_crit_vs_b_simple_by_goal`  Fig 4 per goal: B_crit(goal) against B_simple where it is reached.
+* :func:`temperature`           Fig 15: B_simple over training when the temperature is cut (App. C).
+* :func:`adaptive_batch`        Fig 16: adaptive-batch runs on the fixed-batch Pareto fronts (App. D).
 """
 
 from __future__ import annotations
@@ -26,11 +28,12 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from gns_utils.experiments import plotting
+from gns_utils.experiments.dynamics import AdaptiveResult, TemperatureResult
 from gns_utils.experiments.pipeline import TaskResult
 from gns_utils.experiments.report import matched_by_goal
 from gns_utils.experiments.summary import GOAL_PREDICTORS
 
-__all__ = ["b_crit_by_goal", "b_crit_vs_b_simple", "b_crit_vs_b_simple_by_goal", "noise_over_training", "optimal_lr", "pareto_fronts",
+__all__ = ["adaptive_batch", "temperature", "b_crit_by_goal", "b_crit_vs_b_simple", "b_crit_vs_b_simple_by_goal", "noise_over_training", "optimal_lr", "pareto_fronts",
            "training_curves", "width_study"]
 
 
@@ -116,4 +119,52 @@ def b_crit_vs_b_simple_by_goal(points: pd.DataFrame, paper: pd.DataFrame, path: 
     ax.set_xlabel(GOAL_PREDICTORS.get(x, x), fontsize="small")
     ax.set_title(title)
     plotting.save_figure(fig, path)
+    return fig
+
+
+def temperature(result: TemperatureResult) -> Figure:
+    """Fig 15: B_simple (summed over windows of steps) and the goal metric of every variant, the window shaded."""
+    plotting.set_style()
+    fig, axes = plt.subplots(2, 1, figsize=(8, 7), sharex=True, gridspec_kw={"height_ratios": [2, 1]})
+    for name, w in result.windows.items():
+        style = {"color": "black", "lw": 1.6} if name == "unchanged" else {"lw": 1.2}
+        axes[0].plot(w["step"], w["b_simple"], label=name, **style)
+        axes[1].plot(w["step"], w["metric"], **style)
+    for ax in axes:
+        ax.axvspan(result.settings["start"], result.settings["end"], color="grey", alpha=0.15, lw=0)
+    axes[0].set_yscale("log")
+    axes[0].set_ylabel(f"B_simple ({result.cfg.units})")
+    axes[0].legend(title=f"T = ε/B cut {result.k:g}× on the shaded steps", fontsize=8, title_fontsize=8)
+    axes[1].set_ylabel(f"training {result.cfg.metric} (mini-batches)")
+    axes[1].set_xlabel("step")
+    fig.suptitle(f"{result.task} ({result.cfg.optimizer}, B = {result.settings['batch_size']}, "
+                 f"lr = {result.settings['lr']:.3g}): B_simple when the temperature drops")
+    plotting.save_figure(fig, Path(result.folder).parent / "figures" / f"temperature_{result.task}")
+    return fig
+
+
+def adaptive_batch(result: AdaptiveResult, sweep: TaskResult) -> Figure:
+    """Fig 16: each goal's adaptive runs (diamonds: mean over seeds) on the sweep's fixed-batch fronts and fits;
+    right, the batch size the controller chose over training and its target √(r·B_simple) (D.6)."""
+    plotting.set_style()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5))
+    plotting.plot_pareto_fronts(axes[0], sweep.best, sweep.fits, units=sweep.cfg.units)
+    colours = plotting._ordered_colours(list(pd.unique(sweep.best["goal"])))
+    means = result.crossings.groupby("goal")[["steps", "examples"]].mean()
+    for goal, row in means.iterrows():
+        axes[0].scatter([row["examples"]], [row["steps"]], marker="D", s=60, color=colours.get(goal, "black"),
+                        edgecolor="black", linewidth=0.8, zorder=5)
+    axes[0].scatter([], [], marker="D", color="white", edgecolor="black", label="adaptive B")
+    axes[0].legend(fontsize=8)
+    for seed, w in result.windows.items():
+        line, = axes[1].plot(w["step"], w["batch_size"], drawstyle="steps-post", label=f"B, seed {seed}")
+        target = (result.r * w["b_simple_ema"]) ** 0.5
+        axes[1].plot(w["step"], target, ls=":", color=line.get_color(), lw=1.0)
+    axes[1].plot([], [], ls=":", color="grey", label="√(r·B_simple)")
+    axes[1].set_yscale("log")
+    axes[1].set_xlabel("step")
+    axes[1].set_ylabel(f"batch size ({sweep.cfg.units})")
+    axes[1].legend(fontsize=8)
+    fig.suptitle(f"{result.task}: batch size grown with B_simple (r = {result.r:.0f}) against fixed batch sizes")
+    plotting.save_figure(fig, Path(result.folder).parent / "figures" / f"adaptive_{result.task}")
     return fig

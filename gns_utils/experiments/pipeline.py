@@ -77,10 +77,14 @@ class TaskResult:
 
 
 def run_experiment(cfg: ExperimentConfig, results_dir: str | Path, progress: bool = True,
-                   problem: Any = None) -> TaskResult:
-    """Sweep, fit, measure and summarise one task (resuming whatever already ran)."""
+                   problem: Any = None, record: bool = True) -> TaskResult:
+    """Sweep, fit, measure and summarise one task (resuming whatever already ran).
+
+    ``record=False`` reads a sweep back for another notebook: runs still missing are trained, but the task's
+    ``experiment.json`` and ``summary.json`` (the record of the notebook that owns the task) are not rewritten.
+    """
     problem = problem if problem is not None else make_problem(cfg)
-    table = run_sweep(cfg, results_dir, problem=problem, progress=progress)
+    table = run_sweep(cfg, results_dir, problem=problem, progress=progress, record=record)
     best = best_runs(table, batch="batch_units")
     if best.dropna(subset=["steps"]).empty:
         raise RuntimeError(
@@ -120,7 +124,8 @@ def run_experiment(cfg: ExperimentConfig, results_dir: str | Path, progress: boo
     b_noise_file = run_dir(results_dir, cfg.task, ref_id) / "b_noise.csv"
     b_noise = pd.read_csv(b_noise_file) if b_noise_file.exists() else pd.DataFrame()
     summary = summarize_task(cfg, table, by_goal, noise, b_noise, results_dir, matched=matched,
-                             extra={"b_crit_seeds": seeds.to_dict(orient="records")}, matched_parts=matched_parts)
+                             extra={"b_crit_seeds": seeds.to_dict(orient="records")}, matched_parts=matched_parts,
+                             write=record)
     return TaskResult(cfg, summary, table, best, by_goal, fits, curves, noise, b_noise, matched,
                       task_dir(results_dir, cfg.task) / "figures", seeds)
 

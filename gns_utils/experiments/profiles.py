@@ -182,6 +182,38 @@ PRESETS: dict[str, dict[str, list[dict[str, Any]]]] = {
 }
 
 
+# --------------------------------------------------------------------------------------
+# Noise dynamics (notebook 05): tasks of the other notebooks, trained with a temperature cut (Fig 15)
+# and with a batch size grown by a controller (Fig 16). ``lr`` is the centre of the task's learning-rate
+# grid at ``batch_size`` (for the cpu SGD task that is the sweep's best rate at 64).
+# ``steps``: the run's length; the temperature is cut k-fold on steps [start, end), B_simple summed over
+# ``window`` steps. Adam's β2 = 0.999 averages over ~1,000 steps, so its window is 2,000 steps.
+DYNAMICS: dict[str, dict[str, Any]] = {
+    "smoke": {
+        "temperature": [dict(domain="image", task="smoke_image", batch_size=8, steps=60, start=20, end=40, window=5),
+                        dict(domain="language", task="smoke_lm", batch_size=4, steps=40, start=12, end=28,
+                             window=4)],
+        "adaptive": dict(domain="image", task="smoke_image", batch_size=8, seeds=[0], ratio=2, min_interval=5,
+                         hysteresis=0.02, window=5),
+    },
+    "cpu": {
+        "temperature": [dict(domain="image", task="fashion_mnist_mlp_sgd", batch_size=64, steps=6000, start=2000,
+                             end=4000, window=50, control=2.0),  # lr × 4 at B × 4 is past the sweep's stable rates
+                        dict(domain="language", task="prose_lstm_adam", batch_size=4, steps=5000, start=1500,
+                             end=3500, window=50)],  # 4 sequences: B × 16 (64) stays within the cpu budget
+        "adaptive": dict(domain="image", task="fashion_mnist_mlp_sgd", batch_size=32, seeds=[0, 1, 2], ratio=2,
+                         min_interval=50, hysteresis=0.02, window=50),
+    },
+    "paper": {
+        "temperature": [dict(domain="image", task="svhn_cnn_sgd", batch_size=64, steps=30000, start=10000,
+                             end=20000, window=200),
+                        dict(domain="language", task="billion_word_lstm_adam", batch_size=64, steps=30000,
+                             start=10000, end=20000, window=200)],
+        "adaptive": dict(domain="image", task="svhn_cnn_sgd", batch_size=16, seeds=[0, 1, 2], ratio=2,
+                         min_interval=200, hysteresis=0.02, window=200),
+    },
+}
+
 #: Widths of the Fig 8 model-size study (``model_kwargs["hidden"]`` of the LSTM; the paper compared three).
 DEFAULT_WIDTHS = {"smoke": (16, 32), "cpu": (64, 128, 256), "paper": (512, 1024, 2048)}
 
@@ -190,9 +222,12 @@ WIDTHS_SUFFIX = "_widths"
 
 #: The domain notebooks and the domain each one runs (99_summary reads their files).
 NOTEBOOK_DOMAINS = {"00_calibration": "synthetic", "01_image_classification": "image", "02_language_model": "language",
-                    "03_autoencoder": "autoencoder", "04_reinforcement_learning": "rl"}
+                    "03_autoencoder": "autoencoder", "04_reinforcement_learning": "rl", "05_noise_dynamics": "dynamics"}
 
-assert all(set(by_profile) == set(PROFILES) for by_profile in (*PRESETS.values(), DEFAULT_WIDTHS)), \
+#: The results folder of notebook 05 (under the results root).
+DYNAMICS_DIR = "noise_dynamics"
+
+assert all(set(by_profile) == set(PROFILES) for by_profile in (*PRESETS.values(), DEFAULT_WIDTHS, DYNAMICS)), \
     "every preset table must cover exactly config.PROFILES"
 
 
@@ -233,7 +268,29 @@ def experiment_configs(domain: str, profile: str, tasks: list[str] | None = None
     return [make_experiment(p, overrides) for p in chosen]
 
 
+def dynamics_settings(profile: str, tasks: list[str] | None = None, k: float = 16.0) -> dict[str, Any]:
+    """Notebook 05's settings at ``profile`` (:data:`DYNAMICS`), its temperature tasks narrowed to ``tasks``.
+
+    Raises:
+        gns_utils.experiments.config.ConfigError: unknown profile or task, or ``k <= 1`` — before any training.
+    """
+    if profile not in DYNAMICS:
+        raise ConfigError(f"unknown profile {profile!r}; choose one of {sorted(DYNAMICS)}")
+    if not (isinstance(k, (int, float)) and k > 1):
+        raise ConfigError(f"k (the temperature cut) must be a number > 1, got {k!r}")
+    chosen = deepcopy(DYNAMICS[profile])
+    names = [t["task"] for t in chosen["temperature"]]
+    if tasks is not None:
+        unknown = sorted(set(tasks) - set(names))
+        if unknown:
+            raise ConfigError(f"unknown temperature tasks {unknown} for {profile}; choose from {names}")
+        chosen["temperature"] = [t for t in chosen["temperature"] if t["task"] in tasks]
+    return chosen
+
+
 def task_names(domain: str, profile: str) -> list[str]:
     """The result folders a domain notebook writes at ``profile``: its tasks (and the Fig 8 study's)."""
+    if domain == "dynamics":
+        return [DYNAMICS_DIR]
     names = [p["task"] for p in presets(domain, profile)]
     return names + [name + WIDTHS_SUFFIX for name in names] if domain == "language" else names

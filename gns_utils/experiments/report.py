@@ -66,8 +66,8 @@ def reference_run(best: pd.DataFrame, b_crit: float) -> pd.Series:
 def summarize_task(cfg: ExperimentConfig, table: pd.DataFrame, by_goal: pd.DataFrame, reference: pd.DataFrame,
                    b_noise: pd.DataFrame, results_dir: str | Path, matched: pd.DataFrame | None = None,
                    extra: dict[str, Any] | None = None,
-                   matched_parts: dict[str, pd.DataFrame] | None = None) -> dict[str, Any]:
-    """Collect B_crit per goal and the reference run's B_simple / B_noise; write the task summary.
+                   matched_parts: dict[str, pd.DataFrame] | None = None, write: bool = True) -> dict[str, Any]:
+    """Collect B_crit per goal and the reference run's B_simple / B_noise; write the task summary (``write``).
 
     Reads nothing: every input is already in memory.
 
@@ -134,7 +134,8 @@ def summarize_task(cfg: ExperimentConfig, table: pd.DataFrame, by_goal: pd.DataF
         "provenance": provenance(device=cfg.device, seed=cfg.seed),
         **(extra or {}),
     }
-    write_json_atomic(task_dir(results_dir, cfg.task) / "summary.json", summary)
+    if write:
+        write_json_atomic(task_dir(results_dir, cfg.task) / "summary.json", summary)
     return summary
 
 

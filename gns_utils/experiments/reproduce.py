@@ -50,7 +50,9 @@ from gns_utils.experiments.store import load_run_summaries, provenance, read_jso
 SUMMARY_NOTEBOOK = "99_summary"
 #: Longest first, so that two workers finish together; the summary runs last, alone.
 NOTEBOOKS = ["01_image_classification", "03_autoencoder", "02_language_model", "04_reinforcement_learning",
-             "00_calibration", SUMMARY_NOTEBOOK]
+             "00_calibration", "05_noise_dynamics", SUMMARY_NOTEBOOK]
+#: Notebooks that read another's results start when it has finished (at once when it is not part of the run).
+AFTER = {"05_noise_dynamics": "01_image_classification"}
 #: B_crit agrees when the two fits differ by at most this many combined standard errors.
 AGREE_STDERRS = 2.0
 #: B_simple (no standard error is stored) agrees when the two values are within this factor.
@@ -290,10 +292,17 @@ def main(argv: list[str] | None = None) -> int:
            "started": state["started"], "resumed": state["resumed"], "provenance": provenance()}
     domain = [n for n in notebooks if n != SUMMARY_NOTEBOOK]
     with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        futures = {pool.submit(run_notebook, name, args.profile, args.results_dir): name for name in domain}
-        for future in as_completed(futures):
-            log["notebooks"][futures[future]] = future.result()
+        waiting = [n for n in domain if AFTER.get(n) in domain]
+        futures = {pool.submit(run_notebook, name, args.profile, args.results_dir): name
+                   for name in domain if name not in waiting}
+        while futures:
+            done = next(as_completed(futures))
+            finished = futures.pop(done)
+            log["notebooks"][finished] = done.result()
             write_json_atomic(log_path, log)
+            for name in [n for n in waiting if AFTER[n] == finished]:
+                waiting.remove(name)
+                futures[pool.submit(run_notebook, name, args.profile, args.results_dir)] = name
     if SUMMARY_NOTEBOOK in notebooks:
         log["notebooks"][SUMMARY_NOTEBOOK] = run_notebook(SUMMARY_NOTEBOOK, args.profile, args.results_dir)
     state["elapsed_s"] += time.perf_counter() - start

@@ -22,7 +22,7 @@ import numpy as np
 from gns_utils.critical_batch import best_runs
 from gns_utils.experiments.paths import repo_path
 from gns_utils.experiments.pipeline import width_study_verdict
-from gns_utils.experiments.profiles import NOTEBOOK_DOMAINS, WIDTHS_SUFFIX
+from gns_utils.experiments.profiles import DYNAMICS_DIR, NOTEBOOK_DOMAINS, WIDTHS_SUFFIX
 from gns_utils.experiments.compute import compute_table, sweep_runs
 from gns_utils.experiments.store import load_metrics, load_run_summaries, load_run_summary, run_dir
 from gns_utils.experiments.sweep import runs_table
@@ -264,6 +264,34 @@ def _compute_lines(root, task_names: list[str]) -> list[str]:
             f"{stopped} of {int(table['runs'].sum())} runs stopped once they could no longer be the fastest."]
 
 
+def _dynamics_lines(root) -> list[str]:
+    """Notebook 05: B_simple's rise when the temperature is cut (Fig 15) and the adaptive batch size against the
+    fixed-batch sweep (Fig 16), from ``noise_dynamics/dynamics.json`` (:mod:`gns_utils.experiments.dynamics`)."""
+    path = root / DYNAMICS_DIR / "dynamics.json"
+    if not path.exists():
+        return []
+    data = json.loads(path.read_text())
+    out = []
+    for t in data["temperature"]:
+        cut = [r for r in t["rises"] if r["temperature_factor"] < 1]
+        same = [r for r in t["rises"] if r["run"] != "unchanged" and r["temperature_factor"] == 1]
+        out.append(f"Fig 15, {t['task']} ({t['optimizer']}, B = {t['batch_size']}, lr {t['lr']:.3g}; T cut {t['k']:g}× "
+                   f"on steps {t['start']:,}–{t['end']:,}): B_simple in the window's second half / the unchanged run's "
+                   + ", ".join(f"{r['run']} ×{r['rise_in_window']:.2f}" for r in cut + same)
+                   + "; after the window " + ", ".join(f"×{r['rise_after']:.2f}" for r in cut + same) + ".")
+    a = data.get("adaptive")
+    if a:
+        rows = a["comparison"]
+        sizes = sorted({b for seed in a["batch_sizes"].values() for b in seed})
+        out.append(f"Fig 16, {a['task']} (r = E_min/S_min = {a['r']:,.0f}; {len(a['batch_sizes'])} seeds; batch sizes "
+                   f"used {', '.join(str(b) for b in sizes)}): per goal " + "; ".join(
+                       f"{r['goal']:g}: γ {r['gamma_predicted']:.2f} (1 + √γ = {r['overhead_predicted']:.2f}), measured "
+                       f"S/S_min {r['steps_over_s_min']:.2f}, E/E_min {r['examples_over_e_min']:.2f}, "
+                       f"(S/S_min − 1)(E/E_min − 1) {r['tradeoff_measured']:.2f}, step saving "
+                       f"{r['step_saving']:.2f}× (predicted {r['saving_predicted']:.2f}×)" for r in rows) + ".")
+    return out
+
+
 def key_numbers(root) -> list[str]:
     """The derived numbers the README's discussion quotes, one markdown line each.
 
@@ -313,6 +341,7 @@ def key_numbers(root) -> list[str]:
                  f"2^{min(spans):.0f}–2^{max(spans):.0f}; best learning rates on the edge of their grid: {edges}.")
     lines += optimal_lr_lines
     lines += _compute_lines(root, [s["task"] for s in summaries if s.get("profile") and "domain" in s])
+    lines += _dynamics_lines(root)
     for s in tasks:
         study = s["task"] + WIDTHS_SUFFIX
         runs = load_run_summaries(root, study)
