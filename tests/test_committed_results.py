@@ -122,4 +122,4 @@ def test_noise_dynamics_results_are_complete_and_quoted_by_the_key_numbers():
     first = data["temperature"][0]["rises"][1]
     assert f"{first['run']} ×{first['rise_in_window']:.2f}" in text
     last = adaptive["comparison"][-1]
-    assert f"step saving {last['step_saving']:.2f}×" in text
+    assert f"{last['step_saving']:.2f}× in steps and {last['examples_saving']:.2f}× in examples" in text

@@ -405,7 +405,8 @@ def run_adaptive(settings: dict[str, Any], sweep: Any, results_dir: str | Path, 
     ``E`` (mean over seeds), ``S/S_min`` and ``E/E_min``, their measured trade-off
     ``(S/S_min − 1)(E/E_min − 1)`` against the predicted ``γ`` (D.5) of the sweep's reference run, and the
     steps a fixed batch size would need for the same examples on the fitted front (2.11),
-    ``S_fixed(E) = S_min·x/(x − 1)`` with ``x = E/E_min``: ``step_saving = S_fixed(E)/S``.
+    ``S_fixed(E) = S_min·x/(x − 1)`` with ``x = E/E_min``: ``step_saving = S_fixed(E)/S``; likewise
+    ``examples_saving = E_fixed(S)/E`` with ``E_fixed(S) = E_min·y/(y − 1)``, ``y = S/S_min``.
     """
     from gns_utils.experiments.problems import make_problem
 
@@ -465,7 +466,8 @@ def run_adaptive(settings: dict[str, Any], sweep: Any, results_dir: str | Path, 
                      "examples": e, "steps_over_s_min": y, "examples_over_e_min": x,
                      "tradeoff_measured": (y - 1) * (x - 1), "gamma_predicted": g["gamma"],
                      "overhead_predicted": g["predicted_overhead"], "saving_predicted": g["predicted_saving"],
-                     "step_saving": fit.s_min * x / (x - 1) / s if x > 1 else math.nan})
+                     "step_saving": fit.s_min * x / (x - 1) / s if x > 1 else math.nan,
+                     "examples_saving": fit.e_min * y / (y - 1) / e if y > 1 else math.nan})
     comparison = pd.DataFrame(rows)
     comparison.to_csv(folder / "adaptive.csv", index=False)
     return AdaptiveResult(cfg.task, dict(settings), r, (float(eps_max), float(b_noise_lr)), windows, crossings,

@@ -287,8 +287,9 @@ def _dynamics_lines(root) -> list[str]:
                    f"used {', '.join(str(b) for b in sizes)}): per goal " + "; ".join(
                        f"{r['goal']:g}: γ {r['gamma_predicted']:.2f} (1 + √γ = {r['overhead_predicted']:.2f}), measured "
                        f"S/S_min {r['steps_over_s_min']:.2f}, E/E_min {r['examples_over_e_min']:.2f}, "
-                       f"(S/S_min − 1)(E/E_min − 1) {r['tradeoff_measured']:.2f}, step saving "
-                       f"{r['step_saving']:.2f}× (predicted {r['saving_predicted']:.2f}×)" for r in rows) + ".")
+                       f"(S/S_min − 1)(E/E_min − 1) {r['tradeoff_measured']:.2f}, saving against the fixed-batch "
+                       f"front {r['step_saving']:.2f}× in steps and {r['examples_saving']:.2f}× in examples "
+                       f"(predicted {r['saving_predicted']:.2f}× in both)" for r in rows) + ".")
     return out
 
 
