@@ -10,15 +10,15 @@ exchange rate between steps and examples. ``r = E_min/S_min = B_crit`` (from a f
 :class:`BatchSizeController` turns the rule into decisions a training loop can follow: allowed
 sizes ``B_0·ratio^k`` (powers of two by default, or any integer ratio, so that a larger batch is
 more micro-batches of gradient accumulation), a hysteresis on the predicted gain, a minimum
-interval between changes, and a learning-rate rule applied at each change. Usage::
+interval between changes, and a learning-rate rule applied at each change. Usage, with gradient
+accumulation (a larger batch is more micro-batches of 16 examples; ``micro`` yields them)::
 
-    ema = NoiseScaleEMA(decay=0.99, adaptive=4)
-    monitor = GradientNoiseMonitor(model)
-    control = BatchSizeController(r=fit.b_crit, batch_size=32, lr=0.1, micro_batch_size=16,
-                                  lr_rule="linear", min_interval=200)
+    monitor, ema = GradientNoiseMonitor(model), NoiseScaleEMA(decay=0.99, adaptive=4)
+    control = BatchSizeController(r=fit.b_crit, batch_size=32, lr=0.05, micro_batch_size=16, min_interval=200)
     for step in range(steps):
         opt.zero_grad()
-        for xb, yb in next_micro_batches(control.micro_batches, control.micro_batch_size):
+        for _ in range(control.micro_batches):
+            xb, yb = next(micro)
             (loss_fn(model(xb), yb) / control.micro_batches).backward()
             monitor.after_micro_batch(len(xb))
         if (estimate := monitor.after_step()) is not None:
@@ -117,10 +117,12 @@ class BatchSizeController:
         return 1 if self.micro_batch_size is None else self.batch_size // self.micro_batch_size
 
     def allowed(self, up_to: float) -> list[int]:
-        """The allowed batch sizes ``B_0·ratio^k`` within the limits, up to the first one ``≥ up_to``."""
+        """The allowed batch sizes ``B_0·ratio^k`` within the limits (whole numbers of micro-batches), up to the
+        first one ``≥ up_to``."""
         b = self._base
-        while b % self.ratio == 0 and b // self.ratio >= self.min_batch_size:
-            b //= self.ratio
+        while (b % self.ratio == 0 and b // self.ratio >= self.min_batch_size
+               and (self.micro_batch_size is None or (b // self.ratio) % self.micro_batch_size == 0)):
+            b //= self.ratio  # the smallest allowed size (a whole number of micro-batches)
         sizes = []
         while self.max_batch_size is None or b <= self.max_batch_size:
             if b >= self.min_batch_size:

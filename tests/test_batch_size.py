@@ -113,6 +113,8 @@ def test_lr_rule_callable_and_micro_batches():
     assert control.micro_batches == 2
     assert control.update(200.0, 1) and control.batch_size == 256 and control.micro_batches == 16
     assert control.lr == pytest.approx(0.5 / (1 + 200 / 256))
+    shrinking = BatchSizeController(r=1.0, batch_size=64, lr=0.1, min_interval=0, micro_batch_size=16, decrease=True)
+    assert shrinking.update(1.0, 1) and shrinking.batch_size == 16  # never below one micro-batch
 
 
 def test_a_resumed_controller_continues_identically(tmp_path):
