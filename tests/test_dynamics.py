@@ -97,3 +97,15 @@ def test_settings_are_checked_before_any_training():
         dynamics_settings("cpu", tasks=["mnist"])
     with pytest.raises(ConfigError, match="k .* must be a number > 1"):
         dynamics_settings("cpu", k=1.0)
+
+
+@pytest.mark.parametrize("profile", ["smoke", "cpu", "paper"])
+def test_every_profile_names_tasks_of_its_own_presets(profile):
+    settings = dynamics_settings(profile)
+    for entry in settings["temperature"]:
+        experiment_configs(entry["domain"], profile, tasks=[entry["task"]])  # ConfigError if not a preset task
+        assert entry["start"] % entry["window"] == 0 and entry["end"] % entry["window"] == 0
+        assert 0 < entry["start"] < entry["end"] < entry["steps"]
+    adaptive = settings["adaptive"]
+    (cfg,) = experiment_configs(adaptive["domain"], profile, tasks=[adaptive["task"]])
+    assert cfg.optimizer == "sgd" and adaptive["batch_size"] <= max(cfg.batch_sizes)
