@@ -8,8 +8,8 @@ same profile run with ``exhaustive=True`` and ``goal_source="subset"``), counted
 share of them the (2.11) fits need, the examples forwarded to evaluate the goal metric and the
 evaluation's share of the compute; with a baseline, RESULTS' trained + evaluated work as a fraction of
 the baseline's. ``--replay`` replays the stopping rule on BASELINE's stored curves
-(:func:`gns_utils.experiments.compute.replay_stopping`): does it keep every fastest run, and what share
-would the fits then need. The ``make reproduce`` wall and CPU times, from each folder's
+(:func:`gns_utils.experiments.compute.replay_stopping`): does it keep every fastest run, what share
+would the fits then need, and how far would B_crit move (per goal, in standard errors of the fit). The ``make reproduce`` wall and CPU times, from each folder's
 ``reproduce_log.json``, close the report.
 """
 
@@ -71,8 +71,11 @@ def main() -> None:
                 r = replay_stopping(args.baseline, task, margin=margin)
                 dropped = ", ".join(f"B={b} lr={lr:.3g} stopped at {stop:.0f} of {need:.0f}"
                                     for b, lr, stop, need in r["dropped"])
+                shifts = [z for z in r["b_crit_shift"].values() if z is not None]
                 print(f"  {task}: kept every fastest run: {r['kept_every_best']}; share the fits need "
-                      f"{r['share_needed']:.3f}; examples trained {r['examples_trained'] / 1e6:.2f} M"
+                      f"{r['share_needed']:.3f}; examples trained {r['examples_trained'] / 1e6:.2f} M; "
+                      f"B_crit per goal moved by at most {max(map(abs, shifts), default=0.0):.2f} s.e. "
+                      f"({len(shifts)} fitted goals)"
                       + (f"; dropped {len(r['dropped'])}: {dropped}" if dropped else ""))
 
 

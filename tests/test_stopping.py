@@ -90,6 +90,17 @@ def test_replaying_the_stopping_rule_on_the_committed_runs_keeps_every_best_run(
     assert json.loads((RESULTS / task / "experiment.json").read_text())["task"] == task
 
 
+@pytest.mark.skipif("fashion_mnist_mlp_sgd" not in _committed_tasks(), reason="no committed SGD sweep")
+def test_a_predictive_margin_replayed_drops_fastest_runs_and_says_how_far_b_crit_moves():
+    goals = json.loads((RESULTS / "fashion_mnist_mlp_sgd" / "experiment.json").read_text())["goals"]
+    exact = replay_stopping(RESULTS, "fashion_mnist_mlp_sgd")
+    assert exact["b_crit_shift"] == {str(g): 0.0 for g in goals}
+    margin = replay_stopping(RESULTS, "fashion_mnist_mlp_sgd", margin=1.5)
+    assert margin["dropped"] and set(margin["b_crit_shift"]) == {str(g) for g in goals}
+    shifts = [z for z in margin["b_crit_shift"].values() if z is not None]
+    assert shifts and any(abs(z) > 0.1 for z in shifts)  # refitted without the runs it cut short
+
+
 def test_runs_trained_side_by_side_match_runs_trained_alone(tmp_path):
     # the synthetic problem draws fresh examples: each run must own its stream, or lockstep would interleave them
     from gns_utils.experiments.sweep import train_group

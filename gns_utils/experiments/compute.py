@@ -18,13 +18,14 @@ stored curves of every batch size's grid and says whether every fastest run woul
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from gns_utils.critical_batch import best_runs
+from gns_utils.critical_batch import b_crit_by_goal, best_runs
 from gns_utils.experiments.stopping import replay
 from gns_utils.experiments.sweep import runs_table, stored_curve
 
@@ -87,12 +88,17 @@ def replay_stopping(results_dir: str | Path, task: str, margin: float | None = N
     Returns:
         ``kept_every_best`` (no run would have stopped before its last winning goal), ``dropped``
         (``(batch size, lr, stop step, steps needed)`` of the runs it would have cut short),
-        ``share_needed`` under the replayed stops, and ``examples_trained`` under them.
+        ``share_needed`` under the replayed stops, ``examples_trained`` under them, and
+        ``b_crit_shift``: per goal, B_crit refitted (2.11) from the runs as the replayed stops leave
+        them (a goal reached after a run's stop is not reached) against B_crit from the stored runs,
+        as ``z = (log B_crit_replayed − log B_crit) / (s.e. of log B_crit)`` (0 where every fastest
+        run is kept; None where either fit is a bound or missing).
     """
     summaries = sweep_runs(results_dir, task)
     goals = tuple(json.loads((Path(results_dir) / task / "experiment.json").read_text())["goals"])
     need = needed_steps(summaries)
     dropped, trained, needed = [], 0.0, 0.0
+    truncated = []  # the summaries as the replayed stops would have left them
     by_batch: dict[int, list[dict[str, Any]]] = {}
     for s in summaries:
         by_batch.setdefault(s["config"]["batch_size"], []).append(s)
@@ -103,9 +109,28 @@ def replay_stopping(results_dir: str | Path, task: str, margin: float | None = N
         for s, stop in zip(group, stops):
             n = min(float(stop), float(s["n_steps"]))
             trained += n * batch
+            truncated.append({**s, "steps_to_goal": {g: (v if v is not None and v <= stop else None)
+                                                     for g, v in s["steps_to_goal"].items()}})
             if s["run_id"] in need.index and np.isfinite(need[s["run_id"]]):
                 needed += float(need[s["run_id"]]) * batch
                 if stop < need[s["run_id"]]:
                     dropped.append((batch, s["config"]["lr"], float(stop), float(need[s["run_id"]])))
     return {"kept_every_best": not dropped, "dropped": dropped, "examples_trained": trained,
-            "share_needed": needed / trained if trained else np.nan}
+            "share_needed": needed / trained if trained else np.nan,
+            "b_crit_shift": _b_crit_shift(summaries, truncated) if dropped else {str(g): 0.0 for g in goals}}
+
+
+def _b_crit_shift(summaries: list[dict[str, Any]], truncated: list[dict[str, Any]]) -> dict[str, float | None]:
+    """Per goal, ``(log B_crit(truncated) − log B_crit(summaries)) / s.e.(log B_crit)`` (see :func:`replay_stopping`)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # bounds and short fits are reported as None below
+        full, cut = (b_crit_by_goal(best_runs(runs_table(x), batch="batch_units"), batch="batch_units")
+                     for x in (summaries, truncated))
+    out: dict[str, float | None] = {}
+    for goal in full["goal"]:
+        a, b = full[full["goal"] == goal].iloc[0], cut[cut["goal"] == goal]
+        ok = (not b.empty and a["bound"] == "none" and b.iloc[0]["bound"] == "none"
+              and a["b_crit_stderr"] and np.isfinite(a["b_crit_stderr"]))
+        out[str(goal)] = (float(np.log(b.iloc[0]["b_crit"] / a["b_crit"]) / (a["b_crit_stderr"] / a["b_crit"]))
+                          if ok else None)
+    return out
