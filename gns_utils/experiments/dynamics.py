@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -37,7 +35,8 @@ from gns_utils.critical_batch import DEFAULT_SMOOTHING, steps_to_target
 from gns_utils.experiments.config import METRIC_DIRECTION, ExperimentConfig, RunConfig
 from gns_utils.experiments.profiles import DYNAMICS_DIR
 from gns_utils.experiments.seed import set_seed
-from gns_utils.experiments.store import _jsonable, provenance, read_json, write_json_atomic
+from gns_utils.experiments.stopping import Curve
+from gns_utils.experiments.store import _jsonable, provenance, read_json, write_csv_atomic, write_json_atomic
 from gns_utils.experiments.train import (
     NOISE_EMA_ADAPTIVE,
     NOISE_EMA_DECAY,
@@ -133,8 +132,7 @@ def train_schedule(problem: Any, cfg: RunConfig, steps: int, phases: Sequence[Ph
     count_errors = cfg.metric == "error"
     recent: list[float] = []  # the last logged interval's metric values (for goals_stop)
     logged = set(int(t) for t in eval_schedule(steps, cfg.evals_per_decade))
-    positions: list[float] = []
-    means: list[float] = []
+    curve = Curve(lr=cfg.lr, direction=METRIC_DIRECTION[cfg.metric])  # the sweep's logged, smoothed goal metric
     for step in tqdm(range(1, steps + 1), desc=desc or f"B={cfg.batch_size} lr={cfg.lr:.3g}", leave=False,
                      disable=not progress):
         if controller is not None:
@@ -168,14 +166,11 @@ def train_schedule(problem: Any, cfg: RunConfig, steps: int, phases: Sequence[Ph
             controller.update(ema.b_simple, step)
         recent.append(metric)
         if step in logged:
-            positions.append(step - (len(recent) + 1) / 2)
-            means.append(float(np.mean(recent)))
+            curve.steps.append(step - (len(recent) + 1) / 2)
+            curve.values.append(float(np.mean(recent)))
             recent = []
-            if goals_stop:
-                reached = steps_to_target(np.array(positions), np.array(means), np.array([cfg.goals[-1]]),
-                                          smoothing=DEFAULT_SMOOTHING, direction=METRIC_DIRECTION[cfg.metric])
-                if np.isfinite(reached).all():
-                    break
+            if goals_stop and np.isfinite(curve.steps_to(cfg.goals[-1])).all():
+                break
     return pd.DataFrame(rows)
 
 
@@ -297,11 +292,7 @@ def _cached(path: Path, identity: dict[str, Any], train: Callable[[], pd.DataFra
     if path.exists() and meta is not None and meta.get("identity") == _jsonable(identity):
         return pd.read_csv(path)
     frame = train()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    frame.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    write_csv_atomic(path, frame)
     write_json_atomic(path.with_suffix(".json"), {"identity": identity, "provenance": provenance()})
     return frame
 
@@ -367,7 +358,7 @@ def run_temperature(settings: dict[str, Any], profile: str, k: float, results_di
         windows[name] = _cached(folder / "temperature" / f"{_slug(name)}.csv", identity, train)
     rises = rise_factors(windows, start, end)
     rises.insert(1, "temperature_factor", [_temperature_factor(p, start) for p in variants.values()])
-    rises.to_csv(folder / "temperature.csv", index=False)
+    write_csv_atomic(folder / "temperature.csv", rises)
     return TemperatureResult(cfg.task, cfg, dict(settings, lr=lr), k, windows, rises, folder)
 
 
@@ -469,7 +460,7 @@ def run_adaptive(settings: dict[str, Any], sweep: Any, results_dir: str | Path, 
                      "step_saving": fit.s_min * x / (x - 1) / s if x > 1 else math.nan,
                      "examples_saving": fit.e_min * y / (y - 1) / e if y > 1 else math.nan})
     comparison = pd.DataFrame(rows)
-    comparison.to_csv(folder / "adaptive.csv", index=False)
+    write_csv_atomic(folder / "adaptive.csv", comparison)
     return AdaptiveResult(cfg.task, dict(settings), r, (float(eps_max), float(b_noise_lr)), windows, crossings,
                           comparison, folder)
 

@@ -56,18 +56,14 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
-def write_json_atomic(path: str | os.PathLike, data: Mapping[str, Any]) -> Path:
-    """Write JSON to ``path`` atomically: a temporary file in the same folder, then rename.
-
-    Non-finite floats become ``null`` (strict JSON). A reader never sees a partial file.
-    """
+def _write_atomic(path: str | os.PathLike, write: Any) -> Path:
+    """Call ``write(file)`` on a temporary file in ``path``'s folder, then rename it to ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(_jsonable(data), f, indent=2, sort_keys=False, allow_nan=False)
-            f.write("\n")
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -75,6 +71,23 @@ def write_json_atomic(path: str | os.PathLike, data: Mapping[str, Any]) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_json_atomic(path: str | os.PathLike, data: Mapping[str, Any]) -> Path:
+    """Write JSON to ``path`` atomically: a temporary file in the same folder, then rename.
+
+    Non-finite floats become ``null`` (strict JSON). A reader never sees a partial file.
+    """
+    def write(f: Any) -> None:
+        json.dump(_jsonable(data), f, indent=2, sort_keys=False, allow_nan=False)
+        f.write("\n")
+
+    return _write_atomic(path, write)
+
+
+def write_csv_atomic(path: str | os.PathLike, frame: pd.DataFrame) -> Path:
+    """Write a table to ``path`` as CSV atomically (as :func:`write_json_atomic`)."""
+    return _write_atomic(path, lambda f: frame.to_csv(f, index=False))
 
 
 def read_json(path: str | os.PathLike) -> dict[str, Any] | None:
