@@ -2,6 +2,7 @@
 and the end compares with the reference."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -97,7 +98,7 @@ def test_a_notebook_that_reads_another_starts_after_it(tmp_path, monkeypatch):
 
     events, lock = [], threading.Lock()
 
-    def fake_run(name, profile, results_dir):
+    def fake_run(name, profile, results_dir, exhaustive=False):
         with lock:
             events.append(("start", name))
         time.sleep({"01_image_classification": 0.3}.get(name, 0.05))
@@ -111,3 +112,24 @@ def test_a_notebook_that_reads_another_starts_after_it(tmp_path, monkeypatch):
                            "05_noise_dynamics", "--results-dir", str(tmp_path), "--jobs", "2"]) == 0
     assert events.index(("start", "05_noise_dynamics")) > events.index(("end", "01_image_classification"))
     assert events.index(("start", "03_autoencoder")) < events.index(("end", "01_image_classification"))
+
+
+def test_exhaustive_baseline_passes_only_the_parameters_a_notebook_declares(monkeypatch, tmp_path):
+    """``--exhaustive``: exhaustive=True and goal_source='subset' where declared, nothing a notebook lacks."""
+    calls = {}
+
+    def fake_execute(source, output, parameters, **kwargs):
+        calls[Path(source).stem] = parameters
+
+    monkeypatch.setattr(reproduce.pm, "execute_notebook", fake_execute)
+    for name in ("01_image_classification", "04_reinforcement_learning", "05_noise_dynamics", "99_summary"):
+        entry = reproduce.run_notebook(name, "smoke", str(tmp_path), exhaustive=True)
+        assert entry["status"] == "ok" and entry["cpu_time_s"] >= 0
+    assert calls["01_image_classification"]["exhaustive"] is True
+    assert calls["01_image_classification"]["goal_source"] == "subset"
+    assert calls["05_noise_dynamics"]["exhaustive"] is True and calls["05_noise_dynamics"]["goal_source"] == "subset"
+    assert calls["04_reinforcement_learning"]["exhaustive"] is True
+    assert "goal_source" not in calls["04_reinforcement_learning"]  # its goals come from episodes
+    assert "exhaustive" not in calls["99_summary"]
+    reproduce.run_notebook("01_image_classification", "smoke", str(tmp_path))
+    assert "exhaustive" not in calls["01_image_classification"]

@@ -24,14 +24,21 @@ A reproduction never replays committed results:
 
 A notebook that fails is reported and the others still run; the marker then stays, so the next
 call resumes. ``<results_dir>/reproduce_log.json`` keeps the wall time of every notebook and of
-the whole reproduction (over all calls that made it).
+the whole reproduction (over all calls that made it), and their CPU time (user + system, the kernels
+included), which other work on the machine inflates less than the wall time.
+
+``--exhaustive`` is the baseline the engine is timed against: every domain notebook that has the
+parameters runs with ``exhaustive=True`` (every learning rate trained to the end) and
+``goal_source="subset"`` (the goal metric evaluated on a fixed training subset at every logged step).
 """
+
 
 from __future__ import annotations
 
 import argparse
 import math
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -58,6 +65,8 @@ AGREE_STDERRS = 2.0
 #: B_simple (no standard error is stored) agrees when the two values are within this factor.
 AGREE_FACTOR = 1.25
 STATE_DIR = ".reproduction"
+#: The baseline's notebook parameters (``--exhaustive``), passed to the notebooks that declare them.
+EXHAUSTIVE_PARAMETERS = {"exhaustive": True, "goal_source": "subset"}
 #: The record of a reproduction, written at its end (and by each notebook, the log).
 RECORD_FILES = ("reproduction.json", "reproduction.md", "reproduce_log.json")
 
@@ -144,17 +153,29 @@ def start_or_resume(results_dir: Path, profile: str, notebooks: list[str]) -> di
     return state
 
 
-def run_notebook(name: str, profile: str, results_dir: str) -> dict[str, Any]:
-    """Execute one notebook with papermill; return its status, error and wall time."""
+def _cpu_seconds() -> float:
+    """User + system CPU time of this process and of its finished children (the notebook kernels)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def run_notebook(name: str, profile: str, results_dir: str, exhaustive: bool = False) -> dict[str, Any]:
+    """Execute one notebook with papermill; return its status, error, wall time and CPU time.
+
+    ``exhaustive``: pass :data:`EXHAUSTIVE_PARAMETERS` (those the notebook declares)."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # inherited by the kernel: one thread per notebook
     print(f"[reproduce] {name} at profile={profile} started", flush=True)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), _cpu_seconds()
     entry: dict[str, Any] = {"output": str(Path(results_dir) / f"{name}.ipynb")}
+    source = str(repo_path("notebooks", f"{name}.ipynb"))
     parameters = {"profile": profile, "results_dir": results_dir}
     if name != SUMMARY_NOTEBOOK:
         parameters["progress"] = False
+    if exhaustive:
+        declared = pm.inspect_notebook(source)
+        parameters.update({k: v for k, v in EXHAUSTIVE_PARAMETERS.items() if k in declared})
     try:
-        pm.execute_notebook(str(repo_path("notebooks", f"{name}.ipynb")), str(repo_path(results_dir) / f"{name}.ipynb"),
+        pm.execute_notebook(source, str(repo_path(results_dir) / f"{name}.ipynb"),
                             parameters=parameters, cwd=str(repo_path("notebooks")), progress_bar=False,
                             log_output=False)
         entry["status"] = "ok"
@@ -163,6 +184,7 @@ def run_notebook(name: str, profile: str, results_dir: str) -> dict[str, Any]:
         entry["error"] = f"{type(err).__name__}: {str(err)[-2000:]}"
         print(f"[reproduce] {name} FAILED: {entry['error']}", file=sys.stderr, flush=True)
     entry["wall_time_s"] = round(time.perf_counter() - t0, 1)
+    entry["cpu_time_s"] = round(_cpu_seconds() - cpu0, 1)
     print(f"[reproduce] {name}: {entry['status']} in {entry['wall_time_s'] / 60:.1f} min", flush=True)
     return entry
 
@@ -279,6 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="*", choices=NOTEBOOKS, help="run only these notebooks")
     parser.add_argument("--results-dir", default="results", help="results root (relative to the repository)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="domain notebooks run at once")
+    parser.add_argument("--exhaustive", action="store_true",
+                        help="the baseline: every rate trained to the end, the goal metric on a fixed subset")
     args = parser.parse_args(argv)
 
     notebooks = [n for n in NOTEBOOKS if n in (args.only or NOTEBOOKS)]
@@ -288,12 +312,12 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     log_path = results / "reproduce_log.json"
     old_log = read_json(log_path) if state["resumed"] else None
-    log = {"profile": args.profile, "jobs": args.jobs, "notebooks": dict((old_log or {}).get("notebooks", {})),
+    log = {"profile": args.profile, "jobs": args.jobs, "exhaustive": args.exhaustive, "notebooks": dict((old_log or {}).get("notebooks", {})),
            "started": state["started"], "resumed": state["resumed"], "provenance": provenance()}
     domain = [n for n in notebooks if n != SUMMARY_NOTEBOOK]
     with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         waiting = [n for n in domain if AFTER.get(n) in domain]
-        futures = {pool.submit(run_notebook, name, args.profile, args.results_dir): name
+        futures = {pool.submit(run_notebook, name, args.profile, args.results_dir, args.exhaustive): name
                    for name in domain if name not in waiting}
         while futures:
             done = next(as_completed(futures))
@@ -302,11 +326,12 @@ def main(argv: list[str] | None = None) -> int:
             write_json_atomic(log_path, log)
             for name in [n for n in waiting if AFTER[n] == finished]:
                 waiting.remove(name)
-                futures[pool.submit(run_notebook, name, args.profile, args.results_dir)] = name
+                futures[pool.submit(run_notebook, name, args.profile, args.results_dir, args.exhaustive)] = name
     if SUMMARY_NOTEBOOK in notebooks:
-        log["notebooks"][SUMMARY_NOTEBOOK] = run_notebook(SUMMARY_NOTEBOOK, args.profile, args.results_dir)
+        log["notebooks"][SUMMARY_NOTEBOOK] = run_notebook(SUMMARY_NOTEBOOK, args.profile, args.results_dir, args.exhaustive)
     state["elapsed_s"] += time.perf_counter() - start
     log["total_wall_time_s"] = round(state["elapsed_s"], 1)
+    log["total_cpu_time_s"] = round(sum(e.get("cpu_time_s", 0.0) for e in log["notebooks"].values()), 1)
     if domain:  # the summary alone keeps the log of the last reproduction
         write_json_atomic(log_path, log)
     failed = [n for n in notebooks if log["notebooks"][n]["status"] != "ok"]
@@ -327,9 +352,10 @@ def main(argv: list[str] | None = None) -> int:
     comparison.update(profile=args.profile, notebooks=notebooks, started=state["started"],
                       git_commit=state["git_commit"], total_wall_time_s=log["total_wall_time_s"],
                       n_runs=n_runs, n_runs_from_before=n_before, provenance=provenance())
-    header = (f"Profile `{args.profile}`, started {state['started']} at commit "
+    header = (f"Profile `{args.profile}`{' (exhaustive baseline)' if args.exhaustive else ''}, started {state['started']} at commit "
               f"`{(state['git_commit'] or 'unknown')[:12]}`; {n_runs} runs, {n_runs - n_before} of them trained by this "
-              f"reproduction ({n_before} from before it started); {log['total_wall_time_s'] / 60:.1f} min in all. "
+              f"reproduction ({n_before} from before it started); {log['total_wall_time_s'] / 60:.1f} min in all "
+              f"({log['total_cpu_time_s'] / 60:.1f} CPU-min). "
               "Reference: the task summaries of the `results/` at that commit.")
     report = comparison_markdown(comparison, header)
     write_json_atomic(results / "reproduction.json", comparison)
