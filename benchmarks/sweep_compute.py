@@ -1,6 +1,6 @@
 """Where a sweep's compute goes, and what stopping losing learning rates early saves.
 
-Usage: python benchmarks/sweep_compute.py RESULTS [BASELINE] [--replay [--margins 2 3]]
+Usage: python benchmarks/sweep_compute.py RESULTS [BASELINE] [--replay [--margins 2 3] [--outpaced 1.5]]
 
 For each task of the results folder RESULTS (and of BASELINE, e.g. a ``make reproduce`` of the
 same profile run with ``exhaustive=True`` and ``goal_source="subset"``), counted from the run files
@@ -9,7 +9,8 @@ share of them the (2.11) fits need, the examples forwarded to evaluate the goal 
 evaluation's share of the compute; with a baseline, RESULTS' trained + evaluated work as a fraction of
 the baseline's. ``--replay`` replays the stopping rule on BASELINE's stored curves
 (:func:`gns_utils.experiments.compute.replay_stopping`): does it keep every fastest run, what share
-would the fits then need, and how far would B_crit move (per goal, in standard errors of the fit). The ``make reproduce`` wall and CPU times, from each folder's
+would the fits then need, and how far would B_crit move (per goal, in standard errors of the fit);
+``--margins`` and ``--outpaced`` replay the predictive rules (``stop_margin``, ``stop_outpaced``) too. The ``make reproduce`` wall and CPU times, from each folder's
 ``reproduce_log.json``, close the report.
 """
 
@@ -39,7 +40,10 @@ def _wall(root: Path) -> str:
     data = json.loads(log.read_text())
     notebooks = ", ".join(f"{name} {n['wall_time_s'] / 60:.1f}" for name, n in data.get("notebooks", {}).items()
                           if "wall_time_s" in n)
-    return f"make reproduce {data.get('total_wall_time_s', float('nan')) / 60:.1f} min wall; notebooks (min): {notebooks}"
+    cpu = data.get("total_cpu_time_s")
+    cpu = f", {cpu / 60:.1f} CPU-min" if cpu is not None else ""
+    return (f"make reproduce{' --exhaustive' if data.get('exhaustive') else ''} "
+            f"{data.get('total_wall_time_s', float('nan')) / 60:.1f} min wall{cpu}; notebooks (min): {notebooks}")
 
 
 def main() -> None:
@@ -49,6 +53,8 @@ def main() -> None:
     parser.add_argument("--replay", action="store_true", help="replay the stopping rule on the baseline's curves")
     parser.add_argument("--margins", type=float, nargs="*", default=[],
                         help="also replay the predictive margin rule with these margins (stop_margin)")
+    parser.add_argument("--outpaced", type=float, nargs="*", default=[],
+                        help="also replay the outpaced rule with these factors (stop_outpaced)")
     args = parser.parse_args()
     pd.set_option("display.width", 200)
     new = compute_table(args.results, _tasks(args.results))
@@ -65,10 +71,12 @@ def main() -> None:
     print(f"all tasks: {_work(new).sum() / _work(old).reindex(_work(new).index).sum():.3f}")
     if args.replay:
         print("\nthe stopping rule replayed on the baseline's stored curves:")
-        for margin in [None, *args.margins]:
-            print(f" rule: {'exact' if margin is None else f'exact + margin {margin:g}'}")
+        rules = [("exact", {})] + [(f"exact + margin {m:g}", {"margin": m}) for m in args.margins] + [
+            (f"exact + outpaced {o:g}", {"outpaced": o}) for o in args.outpaced]
+        for name, rule in rules:
+            print(f" rule: {name}")
             for task in old["task"]:
-                r = replay_stopping(args.baseline, task, margin=margin)
+                r = replay_stopping(args.baseline, task, **rule)
                 dropped = ", ".join(f"B={b} lr={lr:.3g} stopped at {stop:.0f} of {need:.0f}"
                                     for b, lr, stop, need in r["dropped"])
                 shifts = [z for z in r["b_crit_shift"].values() if z is not None]

@@ -50,6 +50,56 @@ def test_late_flip_keeps_the_slow_starter_that_wins_the_last_goal_and_the_margin
     assert replay(curves, GOALS, margin=1.5)[1] < winner_last
 
 
+def _rate(values, lr, status=None):
+    curve = _curve(values, status)
+    curve.lr = lr
+    return curve
+
+
+def test_outpaced_rule_stops_a_larger_rate_once_a_smaller_one_beat_it_to_a_goal_by_the_factor():
+    from gns_utils.experiments.stopping import OUTPACED_MIN_STEP
+
+    small = np.exp(-STEPS / 100)  # reaches 0.5 at step ≈ 70, past OUTPACED_MIN_STEP
+    large = np.exp(-STEPS / 160)  # a larger rate, 1.6x slower to every level
+    reach = _curve(small).steps_to(0.5)[0]
+    assert reach >= OUTPACED_MIN_STEP
+    t = int(np.ceil(1.5 * reach)) + 1  # the large rate has not reached 0.5 yet, 1.5x the small one's steps
+    assert not np.isfinite(_curve(large[:t]).steps_to(0.5)[0])
+    own, rival = _rate(large[:t], lr=0.2), _rate(small[:t], lr=0.1)
+    assert can_still_win(own, [rival], GOALS)  # the exact rule alone keeps it: 0.3 and 0.1 are still open
+    assert not can_still_win(own, [rival], GOALS, outpaced=1.5)
+    # beaten by less than the factor so far: kept
+    early = int(np.floor(1.4 * reach))
+    assert can_still_win(_rate(large[:early], lr=0.2), [_rate(small[:early], lr=0.1)], GOALS, outpaced=1.5)
+    # the rule never stops the smaller rate, nor counts a smaller rate that diverged
+    assert can_still_win(_rate(large[:t], lr=0.05), [_rate(small[:t], lr=0.1)], GOALS, outpaced=1.5)
+    assert can_still_win(own, [_rate(small[:t], lr=0.1, status="diverged")], GOALS, outpaced=1.5)
+
+
+def test_outpaced_rule_ignores_goals_a_smaller_rate_reached_within_the_first_steps():
+    # Adam-like start: the smaller rate is ahead at first (0.5 at step ≈ 10), the larger catches up by 0.3
+    small = np.exp(-STEPS / 14)
+    large = np.where(STEPS < 20, np.exp(-STEPS / 60), np.exp(-(STEPS - 20) / 8 - 20 / 60))
+    assert _curve(small).steps_to(0.5)[0] < 20
+    assert can_still_win(_rate(large[:18], lr=0.2), [_rate(small[:18], lr=0.1)], (0.5, 0.3, 0.01), outpaced=1.5)
+
+
+def test_outpaced_rule_keeps_a_late_flip_towards_the_smaller_rate_and_drops_one_towards_the_larger():
+    # towards the smaller rate (SGD's noise floor): the smaller rate is never stopped by the rule
+    large = 0.15 + 0.85 * np.exp(-STEPS / 20)
+    small = 0.02 + 0.98 * np.exp(-STEPS / 40)
+    stops = replay([(STEPS, large, "budget_exhausted"), (STEPS, small, "budget_exhausted")], GOALS,
+                   outpaced=1.5, lrs=[0.2, 0.1])
+    assert stops[1] >= _curve(small).steps_to(GOALS[-1])[0]
+    # the rule's assumption broken: a larger rate, behind by 2x at 0.5, then overtaking, is dropped
+    slow_start = np.where(STEPS < 150, np.exp(-STEPS / 200), np.exp(-150 / 200 - (STEPS - 150) / 20))
+    steady = np.exp(-STEPS / 100)
+    stops = replay([(STEPS, slow_start, "budget_exhausted"), (STEPS, steady, "budget_exhausted")], GOALS,
+                   outpaced=1.5, lrs=[0.2, 0.1])
+    assert _curve(slow_start).steps_to(GOALS[-1])[0] < _curve(steady).steps_to(GOALS[-1])[0]  # it wins 0.1
+    assert stops[0] < _curve(slow_start).steps_to(GOALS[-1])[0]  # yet the rule stopped it first
+
+
 def test_margin_rule_ignores_a_rival_that_diverged():
     fast = np.exp(-STEPS / 20)
     slow = np.exp(-STEPS / 80)
@@ -115,3 +165,11 @@ def test_runs_trained_side_by_side_match_runs_trained_alone(tmp_path):
     for cfg, summary in zip(cfgs, together):
         alone = train_run(problem, cfg, tmp_path / "alone", progress=False)
         assert summary["steps_to_goal"] == alone["steps_to_goal"] and summary["n_steps"] == alone["n_steps"]
+
+
+@pytest.mark.parametrize("task", _committed_tasks())
+def test_the_outpaced_rule_replayed_on_the_committed_runs_moves_no_b_crit_by_a_standard_error(task):
+    replayed = replay_stopping(RESULTS, task, outpaced=1.5)
+    shifts = [abs(z) for z in replayed["b_crit_shift"].values() if z is not None]
+    assert max(shifts, default=0.0) < 1.0, (replayed["dropped"], replayed["b_crit_shift"])
+    assert replayed["examples_trained"] <= replay_stopping(RESULTS, task)["examples_trained"] + 1e-6

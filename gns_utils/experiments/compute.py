@@ -82,8 +82,13 @@ def compute_table(results_dir: str | Path, tasks: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def replay_stopping(results_dir: str | Path, task: str, margin: float | None = None) -> dict[str, Any]:
+def replay_stopping(results_dir: str | Path, task: str, margin: float | None = None,
+                    outpaced: float | None = None) -> dict[str, Any]:
     """Replay the stopping rules on a task's stored runs, grid by grid.
+
+    The exact rule always; ``margin`` and ``outpaced`` add the predictive rules of
+    :mod:`gns_utils.experiments.stopping`. The stored runs must have trained at least as long as
+    the replayed rules would let them (an exhaustive sweep, or one stopped by fewer rules).
 
     Returns:
         ``kept_every_best`` (no run would have stopped before its last winning goal), ``dropped``
@@ -105,7 +110,8 @@ def replay_stopping(results_dir: str | Path, task: str, margin: float | None = N
     for batch, group in sorted(by_batch.items()):
         curves = [stored_curve(results_dir, s) for s in group]
         stops = replay([(c.steps, c.values, s["status"]) for c, s in zip(curves, group)], goals, margin=margin,
-                       direction=curves[0].direction if curves else "below")
+                       direction=curves[0].direction if curves else "below", outpaced=outpaced,
+                       lrs=[s["config"]["lr"] for s in group])
         for s, stop in zip(group, stops):
             n = min(float(stop), float(s["n_steps"]))
             trained += n * batch

@@ -72,6 +72,7 @@ class _RunFields:
     goal_source: str = "batches"
     exhaustive: bool = False
     stop_margin: float | None = None
+    stop_outpaced: float | None = 1.5
     grad_clip: float | None = None
     b_noise_examples: int = 0
     seed: int = 0
@@ -148,8 +149,10 @@ class ExperimentConfig(_RunFields):
             the same either way.
         stop_margin: also stop a rate that is more than this factor behind another rate in
             steps at its own current level (:func:`gns_utils.experiments.stopping.can_still_win`);
-            None (default) = only the exact rule. Faster, and may drop a run that would have
-            won a later goal.
+            None (default) = off. Faster, and may drop a run that would have won a later goal.
+        stop_outpaced: also stop a rate once a *smaller* rate reached a goal it has not reached
+            in at most 1/``stop_outpaced`` of its steps: larger rates only lose ground as goals get
+            harder (:mod:`gns_utils.experiments.stopping`). Default 1.5; None = off.
         grad_clip: gradient-norm clipping threshold, or None.
         b_noise_examples: examples used by the Hessian B_noise at goal checkpoints (0 = off).
         seed: random seed (weights, sampling, dropout).
@@ -265,6 +268,8 @@ def _check_experiment(cfg: ExperimentConfig) -> None:
         problems.append(f"executor must be 'local', 'ray' or 'ray:<address>', got {cfg.executor!r}")
     if cfg.stop_margin is not None and not cfg.stop_margin > 1:
         problems.append(f"stop_margin must be > 1 or None, got {cfg.stop_margin}")
+    if cfg.stop_outpaced is not None and not cfg.stop_outpaced >= 1:
+        problems.append(f"stop_outpaced must be >= 1 or None, got {cfg.stop_outpaced}")
     if cfg.grad_clip is not None and not cfg.grad_clip > 0:
         problems.append(f"grad_clip must be > 0 or None, got {cfg.grad_clip}")
     problems += _model_problems(cfg.model, cfg.model_kwargs)

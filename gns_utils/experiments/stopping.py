@@ -8,6 +8,15 @@ for any goal it has not reached yet:
 * **exact rule** (always): every goal it has not reached was already reached (smoothed, A.3)
   by another member at a step no later than its current step — it would be slower for each.
   It never stops a run that would have been the fastest for some goal.
+* **outpaced rule** (``outpaced``, the sweeps' default 1.5): a *smaller* rate reached a goal
+  this member has not reached in at most ``1/outpaced`` of this member's current steps. As goals
+  get harder the fastest rate moves down (the noise floor of a constant rate rises with it, 2.6),
+  so a larger rate only loses ground to a smaller one from goal to goal: once it is beaten to a
+  goal by a clear factor it cannot win a later goal. The factor covers the noise of the goals'
+  steps; goals the smaller rate reached before ``OUTPACED_MIN_STEP`` do not count (Adam's larger
+  rates can start slower and then catch up). Only a smaller rate that has not diverged counts.
+  The rule never stops a smaller rate, so a late flip towards smaller rates (the calibration
+  task, SGD at hard goals) is kept.
 * **margin rule** (``margin``, off by default): another member's smoothed curve reached this
   member's current level at a step at most ``1/margin`` of this member's current step, i.e.
   it trails by more than a factor ``margin`` in steps at its own level. This assumes a
@@ -18,8 +27,8 @@ for any goal it has not reached yet:
 
 Only the parts of the rivals' curves up to the member's current step are used, so the
 decisions are the same whether rivals were trained alongside, earlier (a widened grid, a
-resumed sweep) or replayed from stored curves (:func:`replay`). ``exhaustive`` switches both
-rules off: every member then runs until it has reached every goal, diverged, spent its budget
+resumed sweep) or replayed from stored curves (:func:`replay`). ``exhaustive`` switches every
+rule off: every member then runs until it has reached every goal, diverged, spent its budget
 or passed ``EXHAUSTIVE_FACTOR`` × the fewest steps any member needed for the last goal (past
 which it cannot be the fastest for any goal).
 """
@@ -36,6 +45,9 @@ from gns_utils.critical_batch import DEFAULT_SMOOTHING, ema, steps_to_target
 
 #: The margin rule decides nothing before this step (early logged points are single noisy batches).
 MARGIN_MIN_STEP = 20
+#: The outpaced rule judges only by goals the smaller rate reached at or after this step (the
+#: first steps are noisy, and adaptive optimizers' larger rates can start slowly and catch up).
+OUTPACED_MIN_STEP = 50
 #: With ``exhaustive``: a member stops after this multiple of the fewest steps any member needed for the last goal.
 EXHAUSTIVE_FACTOR = 2.0
 
@@ -82,14 +94,16 @@ class Curve:
 
 
 def can_still_win(own: Curve, rivals: Iterable[Curve], goals: Sequence[float],
-                  margin: float | None = None) -> bool:
+                  margin: float | None = None, outpaced: float | None = None) -> bool:
     """Whether ``own``, at its last logged step, can still be the fastest for a goal it has not reached.
 
     Args:
         own: the member's curve so far.
         rivals: the other members of its grid (running, finished or stored).
         goals: the sweep's goals, easiest first.
-        margin: the margin rule's factor (see the module docstring); None = the exact rule only.
+        margin: the margin rule's factor (see the module docstring); None = off.
+        outpaced: the outpaced rule's factor (see the module docstring; needs the curves' ``lr``);
+            None = off.
     """
     if not own.steps:
         return True
@@ -101,6 +115,11 @@ def can_still_win(own: Curve, rivals: Iterable[Curve], goals: Sequence[float],
     reached = np.array([r.steps_to(left, until=t) for r in rivals]).reshape(len(rivals), len(left))
     if len(rivals) and (reached <= t).any(axis=0).all():  # exact: every goal left is already lost
         return False
+    if outpaced is not None and t >= MARGIN_MIN_STEP and math.isfinite(own.lr):
+        smaller = [k for k, r in enumerate(rivals) if r.lr < own.lr and not r.diverged]
+        beaten = reached[smaller]
+        if ((beaten >= OUTPACED_MIN_STEP) & (beaten * outpaced <= t)).any():
+            return False
     if margin is None or t < MARGIN_MIN_STEP:
         return True
     first = min([r.steps_to(goals[0], until=t)[0] for r in rivals] + [own.steps_to(goals[0])[0]])
@@ -126,7 +145,7 @@ class Member(Protocol):
 
 
 def run_group(members: Sequence[Member], goals: Sequence[float], rivals: Sequence[Curve] = (),
-              margin: float | None = None, exhaustive: bool = False,
+              margin: float | None = None, exhaustive: bool = False, outpaced: float | None = None,
               advance: Callable[[list[Member]], None] | None = None) -> None:
     """Train the members of one batch size's grid in lockstep until each ends or can no longer win.
 
@@ -149,8 +168,8 @@ def run_group(members: Sequence[Member], goals: Sequence[float], rivals: Sequenc
                 bound = EXHAUSTIVE_FACTOR * min(c.steps_to(goals[-1])[0] for c in others + [own])
                 stop = bool(own.steps) and own.steps[-1] >= bound
             else:
-                stop = not can_still_win(own, others, goals, margin)
-            if stop:  # the exact rule is final; the margin rule is undone only by a rival's divergence
+                stop = not can_still_win(own, others, goals, margin, outpaced)
+            if stop:  # the exact rule is final; the predictive rules are undone only by a rival's divergence
                 paused.add(k)
             else:
                 go.append(members[k])
@@ -194,18 +213,21 @@ class ReplayMember:
 
 
 def replay(curves: Sequence[tuple[np.ndarray, np.ndarray, str]], goals: Sequence[float],
-           margin: float | None = None, exhaustive: bool = False, direction: str = "below") -> list[float]:
+           margin: float | None = None, exhaustive: bool = False, direction: str = "below",
+           outpaced: float | None = None, lrs: Sequence[float] | None = None) -> list[float]:
     """The step at which each stored run of one grid would have stopped under the rules.
 
     Args:
         curves: per run (logged steps, goal metric, final status), e.g. from its ``metrics.csv``.
         goals: the sweep's goals.
         direction: which way the goal metric improves (:attr:`Curve.direction`).
+        lrs: the runs' learning rates (the outpaced rule needs them).
 
     Returns:
         Per run, the last step it would have trained (its stored last step if never stopped).
     """
-    members = [ReplayMember(np.asarray(s, float), np.asarray(v, float), status, Curve(direction=direction))
-               for s, v, status in curves]
-    run_group(members, goals, margin=margin, exhaustive=exhaustive)
+    lrs = [math.nan] * len(curves) if lrs is None else list(lrs)
+    members = [ReplayMember(np.asarray(s, float), np.asarray(v, float), status, Curve(direction=direction, lr=lr))
+               for (s, v, status), lr in zip(curves, lrs)]
+    run_group(members, goals, margin=margin, exhaustive=exhaustive, outpaced=outpaced)
     return [m.curve.steps[-1] if m.curve.steps else 0.0 for m in members]

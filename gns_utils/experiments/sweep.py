@@ -18,9 +18,12 @@ interrupted sweep resumes with nothing lost and nothing half-read.
 Stopping: the learning rates of a batch size train side by side, in lockstep, and each stops
 as soon as it can no longer be the fastest for any goal it has not reached: every such goal
 was already reached by another rate in no more steps (:mod:`gns_utils.experiments.stopping`;
-``stop_margin`` adds a predictive rule, ``exhaustive=True`` turns stopping off). Rates added
-when the grid widens train against the finished rates' stored curves. The stopped runs
-(status ``pruned``) are never the fastest for a goal, so the (2.11) fits are unchanged.
+a larger rate also stops once a smaller one beat it to a goal by the factor ``stop_outpaced``, since
+larger rates only lose ground as goals get harder; ``stop_margin`` adds a predictive rule,
+``exhaustive=True`` turns stopping off). Rates added when the grid widens train against the finished
+rates' stored curves. The runs the exact rule stops (status ``pruned``) are never the fastest for a
+goal; the outpaced rule rests on the ordering of rates above, checked by replaying it on exhaustive
+sweeps (``benchmarks/sweep_compute.py``).
 """
 
 from __future__ import annotations
@@ -162,17 +165,17 @@ class _Member:
 
 def train_group(problem: Any, cfgs: list[RunConfig], results_dir: str | Path, goals: tuple[float, ...],
                 rivals: list[Curve] = (), exhaustive: bool = False, margin: float | None = None,
-                progress: bool = True) -> list[dict]:
+                progress: bool = True, outpaced: float | None = None) -> list[dict]:
     """Train the runs of one batch size's grid in lockstep; each stops once it can no longer be the
     fastest (:func:`gns_utils.experiments.stopping.run_group`). ``rivals``: curves of the grid's
     runs that already finished. Returns the runs' summaries."""
     if cfgs and cfgs[0].executor != "local":
-        return _train_group_on_ray(problem, cfgs, results_dir, goals, rivals, exhaustive, margin)
+        return _train_group_on_ray(problem, cfgs, results_dir, goals, rivals, exhaustive, margin, outpaced)
     members = [_Member(problem, c, results_dir, progress) for c in cfgs]
     for m in members:
         if m.run is not None:
             _check_initial_metric(m.cfg, m.run.initial_metric, goals)
-    run_group(members, goals, rivals=rivals, margin=margin, exhaustive=exhaustive)
+    run_group(members, goals, rivals=rivals, margin=margin, exhaustive=exhaustive, outpaced=outpaced)
     return [m.summary for m in members]
 
 
@@ -185,7 +188,8 @@ def _check_initial_metric(cfg: RunConfig, initial: float, goals: tuple[float, ..
 
 
 def _train_group_on_ray(problem: Any, cfgs: list[RunConfig], results_dir: str | Path, goals: tuple[float, ...],
-                        rivals: list[Curve], exhaustive: bool, margin: float | None) -> list[dict]:
+                        rivals: list[Curve], exhaustive: bool, margin: float | None,
+                        outpaced: float | None = None) -> list[dict]:
     """:func:`train_group` with every run in a Ray actor (:mod:`gns_utils.experiments.executors`)."""
     ray = init_ray(cfgs[0].executor)
     gpus = gpus_per_run(ray, cfgs[0].device)
@@ -208,7 +212,8 @@ def _train_group_on_ray(problem: Any, cfgs: list[RunConfig], results_dir: str | 
             for member, err in advance_in_parallel(group):
                 fail(member, err)
 
-        run_group(members, goals, rivals=rivals, margin=margin, exhaustive=exhaustive, advance=advance)
+        run_group(members, goals, rivals=rivals, margin=margin, exhaustive=exhaustive, outpaced=outpaced,
+                  advance=advance)
     finally:
         for m in members:
             ray.kill(m.actor)
@@ -276,7 +281,8 @@ def run_sweep(cfg: ExperimentConfig, results_dir: str | Path, problem: Any = Non
                 rivals = [stored_curve(results_dir, s) for s in done.values()]
                 bar.set_postfix(B=batch_size, rates=len(group))
                 for run_cfg, summary in zip(group, train_group(problem, group, results_dir, cfg.goals, rivals,
-                                                              cfg.exhaustive, cfg.stop_margin, progress)):
+                                                              cfg.exhaustive, cfg.stop_margin, progress,
+                                                              cfg.stop_outpaced)):
                     done[run_cfg.lr], fresh[run_cfg.lr] = summary, True
             for summary in done.values():
                 _check_goals_not_met_at_start(summary)
