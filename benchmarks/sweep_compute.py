@@ -7,7 +7,8 @@ same profile run with ``exhaustive=True`` and ``goal_source="subset"``), counted
 (:func:`gns_utils.experiments.compute.compute_table`): the sweep's runs, the examples trained, the
 share of them the (2.11) fits need, the examples forwarded to evaluate the goal metric and the
 evaluation's share of the compute; with a baseline, RESULTS' trained + evaluated work as a fraction of
-the baseline's. ``--replay`` replays the stopping rule on BASELINE's stored curves
+the baseline's, and each task's B_crit against the baseline's (the difference in the baseline's
+standard errors, and in the two fits' combined standard errors). ``--replay`` replays the stopping rule on BASELINE's stored curves
 (:func:`gns_utils.experiments.compute.replay_stopping`): does it keep every fastest run, what share
 would the fits then need, and how far would B_crit move (per goal, in standard errors of the fit);
 ``--margins`` and ``--outpaced`` replay the predictive rules (``stop_margin``, ``stop_outpaced``) too. The ``make reproduce`` wall and CPU times, from each folder's
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -69,6 +71,17 @@ def main() -> None:
     print("\nwork (examples trained + evaluated forward passes / 3) against the baseline, per task:")
     print(ratio.to_string(float_format=lambda v: f"{v:.3f}"))
     print(f"all tasks: {_work(new).sum() / _work(old).reindex(_work(new).index).sum():.3f}")
+    print("\nB_crit (each task's summary) against the baseline's:")
+    for task in old["task"]:
+        a, b = (json.loads((root / task / "summary.json").read_text()) if (root / task / "summary.json").exists()
+                else {} for root in (args.results, args.baseline))
+        if not (a.get("b_crit") and b.get("b_crit") and a.get("b_crit_stderr") and b.get("b_crit_stderr")):
+            print(f"  {task}: no fitted B_crit with a standard error on both sides")
+            continue
+        diff = a["b_crit"] - b["b_crit"]
+        print(f"  {task}: {a['b_crit']:,.0f} ± {a['b_crit_stderr']:,.0f} against {b['b_crit']:,.0f} ± "
+              f"{b['b_crit_stderr']:,.0f}: {diff / b['b_crit_stderr']:+.2f} baseline s.e., "
+              f"{diff / math.hypot(a['b_crit_stderr'], b['b_crit_stderr']):+.2f} combined s.e.")
     if args.replay:
         print("\nthe stopping rule replayed on the baseline's stored curves:")
         rules = [("exact", {})] + [(f"exact + margin {m:g}", {"margin": m}) for m in args.margins] + [
