@@ -145,8 +145,8 @@ class ExperimentConfig(_RunFields):
         exhaustive: train every learning rate of a grid until it has reached every goal (or
             diverged, spent its budget, or passed twice the fastest run's steps to the last
             goal). Default False: a rate stops as soon as it can no longer be the fastest for
-            any goal it has not reached (:mod:`gns_utils.experiments.stopping`); the fits are
-            the same either way.
+            any goal it has not reached (:mod:`gns_utils.experiments.stopping`; this exact rule
+            leaves the fits as they are) or once a smaller rate outpaced it (``stop_outpaced``).
         stop_margin: also stop a rate that is more than this factor behind another rate in
             steps at its own current level (:func:`gns_utils.experiments.stopping.can_still_win`);
             None (default) = off. Faster, and may drop a run that would have won a later goal.
