@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 
 import pandas as pd
 
 from gns_utils.experiments.compute import FORWARD_COST, compute_table, replay_stopping
+from gns_utils.experiments.reproduce import compare
 
 
 def _tasks(root: Path) -> list[str]:
@@ -72,16 +72,14 @@ def main() -> None:
     print(ratio.to_string(float_format=lambda v: f"{v:.3f}"))
     print(f"all tasks: {_work(new).sum() / _work(old).reindex(_work(new).index).sum():.3f}")
     print("\nB_crit (each task's summary) against the baseline's:")
-    for task in old["task"]:
-        a, b = (json.loads((root / task / "summary.json").read_text()) if (root / task / "summary.json").exists()
-                else {} for root in (args.results, args.baseline))
-        if not (a.get("b_crit") and b.get("b_crit") and a.get("b_crit_stderr") and b.get("b_crit_stderr")):
-            print(f"  {task}: no fitted B_crit with a standard error on both sides")
+    for row in compare(args.baseline, args.results, list(old["task"]))["tasks"]:
+        new_se, base_se = row.get("b_crit_stderr"), row.get("b_crit_stderr_reference")
+        if row.get("b_crit_z") is None or not (new_se and base_se):
+            print(f"  {row['task']}: no fitted B_crit with a standard error on both sides")
             continue
-        diff = a["b_crit"] - b["b_crit"]
-        print(f"  {task}: {a['b_crit']:,.0f} ± {a['b_crit_stderr']:,.0f} against {b['b_crit']:,.0f} ± "
-              f"{b['b_crit_stderr']:,.0f}: {diff / b['b_crit_stderr']:+.2f} baseline s.e., "
-              f"{diff / math.hypot(a['b_crit_stderr'], b['b_crit_stderr']):+.2f} combined s.e.")
+        diff = row["b_crit"] - row["b_crit_reference"]
+        print(f"  {row['task']}: {row['b_crit']:,.0f} ± {new_se:,.0f} against {row['b_crit_reference']:,.0f} ± "
+              f"{base_se:,.0f}: {diff / base_se:+.2f} baseline s.e., {row['b_crit_z']:+.2f} combined s.e.")
     if args.replay:
         print("\nthe stopping rule replayed on the baseline's stored curves:")
         rules = [("exact", {})] + [(f"exact + margin {m:g}", {"margin": m}) for m in args.margins] + [

@@ -32,7 +32,6 @@ parameters runs with ``exhaustive=True`` (every learning rate trained to the end
 ``goal_source="subset"`` (the goal metric evaluated on a fixed training subset at every logged step).
 """
 
-
 from __future__ import annotations
 
 import argparse

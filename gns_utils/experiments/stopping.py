@@ -115,7 +115,7 @@ def can_still_win(own: Curve, rivals: Iterable[Curve], goals: Sequence[float],
     reached = np.array([r.steps_to(left, until=t) for r in rivals]).reshape(len(rivals), len(left))
     if len(rivals) and (reached <= t).any(axis=0).all():  # exact: every goal left is already lost
         return False
-    if outpaced is not None and t >= MARGIN_MIN_STEP and math.isfinite(own.lr):
+    if outpaced is not None and math.isfinite(own.lr):  # then t ≥ OUTPACED_MIN_STEP (outpaced ≥ 1)
         smaller = [k for k, r in enumerate(rivals) if r.lr < own.lr and not r.diverged]
         beaten = reached[smaller]
         if ((beaten >= OUTPACED_MIN_STEP) & (beaten * outpaced <= t)).any():

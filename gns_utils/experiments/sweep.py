@@ -282,7 +282,7 @@ def run_sweep(cfg: ExperimentConfig, results_dir: str | Path, problem: Any = Non
                 bar.set_postfix(B=batch_size, rates=len(group))
                 for run_cfg, summary in zip(group, train_group(problem, group, results_dir, cfg.goals, rivals,
                                                               cfg.exhaustive, cfg.stop_margin, progress,
-                                                              cfg.stop_outpaced)):
+                                                              outpaced=cfg.stop_outpaced)):
                     done[run_cfg.lr], fresh[run_cfg.lr] = summary, True
             for summary in done.values():
                 _check_goals_not_met_at_start(summary)
