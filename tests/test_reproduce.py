@@ -53,6 +53,21 @@ def test_an_interrupted_reproduction_resumes_and_keeps_its_runs(tmp_path):
         reproduce.start_or_resume(tmp_path, "cpu", NOTEBOOKS)
 
 
+def test_an_exhaustive_baseline_is_not_resumed_as_a_default_reproduction(tmp_path):
+    """Resuming with the other ``--exhaustive`` setting would mix the two engines' runs in one record."""
+    _old_results(tmp_path)
+    state = reproduce.start_or_resume(tmp_path, "smoke", NOTEBOOKS, exhaustive=True)
+    assert state["exhaustive"] is True
+    with pytest.raises(SystemExit, match="--exhaustive"):
+        reproduce.start_or_resume(tmp_path, "smoke", NOTEBOOKS)
+    assert reproduce.start_or_resume(tmp_path, "smoke", NOTEBOOKS, exhaustive=True)["resumed"] == 1
+    other = tmp_path / "other"
+    other.mkdir()
+    reproduce.start_or_resume(other, "smoke", NOTEBOOKS)
+    with pytest.raises(SystemExit, match="in progress"):
+        reproduce.start_or_resume(other, "smoke", NOTEBOOKS, exhaustive=True)
+
+
 @pytest.mark.parametrize("new, agrees, identical", [
     (_task_summary(14.0, 7.0, 34.0), True, True),
     (_task_summary(30.0, 7.0, 34.0), True, False),    # 16 apart, combined s.e. 9.9: 1.6 s.e.

@@ -108,22 +108,27 @@ def _reference_files(results_dir: Path) -> dict[str, bytes]:
             if p.is_file() and _is_summary(p.relative_to(results_dir).as_posix())}
 
 
-def start_or_resume(results_dir: Path, profile: str, notebooks: list[str]) -> dict[str, Any]:
+def start_or_resume(results_dir: Path, profile: str, notebooks: list[str], exhaustive: bool = False) -> dict[str, Any]:
     """Begin a fresh reproduction (reference aside, outputs deleted) or resume the one in progress.
 
     Returns:
-        The state (``profile``, ``notebooks``, ``started``, ``resumed``, ``git_commit``, ``elapsed_s``).
+        The state (``profile``, ``notebooks``, ``exhaustive``, ``started``, ``resumed``, ``git_commit``,
+        ``elapsed_s``).
 
     Raises:
-        SystemExit: a reproduction of another profile or set of notebooks is in progress here.
+        SystemExit: a reproduction of another profile, set of notebooks or ``--exhaustive`` setting is in
+            progress here (resuming it with other settings would mix two kinds of runs in one record).
     """
     state_dir = results_dir / STATE_DIR
     state = read_json(state_dir / "state.json")
     if state is not None:
-        if state["profile"] != profile or sorted(state["notebooks"]) != sorted(notebooks):
+        running = bool(state.get("exhaustive", False))
+        if state["profile"] != profile or sorted(state["notebooks"]) != sorted(notebooks) or running != exhaustive:
+            flag = " --exhaustive" if running else ""
             raise SystemExit(
-                f"a reproduction of profile {state['profile']!r} ({', '.join(state['notebooks'])}) is in progress in "
-                f"{results_dir}; finish it by running that command again, or delete {state_dir} to start over")
+                f"a reproduction of profile {state['profile']!r}{flag} ({', '.join(state['notebooks'])}) is in "
+                f"progress in {results_dir}; finish it by running that command again, or delete {state_dir} to "
+                "start over")
         state["resumed"] += 1
         print(f"[reproduce] resuming the reproduction started {state['started']} (finished runs are kept)", flush=True)
         return state
@@ -143,7 +148,7 @@ def start_or_resume(results_dir: Path, profile: str, notebooks: list[str]) -> di
         elif path.exists():
             path.unlink()
             removed += 1
-    state = {"profile": profile, "notebooks": notebooks, "resumed": 0, "elapsed_s": 0.0,
+    state = {"profile": profile, "notebooks": notebooks, "exhaustive": exhaustive, "resumed": 0, "elapsed_s": 0.0,
              "started": provenance()["timestamp"], "git_commit": provenance()["git_commit"]}
     write_json_atomic(state_dir / "state.json", state)
     n_ref = len([p for p in reference.rglob("summary.json")]) if reference.exists() else 0
@@ -307,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     notebooks = [n for n in NOTEBOOKS if n in (args.only or NOTEBOOKS)]
     results = repo_path(args.results_dir)
     results.mkdir(parents=True, exist_ok=True)
-    state = start_or_resume(results, args.profile, notebooks)
+    state = start_or_resume(results, args.profile, notebooks, args.exhaustive)
     start = time.perf_counter()
     log_path = results / "reproduce_log.json"
     old_log = read_json(log_path) if state["resumed"] else None
