@@ -1,15 +1,23 @@
 """K learning rates as one batched model: the same weights, losses and noise estimates as K separate runs."""
 
 import copy
+import dataclasses
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gns_utils.experiments.members import StackedMembers
+from gns_utils.experiments.config import ConfigError, make_experiment
+from gns_utils.experiments.members import StackedGroup, StackedMembers, stacking_unsupported
+from gns_utils.experiments.problems import ClassificationProblem
+from gns_utils.experiments.store import load_run_summary, run_dir
+from gns_utils.experiments.sweep import run_sweep, use_stacked
+from gns_utils.experiments.train import Run
 from gns_utils.experiments.models import PaperCNN
-from gns_utils.noise import GradientNoiseMonitor
+from gns_utils.noise import GradientNoiseMonitor, adam_preconditioner
 
 LRS = [0.02, 0.05, 0.1]
 
@@ -139,3 +147,174 @@ def test_bad_settings_are_refused_before_training():
     x, y = _batches(1)[0]
     with pytest.raises(ValueError, match="equal micro-batches"):
         members.step(x, y)
+
+
+def test_split_members_go_on_exactly_as_in_the_full_stack():
+    model, batches = _mlp(), _batches(6)
+    full = StackedMembers(model, LRS, F.cross_entropy, optimizer="adam")
+    part = StackedMembers(model, LRS, F.cross_entropy, optimizer="adam")
+    aside = None
+    for i, (x, y) in enumerate(batches):
+        if i == 2:
+            aside = part.split([1])
+        full.step(x, y)
+        part.step(x, y)
+        if aside is not None:
+            aside.step(x, y)
+    assert part.members == [0, 2] and aside.members == [1] and aside.steps == part.steps == 6
+    for stack, k in ((part, 0), (aside, 1), (part, 2)):
+        for name, p in full.member_state_dict(k).items():
+            torch.testing.assert_close(stack.member_state_dict(k)[name], p, rtol=1e-12, atol=1e-14)
+    with pytest.raises(ValueError, match="some but not all"):
+        part.split([0, 2])
+
+
+def test_a_member_loaded_into_a_model_and_optimizer_reads_as_a_single_run():
+    model, batches = _mlp(), _batches(3)
+    members = StackedMembers(model, LRS, F.cross_entropy, optimizer="adam")
+    alone = copy.deepcopy(model)
+    opt_alone = torch.optim.Adam(alone.parameters(), lr=LRS[2], foreach=False)
+    for x, y in batches:
+        members.step(x, y)
+        opt_alone.zero_grad()
+        sum(F.cross_entropy(alone(xm), ym) / 2 for xm, ym in zip(x.chunk(2), y.chunk(2))).backward()
+        opt_alone.step()
+    loaded = copy.deepcopy(model)
+    opt = torch.optim.Adam(loaded.parameters(), lr=LRS[2])
+    members.load_member_into(2, loaded, opt)
+    x, _ = batches[0]
+    torch.testing.assert_close(loaded(x), alone(x), rtol=1e-10, atol=1e-12)
+    expected, got = adam_preconditioner(opt_alone, alone), adam_preconditioner(opt, loaded)
+    for name, value in expected.items():
+        torch.testing.assert_close(got[name], value, rtol=1e-9, atol=1e-12)
+
+
+def test_metrics_and_batch_units_of_a_batch_loss():
+    model, batches = _mlp(), _batches(1)
+
+    def terms(net, batch):
+        logits = net(batch[0])
+        return F.cross_entropy(logits, batch[1]), {"error": (logits.argmax(1) != batch[1]).double().mean()}
+
+    plain = StackedMembers(model, LRS, F.cross_entropy).step(*batches[0])
+    tokens = StackedMembers(model, LRS, batch_loss=terms, units_per_example=5).step_batch(batches[0])
+    torch.testing.assert_close(tokens.loss, plain.loss)
+    torch.testing.assert_close(tokens.g2, plain.g2)  # |G|² is per batch, tr Σ per unit: 5 units per example
+    torch.testing.assert_close(tokens.trace_sigma, 5 * plain.trace_sigma)
+    x, y = batches[0]
+    expected = float((model(x).argmax(1) != y).double().mean())  # every member starts from the model's weights
+    assert torch.allclose(tokens.metrics["error"], torch.full((3,), expected, dtype=torch.float64))
+    with pytest.raises(ValueError, match="exactly one of"):
+        StackedMembers(model, LRS)
+
+
+# --------------------------------------------------------------------------------------
+# The stacked engine in a sweep: the same run folders as the sequential engine
+
+TINY = dict(
+    task="tiny", domain="image", dataset="synthetic", model="mlp", model_kwargs={"hidden": [16]},
+    optimizer="sgd", metric="error", goals=[0.3, 0.15], batch_sizes=[4, 16, 64], lr_star=0.4, lr_b_star=16.0,
+    lr_grid_size=2, max_widen=1, budget_examples=6000, eval_examples=256, evals_per_decade=12, profile="smoke",
+    noise_method="micro_batch",
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_problem():
+    gen = torch.Generator().manual_seed(0)
+    centres = torch.randn(4, 8, generator=gen) * 1.5
+    y = torch.randint(0, 4, (1024,), generator=gen)
+    x = centres[y] + torch.randn(1024, 8, generator=gen)
+    return ClassificationProblem((x, y), "mlp", {"in_features": 8, "n_classes": 4, "hidden": (16,)}, 256,
+                                 torch.device("cpu"))
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_a_stacked_sweep_writes_the_run_folders_of_the_sequential_engine(tiny_problem, tmp_path, optimizer):
+    tables = {}
+    for engine in ("sequential", "stacked"):
+        cfg = make_experiment({**TINY, "optimizer": optimizer, "engine": engine})
+        tables[engine] = run_sweep(cfg, tmp_path / engine, problem=tiny_problem, progress=False)
+    seq, stacked = (t.sort_values(["run_id", "goal"]).reset_index(drop=True) for t in tables.values())
+    assert list(seq["run_id"]) == list(stacked["run_id"]) and list(seq["status"]) == list(stacked["status"])
+    assert set(seq["status"]) >= {"complete", "pruned"}  # the stopping rules acted on the stacks too
+    np.testing.assert_allclose(stacked["steps"], seq["steps"], rtol=1e-4)
+    for run_id in seq["run_id"].unique():
+        a, b = (pd.read_csv(run_dir(tmp_path / e, "tiny", run_id) / "metrics.csv") for e in ("sequential", "stacked"))
+        assert list(a["step"]) == list(b["step"]) and list(a["epoch"]) == list(b["epoch"])
+        for column in ("train_loss", "train_error", "metric", "trace_sigma_mean", "b_simple_ema"):
+            np.testing.assert_allclose(b[column], a[column], rtol=1e-3, atol=1e-6, err_msg=column)
+        summary = load_run_summary(run_dir(tmp_path / "stacked", "tiny", run_id), run_id)
+        if summary["status"] != "diverged":
+            assert summary["noise_method"] == "micro_batch" and summary["noise_steps"] == summary["n_steps"]
+    again = run_sweep(make_experiment({**TINY, "optimizer": optimizer, "engine": "stacked"}), tmp_path / "stacked",
+                      problem=tiny_problem, progress=False)
+    assert not again["trained"].any()  # resumed: every finished run is reused
+
+
+def test_stacked_members_paused_and_brought_back_train_on_from_where_they_stood(tiny_problem, tmp_path):
+    cfg = make_experiment({**TINY, "optimizer": "adam"})
+    runs = {k: Run(tiny_problem, cfg.run(16, lr), tmp_path / "group", progress=False, stacked=True)
+            for k, lr in enumerate([0.01, 0.02, 0.04])}
+    group = StackedGroup(tiny_problem, runs, on_error=lambda k, err: pytest.fail(str(err)))
+    group.advance([0, 1, 2])
+    group.advance([0, 2])  # 1 paused: set aside, its state kept
+    assert sorted(len(s.members) for s in group.stacks) == [1, 2]
+    group.advance([1])  # brought back: catches up alone
+    group.advance([0, 1, 2])
+    for k, lr in enumerate([0.01, 0.02, 0.04]):
+        alone = Run(tiny_problem, cfg.run(16, lr), tmp_path / f"alone{k}", progress=False, stacked=True)
+        single = StackedGroup(tiny_problem, {0: alone}, on_error=lambda k, err: pytest.fail(str(err)))
+        for _ in range(3):
+            single.advance([0])
+        assert runs[k].step == alone.step
+        np.testing.assert_allclose(runs[k].curve.values, alone.curve.values, rtol=1e-5)
+
+
+def test_the_engine_is_checked_before_training(tiny_problem, tmp_path):
+    with pytest.raises(ConfigError, match="engine must be one of"):
+        make_experiment({**TINY, "engine": "fast"})
+    with pytest.raises(ConfigError, match="executor='local'"):
+        make_experiment({**TINY, "engine": "stacked", "executor": "ray"})
+    per_example = make_experiment({**TINY, "engine": "stacked", "noise_method": "per_example"})
+    with pytest.raises(ConfigError, match="one run at a time"):
+        run_sweep(per_example, tmp_path, problem=tiny_problem, progress=False)
+    assert not (tmp_path / "tiny" / "runs").exists()  # refused before any run
+
+
+def test_auto_stacks_on_cuda_only_what_it_can(tiny_problem):
+    cfg = make_experiment({**TINY, "noise_method": "auto"}).run(16, 0.1)
+    assert not use_stacked(tiny_problem, cfg)  # a CPU: members one after the other
+    on_gpu = copy.copy(tiny_problem)
+    on_gpu.device = torch.device("cuda")  # only the device is read; the model is built on the CPU, nothing runs
+    on_gpu.build_model = tiny_problem.build_model
+    assert use_stacked(on_gpu, cfg)
+    assert not use_stacked(on_gpu, dataclasses.replace(cfg, engine="sequential"))
+    assert not use_stacked(on_gpu, dataclasses.replace(cfg, noise_method="per_example"))
+    norm = copy.copy(on_gpu)
+    norm.build_model = lambda *a, **k: nn.Sequential(nn.Linear(8, 4), nn.BatchNorm1d(4))
+    assert "batch norm" in stacking_unsupported(norm, cfg)
+    assert not use_stacked(norm, cfg)
+    assert "equal micro-batches" in stacking_unsupported(on_gpu, dataclasses.replace(cfg, n_micro=3))
+    rl = copy.copy(on_gpu)
+    rl.stream = lambda *a: None
+    assert "reinforcement" in stacking_unsupported(rl, cfg)
+
+
+def test_a_stack_whose_step_raises_fails_its_members_and_the_sweep_goes_on(tiny_problem, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    step = StackedMembers.step_batch
+
+    def flaky(self, batch):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise RuntimeError("out of memory (simulated)")
+        return step(self, batch)
+
+    monkeypatch.setattr(StackedMembers, "step_batch", flaky)
+    table = run_sweep(make_experiment({**TINY, "engine": "stacked"}), tmp_path, problem=tiny_problem, progress=False)
+    failed = table[table["status"] == "failed"]
+    assert failed["batch_units"].nunique() == 1 and failed["run_id"].nunique() >= 2  # the whole stack of one grid
+    assert (table["status"] != "failed").any()  # the other batch sizes trained
+    summary = load_run_summary(run_dir(tmp_path, "tiny", failed["run_id"].iloc[0]), failed["run_id"].iloc[0])
+    assert "out of memory (simulated)" in summary["error"]

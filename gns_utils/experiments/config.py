@@ -35,6 +35,7 @@ METRICS = tuple(METRIC_DIRECTION)
 DOMAINS = tuple(UNITS)
 NOISE_METHODS = ("auto", "per_example", "micro_batch")
 GOAL_SOURCES = ("batches", "subset", "episodes")
+ENGINES = ("auto", "sequential", "stacked")
 
 
 def goal_reached(metric: str, value: float, goal: float) -> bool:
@@ -78,6 +79,7 @@ class _RunFields:
     seed: int = 0
     device: str = "auto"
     executor: str = "local"
+    engine: str = "auto"
     profile: str = "cpu"
 
     def __post_init__(self) -> None:
@@ -160,6 +162,10 @@ class ExperimentConfig(_RunFields):
         executor: where a grid's runs train: ``local`` (this process) | ``ray`` (Ray actors on a
             local instance or the cluster of ``RAY_ADDRESS``) | ``ray:<address>``
             (:mod:`gns_utils.experiments.executors`).
+        engine: how a grid's learning rates train with ``executor='local'``: ``sequential`` (one
+            model per run, stepped one after the other), ``stacked`` (the grid as one batched model,
+            :mod:`gns_utils.experiments.members`; noise from ``n_micro`` micro-batches, A.2) or ``auto``
+            (default: ``stacked`` on CUDA where the problem allows it, else ``sequential``).
         profile: the preset this config came from.
     """
 
@@ -194,8 +200,8 @@ class ExperimentConfig(_RunFields):
 class RunConfig(_RunFields):
     """One training run at batch size B and constant learning rate ε.
 
-    Fields have the meaning given in :class:`ExperimentConfig`. ``device``, ``executor`` and
-    ``profile`` do not enter :attr:`run_id` (they do not change what is computed).
+    Fields have the meaning given in :class:`ExperimentConfig`. ``device``, ``executor``, ``engine`` and
+    ``profile`` do not enter :attr:`run_id` (they change how a run is computed, not what).
     """
 
     batch_size: int
@@ -211,7 +217,7 @@ class RunConfig(_RunFields):
     @property
     def run_id(self) -> str:
         """Hash of every field that changes the computation."""
-        identity = {k: v for k, v in self.to_dict().items() if k not in ("device", "executor", "profile")}
+        identity = {k: v for k, v in self.to_dict().items() if k not in ("device", "executor", "engine", "profile")}
         return config_hash(identity)
 
 
@@ -266,6 +272,10 @@ def _check_experiment(cfg: ExperimentConfig) -> None:
         problems.append(f"goal_source must be one of {GOAL_SOURCES}, got {cfg.goal_source!r}")
     if not (cfg.executor in ("local", "ray") or cfg.executor.startswith("ray:")):
         problems.append(f"executor must be 'local', 'ray' or 'ray:<address>', got {cfg.executor!r}")
+    if cfg.engine not in ENGINES:
+        problems.append(f"engine must be one of {ENGINES}, got {cfg.engine!r}")
+    elif cfg.engine == "stacked" and cfg.executor != "local":
+        problems.append("engine='stacked' trains a grid in this process; use executor='local' (or engine='auto')")
     if cfg.stop_margin is not None and not cfg.stop_margin > 1:
         problems.append(f"stop_margin must be > 1 or None, got {cfg.stop_margin}")
     if cfg.stop_outpaced is not None and not cfg.stop_outpaced >= 1:

@@ -122,11 +122,16 @@ class ClassificationProblem(_Problem):
 
     def loss(self, model: nn.Module, batch: Batch, metrics: dict[str, float] | None = None) -> torch.Tensor:
         """Mean cross-entropy; with a ``metrics`` dict, its ``"error"`` is set to the batch's error rate."""
+        loss, terms = self.loss_terms(model, batch)
+        if metrics is not None:
+            metrics["error"] = float(terms["error"])
+        return loss
+
+    def loss_terms(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Mean cross-entropy and ``{"error": the batch's error rate}`` as tensors (``torch.func``-safe)."""
         x, y = batch
         logits = model(x)
-        if metrics is not None:
-            metrics["error"] = float((logits.detach().argmax(1) != y).float().mean())
-        return F.cross_entropy(logits, y)
+        return F.cross_entropy(logits, y), {"error": (logits.detach().argmax(1) != y).float().mean()}
 
     def _eval_sums(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
         x, y = batch

@@ -34,10 +34,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 from tqdm.auto import tqdm
 
 from gns_utils.experiments.config import METRIC_DIRECTION, ConfigError, ExperimentConfig, RunConfig, goal_reached
 from gns_utils.experiments.executors import RayMember, advance_in_parallel, gpus_per_run, init_ray
+from gns_utils.experiments.members import StackedGroup, stacking_unsupported
 from gns_utils.experiments.problems import make_problem
 from gns_utils.experiments.store import (
     FINAL_STATUSES,
@@ -133,17 +135,18 @@ def _record_failure(problem: Any, cfg: RunConfig, results_dir: str | Path, err: 
 class _Member:
     """A :class:`~gns_utils.experiments.train.Run` in a grid: an exception ends it as ``failed``, not the grid."""
 
-    def __init__(self, problem: Any, cfg: RunConfig, results_dir: str | Path, progress: bool) -> None:
+    def __init__(self, problem: Any, cfg: RunConfig, results_dir: str | Path, progress: bool,
+                 stacked: bool = False) -> None:
         self.problem, self.cfg, self.results_dir = problem, cfg, results_dir
         self.run: Run | None = None
         self.summary: dict | None = None
         try:
-            self.run = Run(problem, cfg, results_dir, progress)
+            self.run = Run(problem, cfg, results_dir, progress, stacked=stacked)
             self.curve = self.run.curve
         except Exception as err:  # noqa: BLE001 — recorded, the sweep continues
             self._fail(err)
 
-    def _fail(self, err: Exception) -> None:
+    def _fail(self, err: BaseException) -> None:
         self.summary = _record_failure(self.problem, self.cfg, self.results_dir, err)
         self.curve = Curve(lr=self.cfg.lr, status="failed")
 
@@ -171,12 +174,49 @@ def train_group(problem: Any, cfgs: list[RunConfig], results_dir: str | Path, go
     runs that already finished. Returns the runs' summaries."""
     if cfgs and cfgs[0].executor != "local":
         return _train_group_on_ray(problem, cfgs, results_dir, goals, rivals, exhaustive, margin, outpaced)
-    members = [_Member(problem, c, results_dir, progress) for c in cfgs]
+    stacked = bool(cfgs) and use_stacked(problem, cfgs[0])
+    members = [_Member(problem, c, results_dir, progress, stacked=stacked) for c in cfgs]
     for m in members:
         if m.run is not None:
             _check_initial_metric(m.cfg, m.run.initial_metric, goals)
-    run_group(members, goals, rivals=rivals, margin=margin, exhaustive=exhaustive, outpaced=outpaced)
+    advance = None
+    if stacked:
+        live = {m: m.run for m in members if m.run is not None}
+        if live:
+            group = StackedGroup(problem, live, on_error=lambda m, err: m._fail(err))
+
+            def advance(go: list[_Member]) -> None:
+                group.advance(go)
+                for m in go:
+                    m._collect()
+    run_group(members, goals, rivals=rivals, margin=margin, exhaustive=exhaustive, outpaced=outpaced,
+              advance=advance)
     return [m.summary for m in members]
+
+
+def use_stacked(problem: Any, cfg: RunConfig) -> bool:
+    """Whether the grid of ``cfg``'s batch size trains as one batched model (``cfg.engine``).
+
+    ``auto``: on CUDA, where :func:`~gns_utils.experiments.members.stacking_unsupported` finds nothing
+    against it. ``stacked``: always (:func:`check_engine` refused what cannot be stacked before training).
+    """
+    if cfg.engine == "sequential" or cfg.executor != "local":
+        return False
+    if cfg.engine == "auto" and getattr(problem, "device", torch.device("cpu")).type != "cuda":
+        return False
+    return stacking_unsupported(problem, cfg) is None
+
+
+def check_engine(problem: Any, cfg: ExperimentConfig) -> None:
+    """``engine='stacked'`` for a grid that cannot be stacked: a ConfigError before any run."""
+    if cfg.engine != "stacked":
+        return
+    model = problem.build_model(cfg.model, cfg.model_kwargs)
+    for batch_size in cfg.batch_sizes:
+        reason = stacking_unsupported(problem, cfg.run(batch_size, cfg.lr_star), model)
+        if reason:
+            raise ConfigError(f"engine='stacked' cannot train task {cfg.task} at batch size {batch_size}: {reason}. "
+                              "Use engine='sequential' (or 'auto', which stacks only what it can, on CUDA).")
 
 
 def _check_initial_metric(cfg: RunConfig, initial: float, goals: tuple[float, ...]) -> None:
@@ -257,6 +297,7 @@ def run_sweep(cfg: ExperimentConfig, results_dir: str | Path, problem: Any = Non
     if problem is None:
         problem = make_problem(cfg)
     _check_noise_method(problem, cfg)
+    check_engine(problem, cfg)
     if record:
         write_json_atomic(task_dir(results_dir, cfg.task) / "experiment.json", cfg.to_dict())
     summaries: list[dict] = []

@@ -43,6 +43,7 @@ from gns_utils.experiments.store import (
 )
 from gns_utils.noise import (
     GradientNoiseMonitor,
+    NoiseEstimate,
     NoiseScaleEMA,
     PerExampleNormMonitor,
     adam_preconditioner,
@@ -162,7 +163,8 @@ class Run:
     loss, against which divergence (``BLOWUP_FACTOR``) is judged.
     """
 
-    def __init__(self, problem: Any, cfg: RunConfig, results_dir: str | Path, progress: bool = True) -> None:
+    def __init__(self, problem: Any, cfg: RunConfig, results_dir: str | Path, progress: bool = True,
+                 stacked: bool = False) -> None:
         self.problem, self.cfg = problem, cfg
         self.folder = run_dir(results_dir, cfg.task, cfg.run_id)
         if self.folder.exists():
@@ -184,7 +186,10 @@ class Run:
         if hasattr(problem, "sample"):  # a problem that draws fresh examples: the run owns its stream, so runs
             stream = torch.Generator(device=problem.device).manual_seed(cfg.seed)  # trained side by side agree
             self.sampler.draw = lambda: problem.sample(cfg.batch_size, generator=stream)  # with runs trained alone
-        self.monitor, self.n_micro = noise_monitor(self.model, cfg.noise_method, min(cfg.n_micro, cfg.batch_size))
+        # stacked: the steps are taken by a grid's batched model (gns_utils.experiments.members), which
+        # measures the noise on micro-batches; this run keeps the books (record_step)
+        self.monitor, self.n_micro = noise_monitor(self.model, "micro_batch" if stacked else cfg.noise_method,
+                                                   min(cfg.n_micro, cfg.batch_size))
         self.ema = NoiseScaleEMA(decay=NOISE_EMA_DECAY, adaptive=NOISE_EMA_ADAPTIVE)
         # parts of the network measured on their own as well (the policy of an actor-critic), per-example only
         parts = problem.noise_parts(self.model) if hasattr(problem, "noise_parts") else {}
@@ -215,17 +220,46 @@ class Run:
 
     def advance(self) -> None:
         """Train to the next logged step and log it; sets ``curve.status`` when the run ends."""
-        target = next(t for t in self.schedule if t > self.step)
+        target = self.next_log_step()
         while self.step < target:
-            self.step += 1
             loss = _train_step(self.problem, self.model, self.optimizer, self.sampler, self.monitor, self.ema,
                                self._interval, self.n_micro, self.cfg.grad_clip, self.cfg.metric == "error",
                                self.parts)
-            self._bar.update(1)
-            if not math.isfinite(loss):
-                self._write_row({"loss": math.nan, "error": math.nan}, math.nan, math.nan)
-                self._finish("diverged")
+            if not self._count_step(loss):
                 return
+        self.log_point()
+
+    def next_log_step(self) -> int:
+        """The next step at which the run logs its goal metric."""
+        return next(t for t in self.schedule if t > self.step)
+
+    def record_step(self, loss: float, error: float, g2: float, trace_sigma: float) -> bool:
+        """Book a training step taken elsewhere (a stacked grid): its batch loss and error rate (NaN when
+        the metric is not an error) and its A.2 |G|² and tr Σ. Returns False when the loss is not finite:
+        the run then ends as ``diverged``."""
+        if math.isfinite(g2) and math.isfinite(trace_sigma):
+            estimate = NoiseEstimate(g2=g2, trace_sigma=trace_sigma, b_small=self.units_per_step / self.n_micro,
+                                     b_big=self.units_per_step)
+            self.ema.update(estimate)
+            self._interval["g2"] += g2
+            self._interval["tr"] += trace_sigma
+            self._interval["n"] += 1
+        self._interval["train_loss"] += loss
+        self._interval["train_error"] += error
+        self._interval["steps"] += 1
+        return self._count_step(loss)
+
+    def _count_step(self, loss: float) -> bool:
+        self.step += 1
+        self._bar.update(1)
+        if not math.isfinite(loss):
+            self._write_row({"loss": math.nan, "error": math.nan}, math.nan, math.nan)
+            self._finish("diverged")
+            return False
+        return True
+
+    def log_point(self) -> None:
+        """Log the goal metric at the current step (a logged step): goals, divergence, the end of the run."""
         self._log(self.step, self._evaluate() if self.cfg.goal_source == "subset" else None)
 
     def _log(self, step: int, evaluation: dict[str, float] | None) -> None:
