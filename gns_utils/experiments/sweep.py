@@ -24,6 +24,10 @@ larger rates only lose ground as goals get harder; ``stop_margin`` adds a predic
 rates' stored curves. The runs the exact rule stops (status ``pruned``) are never the fastest for a
 goal; the outpaced rule rests on the ordering of rates above, checked by replaying it on exhaustive
 sweeps (``benchmarks/sweep_compute.py``).
+
+Engines: a grid's runs train in this process one model per rate (``engine="sequential"``) or as one
+batched model (``stacked``, :mod:`gns_utils.experiments.members`; ``auto`` picks it on CUDA where the
+task allows it), or as Ray actors (``executor="ray"``, :mod:`gns_utils.experiments.executors`).
 """
 
 from __future__ import annotations
