@@ -296,6 +296,10 @@ def test_auto_stacks_on_cuda_only_what_it_can(tiny_problem):
     assert "batch norm" in stacking_unsupported(norm, cfg)
     assert not use_stacked(norm, cfg)
     assert "equal micro-batches" in stacking_unsupported(on_gpu, dataclasses.replace(cfg, n_micro=3))
+    recurrent = copy.copy(on_gpu)
+    recurrent.build_model = lambda *a, **k: nn.LSTM(8, 4)
+    assert stacking_unsupported(recurrent, cfg) is None and not use_stacked(recurrent, cfg)  # it would loop
+    assert use_stacked(recurrent, dataclasses.replace(cfg, engine="stacked"))
     rl = copy.copy(on_gpu)
     rl.stream = lambda *a: None
     assert "reinforcement" in stacking_unsupported(rl, cfg)

@@ -202,13 +202,18 @@ def use_stacked(problem: Any, cfg: RunConfig) -> bool:
     """Whether the grid of ``cfg``'s batch size trains as one batched model (``cfg.engine``).
 
     ``auto``: on CUDA, where :func:`~gns_utils.experiments.members.stacking_unsupported` finds nothing
-    against it. ``stacked``: always (:func:`check_engine` refused what cannot be stacked before training).
+    against it and the net has no recurrent layer (``vmap`` has no batching rule for the fused LSTM
+    kernels and would loop over the members). ``stacked``: always (:func:`check_engine` refused what
+    cannot be stacked before training).
     """
     if cfg.engine == "sequential" or cfg.executor != "local":
         return False
     if cfg.engine == "auto" and getattr(problem, "device", torch.device("cpu")).type != "cuda":
         return False
-    return stacking_unsupported(problem, cfg) is None
+    model = problem.build_model(cfg.model, cfg.model_kwargs)
+    if cfg.engine == "auto" and any(isinstance(m, torch.nn.RNNBase) for m in model.modules()):
+        return False
+    return stacking_unsupported(problem, cfg, model) is None
 
 
 def check_engine(problem: Any, cfg: ExperimentConfig) -> None:
