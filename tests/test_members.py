@@ -229,11 +229,12 @@ def tiny_problem():
                                  torch.device("cpu"))
 
 
-@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
-def test_a_stacked_sweep_writes_the_run_folders_of_the_sequential_engine(tiny_problem, tmp_path, optimizer):
+@pytest.mark.parametrize("optimizer,goal_source", [("sgd", "batches"), ("adam", "batches"), ("momentum", "subset")])
+def test_a_stacked_sweep_writes_the_run_folders_of_the_sequential_engine(tiny_problem, tmp_path, optimizer,
+                                                                          goal_source):
     tables = {}
     for engine in ("sequential", "stacked"):
-        cfg = make_experiment({**TINY, "optimizer": optimizer, "engine": engine})
+        cfg = make_experiment({**TINY, "optimizer": optimizer, "engine": engine, "goal_source": goal_source})
         tables[engine] = run_sweep(cfg, tmp_path / engine, problem=tiny_problem, progress=False)
     seq, stacked = (t.sort_values(["run_id", "goal"]).reset_index(drop=True) for t in tables.values())
     assert list(seq["run_id"]) == list(stacked["run_id"]) and list(seq["status"]) == list(stacked["status"])
@@ -247,8 +248,8 @@ def test_a_stacked_sweep_writes_the_run_folders_of_the_sequential_engine(tiny_pr
         summary = load_run_summary(run_dir(tmp_path / "stacked", "tiny", run_id), run_id)
         if summary["status"] != "diverged":
             assert summary["noise_method"] == "micro_batch" and summary["noise_steps"] == summary["n_steps"]
-    again = run_sweep(make_experiment({**TINY, "optimizer": optimizer, "engine": "stacked"}), tmp_path / "stacked",
-                      problem=tiny_problem, progress=False)
+    again = run_sweep(make_experiment({**TINY, "optimizer": optimizer, "engine": "stacked", "goal_source": goal_source}),
+                      tmp_path / "stacked", problem=tiny_problem, progress=False)
     assert not again["trained"].any()  # resumed: every finished run is reused
 
 
