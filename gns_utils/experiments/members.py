@@ -345,10 +345,9 @@ class StackedGroup:
             for run in runs[1:]:
                 run.sampler.draw() if hasattr(run.sampler, "draw") else run.sampler.next()
             out = stack.step_batch(batch)
-            error = out.metrics.get("error")
-            alive = [k for row, (k, run) in enumerate(zip(stack.members, runs))
-                     if run.record_step(float(out.loss[row]), math.nan if error is None else float(error[row]),
-                                        float(out.g2[row]), float(out.trace_sigma[row]))]
+            error = out.metrics.get("error", torch.full_like(out.loss, math.nan))
+            rows = torch.stack([out.loss, error, out.g2, out.trace_sigma], 1).tolist()  # one transfer per step
+            alive = [k for k, run, row in zip(stack.members, runs, rows) if run.record_step(*row)]
             if len(alive) < len(stack.members):
                 _keep(stack, alive)
                 runs = [self.runs[k] for k in alive]
