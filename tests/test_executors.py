@@ -47,16 +47,21 @@ def test_ray_executor_writes_the_run_folders_of_the_local_executor(tmp_path):
     torch.set_num_threads(1)  # as in the Ray workers (one CPU each): the same floating-point sums
     try:
         local = run_sweep(make_experiment(preset), tmp_path / "local", progress=False)
+        stacked = {**preset, "engine": "stacked", "noise_method": "micro_batch"}
+        run_sweep(make_experiment(stacked), tmp_path / "local_stacked", progress=False)
     finally:
         torch.set_num_threads(threads)
     _start_local_ray(ray)
     try:
         remote = run_sweep(make_experiment({**preset, "executor": "ray"}), tmp_path / "ray", progress=False)
         resumed = run_sweep(make_experiment({**preset, "executor": "ray"}), tmp_path / "ray", progress=False)
+        # a member group per task: the grid as one stacked group in one actor
+        run_sweep(make_experiment({**stacked, "executor": "ray"}), tmp_path / "ray_stacked", progress=False)
     finally:
         ray.shutdown()
     task = preset["task"]
     assert _folders(tmp_path / "local", task) == _folders(tmp_path / "ray", task)
+    assert _folders(tmp_path / "local_stacked", task) == _folders(tmp_path / "ray_stacked", task)
     assert sorted(local["run_id"].unique()) == sorted(remote["run_id"].unique())
     assert not resumed["trained"].any()  # a second sweep on the same folder reuses every finished run
 

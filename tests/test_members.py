@@ -275,8 +275,6 @@ def test_stacked_members_paused_and_brought_back_train_on_from_where_they_stood(
 def test_the_engine_is_checked_before_training(tiny_problem, tmp_path):
     with pytest.raises(ConfigError, match="engine must be one of"):
         make_experiment({**TINY, "engine": "fast"})
-    with pytest.raises(ConfigError, match="executor='local'"):
-        make_experiment({**TINY, "engine": "stacked", "executor": "ray"})
     per_example = make_experiment({**TINY, "engine": "stacked", "noise_method": "per_example"})
     with pytest.raises(ConfigError, match="one run at a time"):
         run_sweep(per_example, tmp_path, problem=tiny_problem, progress=False)

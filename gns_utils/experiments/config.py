@@ -162,10 +162,11 @@ class ExperimentConfig(_RunFields):
         executor: where a grid's runs train: ``local`` (this process) | ``ray`` (Ray actors on a
             local instance or the cluster of ``RAY_ADDRESS``) | ``ray:<address>``
             (:mod:`gns_utils.experiments.executors`).
-        engine: how a grid's learning rates train with ``executor='local'``: ``sequential`` (one
-            model per run, stepped one after the other), ``stacked`` (the grid as one batched model,
-            :mod:`gns_utils.experiments.members`; noise from ``n_micro`` micro-batches, A.2) or ``auto``
-            (default: ``stacked`` on CUDA where the problem allows it, else ``sequential``).
+        engine: how a grid's learning rates train: ``sequential`` (one model per rate, stepped one
+            after the other, or one Ray actor per rate), ``stacked`` (the grid as one batched model,
+            :mod:`gns_utils.experiments.members`, in this process or in one Ray actor; noise from
+            ``n_micro`` micro-batches, A.2) or ``auto`` (default: ``stacked`` on CUDA where the problem
+            allows it, else ``sequential``).
         profile: the preset this config came from.
     """
 
@@ -274,8 +275,6 @@ def _check_experiment(cfg: ExperimentConfig) -> None:
         problems.append(f"executor must be 'local', 'ray' or 'ray:<address>', got {cfg.executor!r}")
     if cfg.engine not in ENGINES:
         problems.append(f"engine must be one of {ENGINES}, got {cfg.engine!r}")
-    elif cfg.engine == "stacked" and cfg.executor != "local":
-        problems.append("engine='stacked' trains a grid in this process; use executor='local' (or engine='auto')")
     if cfg.stop_margin is not None and not cfg.stop_margin > 1:
         problems.append(f"stop_margin must be > 1 or None, got {cfg.stop_margin}")
     if cfg.stop_outpaced is not None and not cfg.stop_outpaced >= 1:

@@ -12,6 +12,8 @@
   CUDA (or ``auto`` on a cluster with GPUs). Run folders are written by the actors into the
   results folder, which must be shared by every machine (a network file system); a run whose
   folder holds a final summary is reused, so a sweep resumes across restarts and machines.
+  With ``engine='stacked'`` (or ``auto`` on a cluster with GPUs) a grid is one actor instead
+  (:class:`RayGroup`): its rates train as one batched model on one device.
 
 Ray is an optional extra: ``pip install "gns_utils[ray]"``.
 """
@@ -89,6 +91,57 @@ class RayMember:
 
     def stop(self, status: str) -> None:
         self.update(self.ray.get(self.actor.stop.remote(status)))
+
+
+class RayGroup:
+    """A grid's runs as one :class:`~gns_utils.experiments.members.StackedGroup` inside a Ray actor
+    (``engine='stacked'``, or ``auto`` with GPUs): one member group per task, one GPU for all its rates."""
+
+    def __init__(self, cfgs: list[dict[str, Any]], results_dir: str) -> None:
+        from gns_utils.experiments.members import StackedGroup
+        from gns_utils.experiments.problems import make_problem
+        from gns_utils.experiments.train import Run
+
+        run_cfgs = [RunConfig(**{**c, "goals": tuple(c["goals"])}) for c in cfgs]
+        problem = make_problem(run_cfgs[0])
+        self.runs: dict[int, Any] = {}
+        self.errors: dict[int, BaseException] = {}
+        for k, cfg in enumerate(run_cfgs):
+            try:
+                self.runs[k] = Run(problem, cfg, results_dir, progress=False, stacked=True)
+            except Exception as err:  # noqa: BLE001 — reported to the driver, which records the run as failed
+                self.errors[k] = err
+        self.group = StackedGroup(problem, self.runs, on_error=self.errors.__setitem__) if self.runs else None
+
+    def initial_metrics(self) -> dict[int, float | BaseException]:
+        """Each run's goal metric before training, or the exception that kept it from being built."""
+        return {**self.errors, **{k: run.initial_metric for k, run in self.runs.items()}}
+
+    def advance(self, keys: list[int]) -> dict[int, Any]:
+        self.group.advance(keys)
+        return {k: self.errors[k] if k in self.errors else self._state(k) for k in keys}
+
+    def stop(self, key: int, status: str) -> tuple[list[float], list[float], str | None, dict | None]:
+        self.runs[key].stop(status)
+        return self._state(key)
+
+    def _state(self, key: int) -> tuple[list[float], list[float], str | None, dict | None]:
+        run = self.runs[key]
+        return list(run.curve.steps), list(run.curve.values), run.curve.status, run.summary
+
+
+class RayGroupMember:
+    """The driver's handle on one run of a :class:`RayGroup`: a member of :func:`~gns_utils.experiments.stopping.run_group`."""
+
+    def __init__(self, ray: Any, actor: Any, key: int, cfg: RunConfig) -> None:
+        self.ray, self.actor, self.key, self.cfg = ray, actor, key, cfg
+        self.curve = Curve(lr=cfg.lr)
+        self.summary: dict | None = None
+
+    update = RayMember.update
+
+    def stop(self, status: str) -> None:
+        self.update(self.ray.get(self.actor.stop.remote(self.key, status)))
 
 
 def advance_in_parallel(members: list[RayMember]) -> list[tuple[RayMember, BaseException]]:

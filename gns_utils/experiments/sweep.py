@@ -42,7 +42,14 @@ import torch
 from tqdm.auto import tqdm
 
 from gns_utils.experiments.config import METRIC_DIRECTION, ConfigError, ExperimentConfig, RunConfig, goal_reached
-from gns_utils.experiments.executors import RayMember, advance_in_parallel, gpus_per_run, init_ray
+from gns_utils.experiments.executors import (
+    RayGroup,
+    RayGroupMember,
+    RayMember,
+    advance_in_parallel,
+    gpus_per_run,
+    init_ray,
+)
 from gns_utils.experiments.members import StackedGroup, stacking_unsupported
 from gns_utils.experiments.problems import make_problem
 from gns_utils.experiments.store import (
@@ -198,17 +205,20 @@ def train_group(problem: Any, cfgs: list[RunConfig], results_dir: str | Path, go
     return [m.summary for m in members]
 
 
-def use_stacked(problem: Any, cfg: RunConfig) -> bool:
+def use_stacked(problem: Any, cfg: RunConfig, cuda: bool | None = None) -> bool:
     """Whether the grid of ``cfg``'s batch size trains as one batched model (``cfg.engine``).
 
-    ``auto``: on CUDA, where :func:`~gns_utils.experiments.members.stacking_unsupported` finds nothing
+    ``cuda``: whether the grid trains on a GPU (default: the problem's device; Ray workers may have
+    GPUs the driver lacks). ``auto``: on CUDA, where :func:`~gns_utils.experiments.members.stacking_unsupported` finds nothing
     against it and the net has no recurrent layer (``vmap`` has no batching rule for the fused LSTM
     kernels and would loop over the members). ``stacked``: always (:func:`check_engine` refused what
     cannot be stacked before training).
     """
-    if cfg.engine == "sequential" or cfg.executor != "local":
+    if cfg.engine == "sequential":
         return False
-    if cfg.engine == "auto" and getattr(problem, "device", torch.device("cpu")).type != "cuda":
+    if cuda is None:
+        cuda = getattr(problem, "device", torch.device("cpu")).type == "cuda"
+    if cfg.engine == "auto" and not cuda:
         return False
     model = problem.build_model(cfg.model, cfg.model_kwargs)
     if cfg.engine == "auto" and any(isinstance(m, torch.nn.RNNBase) for m in model.modules()):
@@ -242,6 +252,9 @@ def _train_group_on_ray(problem: Any, cfgs: list[RunConfig], results_dir: str | 
     """:func:`train_group` with every run in a Ray actor (:mod:`gns_utils.experiments.executors`)."""
     ray = init_ray(cfgs[0].executor)
     gpus = gpus_per_run(ray, cfgs[0].device)
+    if use_stacked(problem, cfgs[0], cuda=gpus > 0):
+        return _train_stacked_group_on_ray(ray, gpus, problem, cfgs, results_dir, goals, rivals, exhaustive, margin,
+                                           outpaced)
     members = [RayMember(ray, c, results_dir, gpus) for c in cfgs]
 
     def fail(member: RayMember, err: BaseException) -> None:
@@ -266,6 +279,43 @@ def _train_group_on_ray(problem: Any, cfgs: list[RunConfig], results_dir: str | 
     finally:
         for m in members:
             ray.kill(m.actor)
+    return [m.summary for m in members]
+
+
+def _train_stacked_group_on_ray(ray: Any, gpus: float, problem: Any, cfgs: list[RunConfig], results_dir: str | Path,
+                                goals: tuple[float, ...], rivals: list[Curve], exhaustive: bool, margin: float | None,
+                                outpaced: float | None) -> list[dict]:
+    """:func:`train_group` with the whole grid as one stacked group in one Ray actor (:class:`RayGroup`)."""
+    actor = ray.remote(num_cpus=1, num_gpus=gpus)(RayGroup).remote([c.to_dict() for c in cfgs],
+                                                                   str(Path(results_dir).resolve()))
+    members = [RayGroupMember(ray, actor, k, c) for k, c in enumerate(cfgs)]
+
+    def fail(member: RayGroupMember, err: BaseException) -> None:
+        member.summary = _record_failure(problem, member.cfg, results_dir, err)
+        member.curve.status = "failed"
+
+    try:
+        for m, initial in sorted(ray.get(actor.initial_metrics.remote()).items()):
+            if isinstance(initial, BaseException):
+                fail(members[m], initial)
+            else:
+                _check_initial_metric(members[m].cfg, initial, goals)
+
+        def advance(group: list[RayGroupMember]) -> None:
+            try:
+                states = ray.get(actor.advance.remote([m.key for m in group]))
+            except Exception as err:  # noqa: BLE001 — the actor itself failed: so did every run it was training
+                states = {m.key: err for m in group}
+            for m in group:
+                if isinstance(states[m.key], BaseException):
+                    fail(m, states[m.key])
+                else:
+                    m.update(states[m.key])
+
+        run_group(members, goals, rivals=rivals, margin=margin, exhaustive=exhaustive, outpaced=outpaced,
+                  advance=advance)
+    finally:
+        ray.kill(actor)
     return [m.summary for m in members]
 
 
