@@ -34,3 +34,16 @@ def exact(float64_one_thread):
     from test_noise import make_exact
 
     return make_exact()
+
+
+@pytest.fixture(scope="module")
+def tiny_problem():
+    """Four Gaussian classes in 8 dimensions, 1,024 examples: a classification problem trained in seconds."""
+    from gns_utils.experiments.problems import ClassificationProblem
+
+    gen = torch.Generator().manual_seed(0)
+    centres = torch.randn(4, 8, generator=gen) * 1.5
+    y = torch.randint(0, 4, (1024,), generator=gen)
+    x = centres[y] + torch.randn(1024, 8, generator=gen)
+    return ClassificationProblem((x, y), "mlp", {"in_features": 8, "n_classes": 4, "hidden": (16,)}, 256,
+                                 torch.device("cpu"))

@@ -12,7 +12,6 @@ from torch import nn
 
 from gns_utils.experiments.config import ConfigError, make_experiment
 from gns_utils.experiments.members import StackedGroup, StackedMembers, stacking_unsupported
-from gns_utils.experiments.problems import ClassificationProblem
 from gns_utils.experiments.store import load_run_summary, run_dir
 from gns_utils.experiments.sweep import run_sweep, use_stacked
 from gns_utils.experiments.train import Run
@@ -217,16 +216,6 @@ TINY = dict(
     lr_grid_size=2, max_widen=1, budget_examples=6000, eval_examples=256, evals_per_decade=12, profile="smoke",
     noise_method="micro_batch",
 )
-
-
-@pytest.fixture(scope="module")
-def tiny_problem():
-    gen = torch.Generator().manual_seed(0)
-    centres = torch.randn(4, 8, generator=gen) * 1.5
-    y = torch.randint(0, 4, (1024,), generator=gen)
-    x = centres[y] + torch.randn(1024, 8, generator=gen)
-    return ClassificationProblem((x, y), "mlp", {"in_features": 8, "n_classes": 4, "hidden": (16,)}, 256,
-                                 torch.device("cpu"))
 
 
 @pytest.mark.parametrize("optimizer,goal_source", [("sgd", "batches"), ("adam", "batches"), ("momentum", "subset")])

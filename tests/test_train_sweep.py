@@ -23,13 +23,8 @@ BASE = dict(
 
 
 @pytest.fixture(scope="module")
-def problem():
-    gen = torch.Generator().manual_seed(0)
-    centres = torch.randn(4, 8, generator=gen) * 1.5
-    y = torch.randint(0, 4, (1024,), generator=gen)
-    x = centres[y] + torch.randn(1024, 8, generator=gen)
-    return ClassificationProblem((x, y), "mlp", {"in_features": 8, "n_classes": 4, "hidden": (16,)}, 256,
-                                 torch.device("cpu"))
+def problem(tiny_problem):
+    return tiny_problem
 
 
 def test_eval_schedule_is_log_spaced_and_ends_at_budget():
