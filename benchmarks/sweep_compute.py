@@ -1,6 +1,6 @@
 """Where a sweep's compute goes, and what stopping losing learning rates early saves.
 
-Usage: python benchmarks/sweep_compute.py RESULTS [BASELINE] [--replay [--margins 2 3] [--outpaced 1.5]]
+Usage: python benchmarks/sweep_compute.py RESULTS [BASELINE] [--replay [--margins 2 3] [--outpaced 1.5]] [--tasks ...]
 
 For each task of the results folder RESULTS (and of BASELINE, e.g. a ``make reproduce`` of the
 same profile run with ``exhaustive=True`` and ``goal_source="subset"``), counted from the run files
@@ -57,14 +57,19 @@ def main() -> None:
                         help="also replay the predictive margin rule with these margins (stop_margin)")
     parser.add_argument("--outpaced", type=float, nargs="*", default=[],
                         help="also replay the outpaced rule with these factors (stop_outpaced)")
+    parser.add_argument("--tasks", nargs="*", default=None,
+                        help="only these tasks (default: every task of RESULTS; of BASELINE, those it shares)")
     args = parser.parse_args()
     pd.set_option("display.width", 200)
-    new = compute_table(args.results, _tasks(args.results))
+    tasks = args.tasks or _tasks(args.results)
+    if args.baseline is not None and args.tasks is None:
+        tasks = [t for t in tasks if t in _tasks(args.baseline)]
+    new = compute_table(args.results, tasks)
     print(f"== {args.results} ({_wall(args.results)})")
     print(new.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
     if args.baseline is None:
         return
-    old = compute_table(args.baseline, _tasks(args.baseline))
+    old = compute_table(args.baseline, tasks)
     print(f"\n== baseline {args.baseline} ({_wall(args.baseline)})")
     print(old.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
     ratio = (_work(new) / _work(old)).dropna()
