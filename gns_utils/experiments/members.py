@@ -343,7 +343,10 @@ class StackedGroup:
         while runs and runs[0].step < target:
             batch = self._draw(runs[0])  # one batch for all; the other samplers move on as if they trained alone
             for run in runs[1:]:
-                run.sampler.draw() if hasattr(run.sampler, "draw") else run.sampler.next()
+                if hasattr(run.sampler, "draw"):
+                    run.sampler.draw()
+                else:
+                    run.sampler.next()
             out = stack.step_batch(batch)
             error = out.metrics.get("error", torch.full_like(out.loss, math.nan))
             rows = torch.stack([out.loss, error, out.g2, out.trace_sigma], 1).tolist()  # one transfer per step
