@@ -106,7 +106,6 @@ class StackedMembers:
         self.model, self.optimizer = model, optimizer
         self.batch_loss: BatchLoss = batch_loss or (lambda net, batch: (loss_fn(net(batch[0]), batch[1]), {}))
         self.n_micro, self.grad_clip, self.units_per_example = n_micro, grad_clip, units_per_example
-        self.randomness = randomness
         kwargs = dict(optimizer_kwargs or {})
         self.momentum = float(kwargs.pop("momentum", 0.9 if optimizer == "momentum" else 0.0))
         self.betas = tuple(float(b) for b in kwargs.pop("betas", (0.9, 0.999)))
@@ -204,10 +203,8 @@ class StackedMembers:
         rest = [m for m in self.members if m not in members]
         if not members or not rest or len(set(members)) != len(members):
             raise ValueError(f"split takes some but not all of the members {self.members}, each once; got {members}")
-        other = copy.copy(self)
-        other.params, other.state, other.lrs, other.members = self.params, self.state, self.lrs, self.members
+        other = copy.copy(self)  # the same network, loss and vmapped gradient; keep() gives each its own rows
         other.keep(members)
-        other._grad = vmap(grad_and_value(other._loss, has_aux=True), in_dims=(0, None), randomness=self.randomness)
         self.keep(rest)
         return other
 
@@ -262,11 +259,8 @@ def _estimates(small: torch.Tensor, big: torch.Tensor, b_small: float, b_big: fl
 
 
 def stacking_unsupported(problem: Any, cfg: Any, model: nn.Module | None = None) -> str | None:
-    """Why the runs of ``cfg``'s grid cannot be trained as one batched model (None: they can).
-
-    ``cfg`` is a :class:`~gns_utils.experiments.config.RunConfig` (or an experiment with ``batch_size``
-    given by the caller through ``cfg.batch_size``); ``model``: the network (built when None).
-    """
+    """Why the runs of the grid of ``cfg`` (a :class:`~gns_utils.experiments.config.RunConfig`) cannot be
+    trained as one batched model (None: they can); ``model``: its network (built when None)."""
     if hasattr(problem, "stream"):
         return "a reinforcement-learning run acts in its own environments with its own weights"
     if cfg.optimizer not in OPTIMIZERS:

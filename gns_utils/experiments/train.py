@@ -237,16 +237,11 @@ class Run:
         """Book a training step taken elsewhere (a stacked grid): its batch loss and error rate (NaN when
         the metric is not an error) and its A.2 |G|² and tr Σ. Returns False when the loss is not finite:
         the run then ends as ``diverged``."""
+        estimate = None
         if math.isfinite(g2) and math.isfinite(trace_sigma):
             estimate = NoiseEstimate(g2=g2, trace_sigma=trace_sigma, b_small=self.units_per_step / self.n_micro,
                                      b_big=self.units_per_step)
-            self.ema.update(estimate)
-            self._interval["g2"] += g2
-            self._interval["tr"] += trace_sigma
-            self._interval["n"] += 1
-        self._interval["train_loss"] += loss
-        self._interval["train_error"] += error
-        self._interval["steps"] += 1
+        _book_step(self._interval, self.ema, estimate, loss, error)
         return self._count_step(loss)
 
     def _count_step(self, loss: float) -> bool:
@@ -443,21 +438,26 @@ def _train_step(problem: Any, model: torch.nn.Module, optimizer: torch.optim.Opt
             interval[f"g2_{name}"] = interval.get(f"g2_{name}", 0.0) + float(part_estimate.g2)
             interval[f"tr_{name}"] = interval.get(f"tr_{name}", 0.0) + float(part_estimate.trace_sigma)
             interval[f"n_{name}"] = interval.get(f"n_{name}", 0) + 1
-    estimate = monitor.after_step()
-    if estimate is not None:
-        ema.update(estimate)
-        interval["g2"] += float(estimate.g2)
-        interval["tr"] += float(estimate.trace_sigma)
-        interval["n"] += 1
-    interval["train_loss"] += loss_sum
-    interval["train_error"] += error_sum
-    interval["steps"] += 1
+    _book_step(interval, ema, monitor.after_step(), loss_sum, error_sum)
     if not math.isfinite(loss_sum):
         return loss_sum
     if grad_clip is not None:
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
     return loss_sum
+
+
+def _book_step(interval: dict[str, float], ema: NoiseScaleEMA, estimate: NoiseEstimate | None, loss: float,
+               error: float) -> None:
+    """Add one step's noise estimate (None: not measured), batch loss and error rate to the logged interval."""
+    if estimate is not None:
+        ema.update(estimate)
+        interval["g2"] += float(estimate.g2)
+        interval["tr"] += float(estimate.trace_sigma)
+        interval["n"] += 1
+    interval["train_loss"] += loss
+    interval["train_error"] += error
+    interval["steps"] += 1
 
 
 def _metrics_row(step: int, units_per_step: int, epoch: int, evaluation: dict[str, float], interval: dict[str, float],
