@@ -11,8 +11,10 @@ the baseline's, and each task's B_crit against the baseline's (the difference in
 standard errors, and in the two fits' combined standard errors). ``--replay`` replays the stopping rule on BASELINE's stored curves
 (:func:`gns_utils.experiments.compute.replay_stopping`): does it keep every fastest run, what share
 would the fits then need, and how far would B_crit move (per goal, in standard errors of the fit);
-``--margins`` and ``--outpaced`` replay the predictive rules (``stop_margin``, ``stop_outpaced``) too. The ``make reproduce`` wall and CPU times, from each folder's
-``reproduce_log.json``, close the report.
+``--margins`` and ``--outpaced`` replay the predictive rules (``stop_margin``, ``stop_outpaced``) too.
+``--closeness`` splits RESULTS' examples that the fits do not need by how close their run came to the
+fastest of its batch size (:func:`gns_utils.experiments.compute.unneeded_by_closeness`). The ``make
+reproduce`` wall and CPU times, from each folder's ``reproduce_log.json``, close the report.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from gns_utils.experiments.compute import FORWARD_COST, compute_table, replay_stopping
+from gns_utils.experiments.compute import FORWARD_COST, compute_table, replay_stopping, sweep_runs, unneeded_by_closeness
 from gns_utils.experiments.reproduce import compare
 
 
@@ -57,6 +59,8 @@ def main() -> None:
                         help="also replay the predictive margin rule with these margins (stop_margin)")
     parser.add_argument("--outpaced", type=float, nargs="*", default=[],
                         help="also replay the outpaced rule with these factors (stop_outpaced)")
+    parser.add_argument("--closeness", action="store_true",
+                        help="split the examples the fits do not need by their run's closeness to the fastest")
     parser.add_argument("--tasks", nargs="*", default=None,
                         help="only these tasks (default: every task of RESULTS; of BASELINE, those it shares)")
     args = parser.parse_args()
@@ -67,6 +71,11 @@ def main() -> None:
     new = compute_table(args.results, tasks)
     print(f"== {args.results} ({_wall(args.results)})")
     print(new.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+    if args.closeness:
+        print("\nexamples the fits do not need, as shares of all examples trained, by their run's closeness "
+              "to the fastest run of its batch size (steps to its best goal over the fastest's):")
+        frame = pd.DataFrame({task: unneeded_by_closeness(sweep_runs(args.results, task)) for task in tasks}).T
+        print(frame.to_string(float_format=lambda v: f"{v:.3f}"))
     if args.baseline is None:
         return
     old = compute_table(args.baseline, tasks)

@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 
 from gns_utils.critical_batch import best_runs
-from gns_utils.experiments.compute import compute_table, replay_stopping
+from gns_utils.experiments.compute import (closeness, compute_table, replay_stopping, sweep_runs,
+                                           unneeded_by_closeness)
 from gns_utils.experiments.config import make_experiment
 from gns_utils.experiments.problems import make_problem
 from gns_utils.experiments.profiles import presets
@@ -137,6 +138,8 @@ def test_replaying_the_stopping_rule_on_the_committed_runs_keeps_every_best_run(
     assert replayed["kept_every_best"], replayed["dropped"]
     table = compute_table(RESULTS, [task])
     assert replayed["examples_trained"] <= table["examples_trained"].iloc[0] + 1e-6
+    unneeded = unneeded_by_closeness(sweep_runs(RESULTS, task))
+    assert unneeded.sum() == pytest.approx(1 - table["share_needed"].iloc[0])
     assert json.loads((RESULTS / task / "experiment.json").read_text())["task"] == task
 
 
@@ -173,3 +176,28 @@ def test_the_outpaced_rule_replayed_on_the_committed_runs_moves_no_b_crit_by_a_s
     shifts = [abs(z) for z in replayed["b_crit_shift"].values() if z is not None]
     assert max(shifts, default=0.0) < 1.0, (replayed["dropped"], replayed["b_crit_shift"])
     assert replayed["examples_trained"] <= replay_stopping(RESULTS, task)["examples_trained"] + 1e-6
+
+
+def _summary(run_id, lr, steps_to_goal, n_steps, batch=10):
+    return {"run_id": run_id, "status": "pruned", "batch_units": batch, "n_steps": n_steps,
+            "config": {"batch_size": batch, "lr": lr, "seed": 0, "task": "t"}, "steps_to_goal": steps_to_goal}
+
+
+def test_unneeded_examples_split_by_closeness_to_the_fastest_run():
+    runs = [
+        _summary("a", 0.1, {"1": 10.0, "2": 40.0}, 40),    # fastest at goal 1 (needs 10 steps), trained 40
+        _summary("b", 0.05, {"1": 12.0, "2": 36.0}, 40),   # fastest at goal 2 (needs 36)
+        _summary("c", 0.2, {"1": 10.5, "2": None}, 30),    # never fastest, 5 % behind at goal 1
+        _summary("d", 0.4, {"1": 13.0, "2": None}, 20),    # 30 % behind
+        _summary("e", 0.01, {"1": None, "2": None}, 40),   # no goal
+    ]
+    frame = closeness(runs).set_index("run_id")
+    np.testing.assert_allclose(frame["closeness"], [1.0, 1.0, 1.05, 1.3, np.inf])
+    np.testing.assert_allclose(frame["examples_needed"], [100, 360, 0, 0, 0])
+    shares = unneeded_by_closeness(runs)
+    total = (40 + 40 + 30 + 20 + 40) * 10
+    expected = {"fastest at a goal": (300 + 40) / total, "within 10 %": 300 / total, "10–25 %": 0.0,
+                "25–50 %": 200 / total, "further or no goal": 400 / total}
+    assert list(shares.index) == list(expected)
+    np.testing.assert_allclose(shares.to_numpy(), list(expected.values()))
+    assert shares.sum() == pytest.approx(1 - 460 / total)  # everything but the share the fits need

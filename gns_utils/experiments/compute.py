@@ -11,6 +11,9 @@ of a task's sweep at its main seed (the reference re-runs that measure B_noise a
 * ``eval_share``: the evaluation's share of the compute, a forward pass counted as a third of a
   training step (forward + backward ≈ 3 forwards).
 
+:func:`unneeded_by_closeness` splits the examples the fits do not need by how close their run came to
+the fastest run of its batch size: what a stopping rule that keeps every fastest run could still save.
+
 :func:`replay_stopping` replays the stopping rules of :mod:`gns_utils.experiments.stopping` on the
 stored curves of every batch size's grid and says whether every fastest run would have been kept.
 """
@@ -80,6 +83,56 @@ def compute_table(results_dir: str | Path, tasks: list[str]) -> pd.DataFrame:
                      "eval_share": FORWARD_COST * evaluated / (trained + FORWARD_COST * evaluated)
                      if trained else np.nan})
     return pd.DataFrame(rows)
+
+
+#: Upper edges of the closeness bins of :func:`unneeded_by_closeness` (steps over the fastest run's).
+CLOSENESS_EDGES = (1.1, 1.25, 1.5)
+
+
+def closeness(summaries: list[dict[str, Any]]) -> pd.DataFrame:
+    """One row per run: ``run_id, batch_size, lr, examples_trained, examples_needed, closeness``.
+
+    ``closeness`` ρ is the least, over the goals the run reached, of its steps to the goal over the
+    fastest run's at its batch size: 1 for a run that is the fastest at some goal, 1.08 for one that
+    came within 8 % of the fastest at its best goal, ∞ for one that reached no goal. Examples count
+    steps × B (sequences for language models); ``examples_needed`` as in :func:`compute_table`.
+    """
+    table = runs_table(summaries)
+    table["fastest"] = table.groupby(["batch_examples", "goal"])["steps"].transform("min")
+    rho = (table["steps"] / table["fastest"]).groupby(table["run_id"]).min()  # NaN steps are skipped
+    need = needed_steps(summaries)
+    rows = []
+    for s in summaries:
+        batch, run = s["config"]["batch_size"], s["run_id"]
+        trained = s.get("n_steps", 0) * batch
+        needed = float(need[run]) * batch if run in need.index and np.isfinite(need[run]) else 0.0
+        ratio = rho.get(run, np.nan)
+        rows.append({"run_id": run, "batch_size": batch, "lr": s["config"]["lr"], "examples_trained": trained,
+                     "examples_needed": min(needed, trained),
+                     "closeness": float(ratio) if np.isfinite(ratio) else np.inf})
+    return pd.DataFrame(rows)
+
+
+def unneeded_by_closeness(summaries: list[dict[str, Any]]) -> pd.Series:
+    """The examples the fits do not need, as shares of all examples trained, by their run's closeness.
+
+    Bins (ρ of :func:`closeness`): ``fastest at a goal`` (ρ = 1: trained past its last winning goal while
+    it could still win a later one), then ``within 10 %``, ``10–25 %``, ``25–50 %`` of the fastest at
+    its best goal, and ``further or no goal``. Every fastest run is trained to its last winning goal, so
+    a rule that never drops one must train each rate until a rival has beaten it on every goal left;
+    when that rival is within a few per cent, no curve seen earlier tells the two apart. The shares add
+    up to 1 − ``share_needed``.
+    """
+    frame = closeness(summaries)
+    total = frame["examples_trained"].sum()
+    unneeded = frame["examples_trained"] - frame["examples_needed"]
+    edges = [1.0, *CLOSENESS_EDGES]
+    labels = ["fastest at a goal", *(f"within {round(100 * (b - 1))} %" if a == 1.0 else
+                                     f"{round(100 * (a - 1))}–{round(100 * (b - 1))} %"
+                                     for a, b in zip(edges[:-1], edges[1:])), "further or no goal"]
+    bins = np.digitize(frame["closeness"].to_numpy(), [1.0 + 1e-9, *CLOSENESS_EDGES])
+    shares = unneeded.groupby(bins).sum().reindex(range(len(labels)), fill_value=0.0) / max(total, 1)
+    return pd.Series(shares.to_numpy(dtype=float), index=labels, name="share_of_examples")
 
 
 def replay_stopping(results_dir: str | Path, task: str, margin: float | None = None,
