@@ -21,7 +21,7 @@ def _folders(root, task):
     out = {}
     for folder in sorted((root / task / "runs").iterdir()):
         s = json.loads((folder / "summary.json").read_text())
-        out[folder.name] = (s["status"], s["n_steps"], s["steps_to_goal"], sorted(p.name for p in folder.iterdir()))
+        out[folder.name] = (s["status"], s.get("n_steps"), s["steps_to_goal"], sorted(p.name for p in folder.iterdir()))
     return out
 
 
@@ -69,3 +69,66 @@ def test_ray_executor_writes_the_run_folders_of_the_local_executor(tmp_path):
 def test_executor_is_validated_before_anything_runs():
     with pytest.raises(ConfigError, match="executor must be 'local', 'ray' or 'ray:<address>'"):
         make_experiment({**_smoke_preset(), "executor": "dask"})
+
+
+class _InProcessRay:
+    """A stand-in for Ray that runs each actor in this process; ``lose`` names the actor methods after
+    which the actor is gone (as when its machine goes away): calls to it then fail as Ray's do."""
+
+    def __init__(self, lose=()):
+        self.lose, self.lost = set(lose), 0
+
+    def remote(self, **resources):
+        return lambda cls: type("ActorClass", (), {"remote": lambda _, *args: _Actor(self, cls(*args))})()
+
+    @staticmethod
+    def get(result):
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def kill(self, actor):
+        actor.gone = True
+
+    @staticmethod
+    def cluster_resources():
+        return {"CPU": 2.0}
+
+
+class _Actor:
+    def __init__(self, ray, obj):
+        self.ray, self.obj, self.gone = ray, obj, False
+
+    def __getattr__(self, name):
+        def call(*args):
+            if self.gone:
+                return RuntimeError("the actor died")  # what ray.get raises for a lost actor (RayActorError)
+            if name in self.ray.lose:
+                self.gone = True
+                self.ray.lost += 1
+                return RuntimeError("the actor died")
+            try:
+                return getattr(self.obj, name)(*args)
+            except Exception as err:  # noqa: BLE001 — raised by ray.get, as Ray does
+                return err
+        return type("Method", (), {"remote": staticmethod(call)})
+
+
+@pytest.mark.parametrize("engine", ["sequential", "stacked"])
+@pytest.mark.parametrize("lost_in", ["advance", "stop"])  # while training; while paused, when the sweep stops it
+def test_a_lost_ray_actor_fails_its_runs_the_sweep_goes_on_and_a_resumed_sweep_trains_them_again(
+        tmp_path, monkeypatch, engine, lost_in):
+    preset = {**_smoke_preset(), "engine": engine, "noise_method": "micro_batch"}
+    local = run_sweep(make_experiment(preset), tmp_path / "local", progress=False)
+    lossy = _InProcessRay(lose={lost_in})
+    monkeypatch.setattr("gns_utils.experiments.sweep.init_ray", lambda executor: lossy)
+    first = run_sweep(make_experiment({**preset, "executor": "ray"}), tmp_path / "ray", progress=False)
+    assert lossy.lost > 0
+    failed = set(first.loc[first["status"] == "failed", "run_id"])
+    assert failed and (lost_in == "advance" or failed <= set(local.loc[local["status"] == "pruned", "run_id"]))
+    monkeypatch.setattr("gns_utils.experiments.sweep.init_ray", lambda executor: _InProcessRay())
+    run_sweep(make_experiment({**preset, "executor": "ray"}), tmp_path / "ray", progress=False)
+    expected, resumed = (_folders(tmp_path / folder, preset["task"]) for folder in ("local", "ray"))
+    assert {run: resumed[run] for run in expected} == expected
+    # runs that only the failed sweep asked for (its later grids centred on other rates) stay as they failed
+    assert all(resumed[run][0] == "failed" for run in set(resumed) - set(expected))

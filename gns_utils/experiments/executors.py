@@ -11,7 +11,9 @@
   ``ray:ray://head:10001``). Each actor asks for one CPU, and one GPU when the run's device is
   CUDA (or ``auto`` on a cluster with GPUs). Run folders are written by the actors into the
   results folder, which must be shared by every machine (a network file system); a run whose
-  folder holds a final summary is reused, so a sweep resumes across restarts and machines.
+  folder holds a final summary is reused, so a sweep resumes across restarts and machines. A run
+  whose actor is lost (its machine went away) is recorded as ``failed`` and the sweep goes on; a
+  resumed sweep trains it again.
   With ``engine='stacked'`` (or ``auto`` on a cluster with GPUs) a grid is one actor instead
   (:class:`RayGroup`): its rates train as one batched model on one device.
 
@@ -20,6 +22,7 @@ Ray is an optional extra: ``pip install "gns_utils[ray]"``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -72,25 +75,45 @@ class RayRun:
         return list(curve.steps), list(curve.values), curve.status, self.run.summary
 
 
-class RayMember:
-    """The driver's handle on a :class:`RayRun` actor: a member of :func:`~gns_utils.experiments.stopping.run_group`."""
+class _Handle:
+    """The driver's handle on a run in a Ray actor: a member of :func:`~gns_utils.experiments.stopping.run_group`.
 
-    def __init__(self, ray: Any, cfg: RunConfig, results_dir: str | Path, gpus: float) -> None:
-        self.ray, self.cfg = ray, cfg
-        actor = ray.remote(num_cpus=1, num_gpus=gpus)(RayRun)
-        self.actor = actor.remote(cfg.to_dict(), str(Path(results_dir).resolve()))
-        self.curve = Curve(lr=cfg.lr)
-        self.summary: dict | None = None
-        self.error: BaseException | None = None
+    ``on_error(member, err)`` records the run as failed when its actor is lost (its machine went away)
+    before the run could be stopped; the sweep goes on, and a resumed sweep trains the run again."""
 
-    def initial_metric(self) -> float:
-        return self.ray.get(self.actor.initial_metric.remote())
+    ray: Any
+    actor: Any
+    cfg: RunConfig
+    on_error: Callable[[Any, BaseException], None]
+    curve: Curve
+    summary: dict | None
 
     def update(self, state: tuple[list[float], list[float], str | None, dict | None]) -> None:
         self.curve.steps, self.curve.values, self.curve.status, self.summary = state
 
     def stop(self, status: str) -> None:
-        self.update(self.ray.get(self.actor.stop.remote(status)))
+        try:
+            self.update(self.ray.get(self._stop_call(status)))
+        except Exception as err:  # noqa: BLE001 — the actor is gone: the run is recorded as failed
+            self.on_error(self, err)
+
+    def _stop_call(self, status: str) -> Any:
+        return self.actor.stop.remote(status)
+
+
+class RayMember(_Handle):
+    """The driver's handle on a :class:`RayRun` actor (see :class:`_Handle`)."""
+
+    def __init__(self, ray: Any, cfg: RunConfig, results_dir: str | Path, gpus: float,
+                 on_error: Callable[[Any, BaseException], None]) -> None:
+        self.ray, self.cfg, self.on_error = ray, cfg, on_error
+        actor = ray.remote(num_cpus=1, num_gpus=gpus)(RayRun)
+        self.actor = actor.remote(cfg.to_dict(), str(Path(results_dir).resolve()))
+        self.curve = Curve(lr=cfg.lr)
+        self.summary = None
+
+    def initial_metric(self) -> float:
+        return self.ray.get(self.actor.initial_metric.remote())
 
 
 class RayGroup:
@@ -130,18 +153,17 @@ class RayGroup:
         return list(run.curve.steps), list(run.curve.values), run.curve.status, run.summary
 
 
-class RayGroupMember:
-    """The driver's handle on one run of a :class:`RayGroup`: a member of :func:`~gns_utils.experiments.stopping.run_group`."""
+class RayGroupMember(_Handle):
+    """The driver's handle on one run of a :class:`RayGroup` (see :class:`_Handle`)."""
 
-    def __init__(self, ray: Any, actor: Any, key: int, cfg: RunConfig) -> None:
-        self.ray, self.actor, self.key, self.cfg = ray, actor, key, cfg
+    def __init__(self, ray: Any, actor: Any, key: int, cfg: RunConfig,
+                 on_error: Callable[[Any, BaseException], None]) -> None:
+        self.ray, self.actor, self.key, self.cfg, self.on_error = ray, actor, key, cfg, on_error
         self.curve = Curve(lr=cfg.lr)
-        self.summary: dict | None = None
+        self.summary = None
 
-    update = RayMember.update
-
-    def stop(self, status: str) -> None:
-        self.update(self.ray.get(self.actor.stop.remote(self.key, status)))
+    def _stop_call(self, status: str) -> Any:
+        return self.actor.stop.remote(self.key, status)
 
 
 def advance_in_parallel(members: list[RayMember]) -> list[tuple[RayMember, BaseException]]:

@@ -255,11 +255,11 @@ def _train_group_on_ray(problem: Any, cfgs: list[RunConfig], results_dir: str | 
     if use_stacked(problem, cfgs[0], cuda=gpus > 0):
         return _train_stacked_group_on_ray(ray, gpus, problem, cfgs, results_dir, goals, rivals, exhaustive, margin,
                                            outpaced)
-    members = [RayMember(ray, c, results_dir, gpus) for c in cfgs]
-
     def fail(member: RayMember, err: BaseException) -> None:
         member.summary = _record_failure(problem, member.cfg, results_dir, err)
         member.curve.status = "failed"
+
+    members = [RayMember(ray, c, results_dir, gpus, on_error=fail) for c in cfgs]
 
     try:
         for m in members:
@@ -288,14 +288,18 @@ def _train_stacked_group_on_ray(ray: Any, gpus: float, problem: Any, cfgs: list[
     """:func:`train_group` with the whole grid as one stacked group in one Ray actor (:class:`RayGroup`)."""
     actor = ray.remote(num_cpus=1, num_gpus=gpus)(RayGroup).remote([c.to_dict() for c in cfgs],
                                                                    str(Path(results_dir).resolve()))
-    members = [RayGroupMember(ray, actor, k, c) for k, c in enumerate(cfgs)]
-
     def fail(member: RayGroupMember, err: BaseException) -> None:
         member.summary = _record_failure(problem, member.cfg, results_dir, err)
         member.curve.status = "failed"
 
+    members = [RayGroupMember(ray, actor, k, c, on_error=fail) for k, c in enumerate(cfgs)]
+
     try:
-        for m, initial in sorted(ray.get(actor.initial_metrics.remote()).items()):
+        try:
+            initials = ray.get(actor.initial_metrics.remote())
+        except Exception as err:  # noqa: BLE001 — the actor could not start: neither could any of its runs
+            initials = {m.key: err for m in members}
+        for m, initial in sorted(initials.items()):
             if isinstance(initial, BaseException):
                 fail(members[m], initial)
             else:
