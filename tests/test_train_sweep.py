@@ -13,7 +13,7 @@ from gns_utils.critical_batch import b_crit_by_goal, best_runs
 from gns_utils.experiments.problems import ClassificationProblem
 from gns_utils.experiments.store import load_metrics, load_run_summary, run_dir
 from gns_utils.experiments.sweep import run_sweep
-from gns_utils.experiments.train import eval_schedule, train_run
+from gns_utils.experiments.train import eval_schedule, steps_to_goals_both_sources, train_run
 
 BASE = dict(
     task="tiny", domain="image", dataset="synthetic", model="mlp", model_kwargs={"hidden": [16]},
@@ -321,3 +321,21 @@ def test_goal_metric_from_the_steps_batches_matches_the_evaluated_subset(problem
     later = log[log["step"] > 0]
     np.testing.assert_allclose(later["error"], later["train_error"])  # the mini-batch means, logged
     assert (later["metric_step"] < later["step"]).all()  # placed at the mean step of the weights they saw
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_a_subset_run_gives_the_steps_to_goal_the_same_training_logs_with_the_mini_batch_source(
+        tiny_problem, tmp_path, optimizer):
+    preset = dict(task="tiny", domain="image", dataset="synthetic", model="mlp", model_kwargs={"hidden": [16]},
+                  optimizer=optimizer, metric="error", goals=[0.3, 0.15], batch_sizes=[4, 16, 64], lr_star=0.4,
+                  lr_b_star=16.0, budget_examples=6000, eval_examples=256, evals_per_decade=12, profile="smoke")
+    cfg = make_experiment(preset)
+    lr = 0.3 if optimizer == "sgd" else 0.01
+    batches = train_run(tiny_problem, cfg.run(16, lr, goal_source="batches"), tmp_path, progress=False)
+    assert batches["status"] == "complete"
+    subset_cfg = cfg.run(16, lr, goal_source="subset", goals=(0.3, 0.15, 0.0))  # trains on to its budget
+    train_run(tiny_problem, subset_cfg, tmp_path, progress=False)
+    metrics = pd.read_csv(run_dir(tmp_path, "tiny", subset_cfg.run_id) / "metrics.csv")
+    both = steps_to_goals_both_sources(metrics, "error", (0.3, 0.15))
+    np.testing.assert_allclose(both["batches"], [batches["steps_to_goal"][g] for g in ("0.3", "0.15")], rtol=1e-12)
+    assert np.isfinite(both["subset"]).all() and not np.allclose(both["subset"], both["batches"])
