@@ -73,10 +73,9 @@ def compute_table(results_dir: str | Path, tasks: list[str]) -> pd.DataFrame:
     rows = []
     for task in tasks:
         summaries = sweep_runs(results_dir, task)
-        need = needed_steps(summaries)
-        batch = {s["run_id"]: s["config"]["batch_size"] for s in summaries}
-        trained = sum(s.get("n_steps", 0) * batch[s["run_id"]] for s in summaries)
-        needed = sum(float(need[r]) * batch[r] for r in need.index if np.isfinite(need[r]))
+        runs = closeness(summaries)
+        trained = int(runs["examples_trained"].sum()) if len(runs) else 0
+        needed = float(runs["examples_needed"].sum()) if len(runs) else 0.0
         evaluated = sum(_evaluated(results_dir, s) for s in summaries)
         rows.append({"task": task, "runs": len(summaries), "examples_trained": trained,
                      "share_needed": needed / trained if trained else np.nan, "examples_evaluated": evaluated,
