@@ -1,7 +1,7 @@
 """Do the two goal sources agree? Steps to goal read off the steps' own mini-batches against a fixed
 training subset, on the same runs.
 
-Usage: python benchmarks/goal_source_agreement.py [--task fashion_mnist_mlp_adam] [--seeds 0 1 2] [--results results] [--jobs 2]
+Usage: python benchmarks/goal_source_agreement.py [--task fashion_mnist_mlp_adam] [--seeds 0 1 2] [--eval-examples N] [--results results] [--jobs 2]
 
 For each batch size of a task's committed sweep (``--results``), the learning rate that was fastest to
 the last goal is trained again at each seed with ``goal_source="subset"``, past the committed run's steps
@@ -50,12 +50,14 @@ def committed_best(results: Path, task: str) -> tuple[dict, list[tuple[int, floa
     return experiment, [(b, lr, steps) for b, (lr, steps) in sorted(best.items())]
 
 
-def train_both(experiment: dict, batch: int, lr: float, steps: float, seed: int, extra: float) -> pd.DataFrame:
-    """One run with the subset goal source; its steps to each goal from both sources."""
+def train_both(experiment: dict, batch: int, lr: float, steps: float, seed: int, extra: float,
+               eval_examples: int | None = None) -> pd.DataFrame:
+    """One run with the subset goal source (``eval_examples`` in the subset: None, the task's; at least the
+    training set's size, all of it); its steps to each goal from both sources."""
     torch.set_num_threads(1)
     goals = tuple(experiment["goals"])
     cfg = make_experiment({**experiment, "goal_source": "subset", "b_noise_examples": 0, "seed": seed,
-                           "seeds": []})
+                           "seeds": [], "eval_examples": eval_examples or experiment["eval_examples"]})
     run = cfg.run(batch, lr, goals=(*goals, 0.0),  # a goal never met: the run trains to its budget
                   budget_examples=int(np.ceil(extra * steps)) * batch)
     problem = make_problem(cfg)
@@ -81,15 +83,19 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
     parser.add_argument("--extra", type=float, default=1.5,
                         help="train to this multiple of the committed run's steps to the last goal")
+    parser.add_argument("--eval-examples", type=int, default=None,
+                        help="examples in the subset (default: the task's; the training set's size or more: all)")
     parser.add_argument("--jobs", type=int, default=2)
     args = parser.parse_args()
     experiment, best = committed_best(args.results, args.task)
-    jobs = [(experiment, b, lr, steps, seed, args.extra) for seed in args.seeds for b, lr, steps in best]
+    jobs = [(experiment, b, lr, steps, seed, args.extra, args.eval_examples) for seed in args.seeds
+            for b, lr, steps in best]
     with ProcessPoolExecutor(args.jobs) as pool:
         frame = pd.concat(pool.map(train_both, *zip(*jobs)), ignore_index=True)
     pd.set_option("display.width", 200)
     print(f"{args.task}: the committed fastest rate to the last goal at each of {len(best)} batch sizes, "
-          f"seeds {args.seeds}, trained with goal_source='subset' to {args.extra:g}x its committed steps; "
+          f"seeds {args.seeds}, trained with goal_source='subset' (subset of "
+          f"{args.eval_examples or experiment['eval_examples']} examples) to {args.extra:g}x its committed steps; "
           f"torch {torch.__version__}, 1 thread per run")
     frame["log_ratio"] = np.log(frame["steps_batches"] / frame["steps_subset"])
     rows = []
