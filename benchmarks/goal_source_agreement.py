@@ -1,7 +1,10 @@
 """Do the two goal sources agree? Steps to goal read off the steps' own mini-batches against a fixed
 training subset, on the same runs.
 
-Usage: python benchmarks/goal_source_agreement.py [--task fashion_mnist_mlp_adam] [--seeds 0 1 2] [--eval-examples N] [--results results] [--jobs 2]
+Usage::
+
+    python benchmarks/goal_source_agreement.py [--task fashion_mnist_mlp_adam] [--seeds 0 1 2]
+        [--eval-examples N] [--results results] [--jobs 2]
 
 For each batch size of a task's committed sweep (``--results``), the learning rate that was fastest to
 the last goal is trained again at each seed with ``goal_source="subset"``, past the committed run's steps
@@ -9,8 +12,9 @@ to the last goal (by ``--extra``). Such a run logs both goal sources at every lo
 training subset's metric at the logged step (``metrics.csv`` columns ``loss`` / ``error``) and the mean of
 the steps' own mini-batches since the previous logged point (``train_loss`` / ``train_error``), placed at
 the mean step of the weights they saw, as ``goal_source="batches"`` places it. Steps to each goal are read
-off both curves with the same A.3 smoothing (``train.steps_to_goals_both_sources``), and B_crit is fitted (2.11) per goal
-and seed from each, so the two sources are compared on identical trainings.
+off both curves with the same A.3 smoothing (``train.steps_to_goals_both_sources``), and B_crit is
+fitted (2.11) per goal and seed from each, so the two sources are compared on identical trainings.
+``--eval-examples N`` sets the subset's size (the training set's size or more: the whole training set).
 
 Prints, per goal: the median over batch sizes and seeds of S_batches / S_subset, its spread, the seed
 spread of S_subset itself (the noise the two should agree within), and B_crit from each source per seed.
@@ -30,7 +34,7 @@ import torch
 
 from gns_utils.critical_batch import b_crit_by_goal, best_runs
 from gns_utils.experiments.compute import sweep_runs
-from gns_utils.experiments.config import METRIC_DIRECTION, make_experiment
+from gns_utils.experiments.config import make_experiment
 from gns_utils.experiments.problems import make_problem
 from gns_utils.experiments.store import run_dir
 from gns_utils.experiments.train import steps_to_goals_both_sources, train_run
@@ -64,7 +68,7 @@ def train_both(experiment: dict, batch: int, lr: float, steps: float, seed: int,
     with tempfile.TemporaryDirectory() as folder:
         train_run(problem, run, folder, progress=False)
         metrics = pd.read_csv(run_dir(folder, cfg.task, run.run_id) / "metrics.csv")
-    both = steps_to_goals_both_sources(metrics, cfg.metric, goals, METRIC_DIRECTION[cfg.metric])
+    both = steps_to_goals_both_sources(metrics, cfg.metric, goals)
     units = batch * problem.units_per_example
     return pd.DataFrame({"seed": seed, "batch_units": units, "batch_examples": batch, "lr": lr, "goal": goals,
                          "steps_subset": both["subset"], "steps_batches": both["batches"]})

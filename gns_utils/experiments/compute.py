@@ -84,8 +84,9 @@ def compute_table(results_dir: str | Path, tasks: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-#: Upper edges of the closeness bins of :func:`unneeded_by_closeness` (steps over the fastest run's).
-CLOSENESS_EDGES = (1.1, 1.25, 1.5)
+#: The closeness bins of :func:`unneeded_by_closeness` between "fastest at a goal" and "further or no
+#: goal": (label, upper edge of steps over the fastest run's).
+CLOSENESS_BINS = (("within 10 %", 1.1), ("10–25 %", 1.25), ("25–50 %", 1.5))
 
 
 def closeness(summaries: list[dict[str, Any]]) -> pd.DataFrame:
@@ -125,11 +126,8 @@ def unneeded_by_closeness(summaries: list[dict[str, Any]]) -> pd.Series:
     frame = closeness(summaries)
     total = frame["examples_trained"].sum()
     unneeded = frame["examples_trained"] - frame["examples_needed"]
-    edges = [1.0, *CLOSENESS_EDGES]
-    labels = ["fastest at a goal", *(f"within {round(100 * (b - 1))} %" if a == 1.0 else
-                                     f"{round(100 * (a - 1))}–{round(100 * (b - 1))} %"
-                                     for a, b in zip(edges[:-1], edges[1:])), "further or no goal"]
-    bins = np.digitize(frame["closeness"].to_numpy(), [1.0 + 1e-9, *CLOSENESS_EDGES])
+    labels = ["fastest at a goal", *(label for label, _ in CLOSENESS_BINS), "further or no goal"]
+    bins = np.digitize(frame["closeness"].to_numpy(), [1.0 + 1e-9, *(edge for _, edge in CLOSENESS_BINS)])
     shares = unneeded.groupby(bins).sum().reindex(range(len(labels)), fill_value=0.0) / max(total, 1)
     return pd.Series(shares.to_numpy(dtype=float), index=labels, name="share_of_examples")
 

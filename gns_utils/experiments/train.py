@@ -268,7 +268,7 @@ class Run:
             evaluation = {"loss": loss, "error": math.nan, cfg.metric: metric}
         else:  # the mean of the steps' own mini-batches, at the mean step of the weights they saw
             n = interval["steps"]
-            position = step - (n + 1) / 2
+            position = _batch_mean_step(step, n)
             metric = interval[f"train_{cfg.metric}"] / n
             loss = interval["train_loss"] / n
             # the loss / error columns hold the goal source's values (here the mini-batch means)
@@ -397,24 +397,31 @@ def _steps_to_goals(curve: Curve, goals: tuple[float, ...], smoothing: float) ->
     return steps_to_target(steps, values, np.array(goals, float), smoothing=smoothing, direction=curve.direction)
 
 
-def steps_to_goals_both_sources(metrics: pd.DataFrame, metric: str, goals: tuple[float, ...],
-                                direction: str = "below") -> dict[str, np.ndarray]:
+def steps_to_goals_both_sources(metrics: pd.DataFrame, metric: str, goals: tuple[float, ...]) -> dict[str, np.ndarray]:
     """Steps to each goal from the two goal sources, read off one ``goal_source="subset"`` run's ``metrics.csv``.
 
     Such a run logs both at every logged point: the fixed training subset's ``loss`` / ``error`` at the
     logged step (``subset``), and the mean of the steps' own mini-batches since the previous logged point
     (``train_loss`` / ``train_error``), which ``goal_source="batches"`` places at the mean step of the
-    weights they saw, ``step − (n + 1) / 2`` for an interval of ``n`` steps (``batches``). Both are smoothed
-    (A.3) and read as the sweep reads them, so ``batches`` equals what the same training logged with
-    ``goal_source="batches"`` would give.
+    weights they saw (``batches``). Both are smoothed (A.3) and read as the sweep reads them, so
+    ``batches`` equals what the same training logged with ``goal_source="batches"`` would give.
     """
     column = "error" if metric == "error" else "loss"
-    subset = steps_to_target(metrics["step"], metrics[column], np.array(goals, float), DEFAULT_SMOOTHING, direction)
+    direction, levels = METRIC_DIRECTION[metric], np.array(goals, float)
+    subset = steps_to_target(metrics["step"], metrics[column], levels, DEFAULT_SMOOTHING, direction)
     logged = metrics[metrics["step"] > 0]
-    n = logged["step"].diff().fillna(logged["step"].iloc[0]) if len(logged) else logged["step"]
-    batches = steps_to_target(logged["step"] - (n + 1) / 2, logged[f"train_{column}"], np.array(goals, float),
-                              DEFAULT_SMOOTHING, direction) if len(logged) else np.full(len(goals), np.nan)
+    if logged.empty:
+        return {"subset": subset, "batches": np.full(len(goals), np.nan)}
+    n = logged["step"].diff().fillna(logged["step"].iloc[0])  # steps since the previous logged point
+    batches = steps_to_target(_batch_mean_step(logged["step"], n), logged[f"train_{column}"], levels,
+                              DEFAULT_SMOOTHING, direction)
     return {"subset": subset, "batches": batches}
+
+
+def _batch_mean_step(step: Any, n: Any) -> Any:
+    """The mean step of the weights that the ``n`` mini-batches up to logged step ``step`` saw (the k-th
+    step's batch is forwarded with the weights after k − 1 updates)."""
+    return step - (n + 1) / 2
 
 
 def _by_goal(goals: tuple[float, ...], steps: np.ndarray) -> dict[str, float | None]:
