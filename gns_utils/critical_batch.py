@@ -18,15 +18,27 @@ so at ``B = B_crit`` a run takes ``2·S_min`` steps and ``2·E_min`` examples.
 
 Pipeline (Appendix A.2, A.3):
 
-1. :func:`steps_to_target` smooths each training curve (bias-corrected EMA) and finds
-   the first step at which it reaches each goal.
+1. :func:`steps_to_target` reads the step at which each training curve reaches each goal:
+   ``method="local"`` smooths it with a centred local-linear fit (:func:`local_linear`, no lag, for
+   analysis after training), ``method="ema"`` with the paper's causal EMA (what a run can compute
+   while it trains; it lags, most for short runs).
 2. :func:`best_runs` keeps, per goal and batch size, the fastest run of the
-   learning-rate grid and flags grids whose best rate lies on an edge.
+   learning-rate grid (the paper's A.3) and flags grids whose best rate lies on an edge;
+   :func:`expected_steps` instead averages ``log S`` over seeds at each rate first and keeps the
+   rate with the fewest *expected* steps, which is what (2.11) describes.
 3. :func:`fit_tradeoff` fits eq. 2.11 in log space, giving ``S_min``, ``E_min`` and
    ``B_crit`` with a standard error and confidence interval (covariance or bootstrap);
    when the batch sizes cannot constrain ``B_crit`` it returns a flagged bound.
 4. :func:`fit_tradeoff_by_goal` / :func:`b_crit_by_goal` repeat the fit per goal, so
-   one sees ``B_crit`` grow as the loss falls.
+   one sees ``B_crit`` grow as the loss falls; :func:`seed_aware_b_crit` adds an error bar
+   from the spread of per-seed fits.
+
+Why the two choices of steps 1 and 2 matter (measured on noisy linear regression, where the
+constant-rate ``B_crit`` is exact; ``benchmarks/estimator_bias.py``): the first crossing of one noisy
+curve comes early, most for small batches near the noise floor; the causal EMA lags, most for the
+few-step runs of large batches; and the fastest of several noisy runs is a minimum of noisy numbers,
+biased low. Together they put the fastest-run ``B_crit`` at 0.5-0.85 of the exact one; the centred
+reading with ``log S`` averaged over seeds removes most of it.
 """
 
 from __future__ import annotations
@@ -42,13 +54,18 @@ from scipy import optimize, signal, stats
 
 __all__ = [
     "DEFAULT_SMOOTHING",
+    "LOCAL_HALF_WIDTH",
     "MAX_LOG_STDERR",
     "TradeoffFit",
     "b_crit_by_goal",
     "best_runs",
     "ema",
+    "expected_steps",
     "fit_tradeoff",
     "fit_tradeoff_by_goal",
+    "local_linear",
+    "seed_aware_b_crit",
+    "steps_by_seed",
     "steps_to_target",
 ]
 
@@ -59,6 +76,12 @@ __all__ = [
 #: intervals. A larger decay (0.9: lag 9 intervals) would bias ``S`` upwards most for
 #: the short, large-batch runs and so bias ``B_crit`` downwards.
 DEFAULT_SMOOTHING: float = 0.6
+
+#: Half-width of the kernel of :func:`local_linear`, in units of ``ln(1 + step)``: each point is read
+#: from the steps ``0.64·t … 1.57·t`` around it (about ±6 logged points at 30 evaluations per decade).
+#: Narrower windows leave first crossings of the noise (0.3: fitted B_crit 0.83-1.08 of the exact one on
+#: the calibration task); wider ones bend with the curve at the few-step runs of large batches.
+LOCAL_HALF_WIDTH: float = 0.45
 
 #: Standard error of ``log B_crit`` beyond which the fit "explodes": ``B_crit`` is
 #: then unconstrained by the data (one standard error spans a factor of e^2.3 = 10).
@@ -93,6 +116,49 @@ def ema(values: np.ndarray, smoothing: float) -> np.ndarray:
     return m / (1.0 - a**t)
 
 
+def local_linear(steps: Sequence[float] | np.ndarray, values: Sequence[float] | np.ndarray,
+                 half_width: float = LOCAL_HALF_WIDTH) -> np.ndarray:
+    """Centred local-linear smoothing of a training curve in ``x = ln(1 + step)``.
+
+    Each point is replaced by the intercept at its own ``x`` of a weighted least-squares line through
+    the points within ``half_width`` of it, with tricube weights ``(1 − |Δx/h|³)³``. A line through
+    points on both sides has no lag on a curve that is locally straight in log-steps (a causal EMA lags
+    by a fixed number of *points*, which is a large fraction of a short run), and averaging ~12 points
+    removes most of the noise that makes a single curve cross a goal early. Where fewer than three
+    points fall in the window (the first few steps, logged one by one) the value is kept as it is.
+    At the end of the curve the window is one-sided (still a line, so still without lag).
+
+    Args:
+        steps: logged steps, strictly increasing, ``≥ 0``.
+        values: the metric there. A non-finite value (divergence) and every point after it stay
+            non-finite and are not used.
+        half_width: ``h`` in units of ``ln(1 + step)``.
+
+    Returns:
+        The smoothed values, same length.
+    """
+    if not half_width > 0:
+        raise ValueError(f"half_width must be > 0, got {half_width!r}")
+    t = np.asarray(steps, dtype=float)
+    y = np.asarray(values, dtype=float)
+    out = y.copy()
+    bad = ~np.isfinite(y)
+    n = int(np.argmax(bad)) if bad.any() else y.size
+    if bad.any():
+        out[n:] = np.nan
+    if n < 3:
+        return out
+    x = np.log1p(t[:n])
+    dx = x[None, :] - x[:, None]                      # [i, j] = x_j − x_i
+    w = np.clip(1.0 - np.abs(dx / half_width) ** 3, 0.0, None) ** 3
+    s0, s1, s2 = w.sum(1), (w * dx).sum(1), (w * dx * dx).sum(1)
+    t0, t1 = w @ y[:n], (w * dx) @ y[:n]
+    det = s0 * s2 - s1 * s1
+    enough = ((w > 0).sum(1) >= 3) & (det > 1e-12 * np.maximum(s0 * s2, 1e-300))
+    out[:n] = np.where(enough, (s2 * t0 - s1 * t1) / np.where(enough, det, 1.0), y[:n])
+    return out
+
+
 def _validate_curve(steps: np.ndarray, values: np.ndarray, direction: str) -> None:
     if direction not in ("below", "above"):
         raise ValueError(f"direction must be 'below' or 'above', got {direction!r}")
@@ -114,12 +180,16 @@ def steps_to_target(
     targets: float | Sequence[float] | np.ndarray,
     smoothing: float = DEFAULT_SMOOTHING,
     direction: Literal["below", "above"] = "below",
+    method: Literal["ema", "local"] = "ema",
+    half_width: float = LOCAL_HALF_WIDTH,
 ) -> np.ndarray:
     """First step at which a smoothed training curve reaches each goal (App. A.2).
 
-    The curve is smoothed with :func:`ema` (decay ``smoothing`` per logged point; the
-    default :data:`DEFAULT_SMOOTHING` = 0.6 halves i.i.d. noise while lagging 1.5
-    logging intervals). For each target the crossing is linearly interpolated between
+    ``method="ema"`` (the paper's A.3, and what a run can compute while it trains) smooths with
+    :func:`ema` (decay ``smoothing`` per logged point; the default :data:`DEFAULT_SMOOTHING` = 0.6
+    halves i.i.d. noise while lagging 1.5 logging intervals). ``method="local"`` smooths with
+    :func:`local_linear` (centred, no lag; ``half_width``), the reading to use on finished curves.
+    For each target the crossing is linearly interpolated between
     the last logged point that had not reached it and the first one that has; a target
     reached at the first logged point gives ``steps[0]``.
 
@@ -128,9 +198,11 @@ def steps_to_target(
         values: the metric at those steps (training loss, error, score ...). Non-finite
             values (divergence) never count as reaching a goal, nor do later points.
         targets: one goal or several; vectorised.
-        smoothing: EMA decay in ``[0, 1)``; ``0`` means no smoothing.
+        smoothing: EMA decay in ``[0, 1)``; ``0`` means no smoothing (``method="ema"`` only).
         direction: ``"below"`` for losses / errors (reach = value ≤ target),
             ``"above"`` for accuracies / scores (reach = value ≥ target).
+        method: ``"ema"`` or ``"local"`` (see above).
+        half_width: the window of ``method="local"`` (see :func:`local_linear`).
 
     Returns:
         Float array with one entry per target (shape of ``np.atleast_1d(targets)``):
@@ -144,7 +216,12 @@ def steps_to_target(
     y_raw = np.asarray(values, dtype=float)
     _validate_curve(s, y_raw, direction)
     t = np.atleast_1d(np.asarray(targets, dtype=float))
-    y = ema(y_raw, smoothing)
+    if method == "ema":
+        y = ema(y_raw, smoothing)
+    elif method == "local":
+        y = local_linear(s, y_raw, half_width)
+    else:
+        raise ValueError(f"method must be 'ema' or 'local', got {method!r}")
     sign = 1.0 if direction == "below" else -1.0
     # Work with "below" only: z = sign·y must fall to sign·target.
     z = sign * y
@@ -221,6 +298,131 @@ def best_runs(runs: pd.DataFrame, keep_unreached: bool = False, batch: str = "ba
     best["n_lr"] = best["n_lr"].astype(int)
     columns = ["goal", batch, "lr", "steps", "examples", "n_lr", "lr_on_edge", *extra]
     return best[columns].reset_index(drop=True)
+
+
+def expected_steps(runs: pd.DataFrame, batch: str = "batch_size", seed: str = "seed") -> pd.DataFrame:
+    """Steps of the best constant rate on the *expected* metric, per (goal, batch size).
+
+    (2.11) describes the steps the best-tuned constant rate needs on average. The fastest of several
+    noisy runs (:func:`best_runs`) is a minimum of noisy numbers, biased low where runs are noisiest.
+    Here ``log S`` is first averaged over the seeds at each (goal, B, rate); among the rates whose every
+    seed reached the goal, and which the most seeds trained, the one with the smallest mean wins. With
+    one seed this is :func:`best_runs`; with extra seeds trained only at the winning rates of the first
+    (the cheap design of :mod:`gns_utils.experiments.sweep`), the winner is read from those seeds too.
+
+    Args:
+        runs: tidy frame as for :func:`best_runs`, plus a ``seed`` column (one row per run and goal).
+        batch: the column holding the batch size B.
+        seed: the column holding the run's seed.
+
+    Returns:
+        One row per (goal, B) where some rate qualifies, as :func:`best_runs` (``goal, <batch>, lr,
+        steps, examples, n_lr, lr_on_edge`` and the carried columns, taken from the winning rate's run at
+        the smallest seed), with ``steps = exp(mean log S)`` over the seeds and two more columns:
+        ``n_seeds`` (seeds averaged) and ``log_steps_sd`` (their standard deviation of ``log S``, NaN for
+        one seed).
+
+    Raises:
+        ValueError: a required column is missing.
+    """
+    required = (batch, "lr", "goal", "steps", seed)
+    missing = [c for c in required if c not in runs.columns]
+    if missing:
+        raise ValueError(f"runs is missing required column(s) {missing}; it needs {list(required)}")
+    frame = runs.assign(_log=np.log(runs["steps"].astype(float)))
+    keys = ["goal", batch, "lr"]
+    cells = frame.groupby(keys, sort=False).agg(
+        _n=(seed, "nunique"), _mean=("_log", "mean"), _sd=("_log", "std"),
+        _reached=("_log", lambda v: bool(np.isfinite(v.to_numpy(float)).all())))
+    cells = cells.reset_index()
+    cells = cells[cells["_reached"]]
+    most = cells.groupby(["goal", batch])["_n"].transform("max")
+    cells = cells[cells["_n"] == most].sort_values(["_mean", "lr"], kind="mergesort")
+    winners = cells.drop_duplicates(["goal", batch], keep="first")
+    first = frame.sort_values(seed, kind="mergesort").drop_duplicates(keys, keep="first")
+    carried = first.drop(columns=["steps", "_log"]).merge(winners, on=keys)
+    carried["steps"] = np.exp(carried["_mean"])
+    carried = carried.rename(columns={"_n": "n_seeds", "_sd": "log_steps_sd"})
+    table = best_runs(carried.drop(columns=["_mean", "_reached"]), batch=batch)
+    grid = runs.groupby(batch)["lr"].agg(lr_min="min", lr_max="max", n_lr="nunique")  # the whole grid's edges
+    table = table.drop(columns=["n_lr"]).join(grid, on=batch)
+    table["n_lr"] = table["n_lr"].astype(int)
+    table["lr_on_edge"] = (table["lr"] <= table["lr_min"]) | (table["lr"] >= table["lr_max"])
+    table = table.drop(columns=["lr_min", "lr_max"])
+    goal_order = {g: k for k, g in enumerate(pd.unique(runs["goal"]))}
+    table = table.assign(_o=table["goal"].map(goal_order)).sort_values(["_o", batch], kind="mergesort")
+    columns = ["goal", batch, "lr", "steps", "examples", "n_lr", "lr_on_edge", "n_seeds", "log_steps_sd"]
+    rest = [c for c in table.columns if c not in columns and c != "_o" and c != seed]
+    return table[[*columns, seed, *rest]].reset_index(drop=True)
+
+
+def steps_by_seed(runs: pd.DataFrame, best: pd.DataFrame, batch: str = "batch_size",
+                  seed: str = "seed") -> pd.DataFrame:
+    """Each seed's steps at the rate :func:`expected_steps` chose, per (goal, B): the points of the
+    per-seed fits behind :func:`seed_aware_b_crit`.
+
+    Returns:
+        Columns ``goal, <batch>, seed, steps`` (NaN where that seed did not reach the goal).
+    """
+    chosen = best[["goal", batch, "lr"]]
+    out = runs.merge(chosen, on=["goal", batch, "lr"])[["goal", batch, seed, "steps"]]
+    return out.sort_values(["goal", seed, batch], kind="mergesort").reset_index(drop=True)
+
+
+def seed_aware_b_crit(best: pd.DataFrame, by_seed: pd.DataFrame, batch: str = "batch_size",
+                      seed: str = "seed", confidence: float = 0.95) -> pd.DataFrame:
+    """B_crit per goal with an error bar that includes the seed-to-seed spread.
+
+    The estimate is the (2.11) fit to the seed-averaged steps (:func:`expected_steps`). Its fit-only
+    standard error treats the batch sizes as independent points; runs of one seed share their start
+    and example stream, so their errors are correlated and that error is too small. Here (2.11) is also
+    fitted to each seed's steps at the same rates; the seed standard error of ``log B_crit`` is the
+    standard deviation of those fits over ``√n`` (the pooled estimate is close to their mean). The
+    reported standard error is the larger of the two, and the interval is
+    ``exp(log B_crit ± t_{n−1}·se)`` (``t`` with ``n − 1`` degrees of freedom, ``n`` seeds whose fit is
+    resolved; the normal quantile of the fit when fewer than 2).
+
+    Args:
+        best: :func:`expected_steps` output.
+        by_seed: :func:`steps_by_seed` output.
+        batch, seed: column names.
+        confidence: level of the interval.
+
+    Returns:
+        One row per goal: ``goal, b_crit, b_crit_stderr`` (the larger one), ``b_crit_fit_stderr``,
+        ``b_crit_seed_stderr``, ``ci_low, ci_high, n_seeds`` (resolved per-seed fits), ``b_crit_seeds``
+        (list of the per-seed B_crit, NaN for a bound) and ``seeds`` (their seeds), ``s_min, e_min, n_points, bound, r2, n_lr_edge``.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        pooled = b_crit_by_goal(best, batch=batch, confidence=confidence)
+        per_seed = {}
+        for sd, group in by_seed.groupby(seed, sort=True):
+            frame = b_crit_by_goal(group.assign(lr=np.nan), batch=batch, confidence=confidence)
+            per_seed[sd] = frame.set_index("goal")
+    rows = []
+    for _, row in pooled.iterrows():
+        goal = row["goal"]
+        values = [float(f.loc[goal, "b_crit"]) if goal in f.index and f.loc[goal, "bound"] == "none" else np.nan
+                  for f in per_seed.values()]
+        logs = np.log(np.asarray([v for v in values if np.isfinite(v)]))
+        fit_log_se = row["b_crit_stderr"] / row["b_crit"] if row["bound"] == "none" else np.nan
+        seed_log_se = float(logs.std(ddof=1) / np.sqrt(logs.size)) if logs.size >= 2 else np.nan
+        log_se = np.nanmax([fit_log_se, seed_log_se]) if np.isfinite([fit_log_se, seed_log_se]).any() else np.nan
+        if row["bound"] != "none" or not np.isfinite(log_se):
+            ci = (np.nan, np.nan)
+        else:
+            dof = logs.size - 1 if logs.size >= 2 else int(row["n_points"]) - 2
+            q = float(stats.t.ppf(0.5 + confidence / 2, dof))
+            ci = (float(row["b_crit"] * np.exp(-q * log_se)), float(row["b_crit"] * np.exp(q * log_se)))
+        rows.append({**row.to_dict(), "b_crit_stderr": float(row["b_crit"] * log_se) if row["bound"] == "none"
+                     else np.nan, "b_crit_fit_stderr": row["b_crit_stderr"],
+                     "b_crit_seed_stderr": float(row["b_crit"] * seed_log_se) if row["bound"] == "none" else np.nan,
+                     "ci_low": ci[0], "ci_high": ci[1], "n_seeds": int(logs.size), "b_crit_seeds": values,
+                     "seeds": [int(k) for k in per_seed]})
+    columns = ["goal", "b_crit", "b_crit_stderr", "b_crit_fit_stderr", "b_crit_seed_stderr", "ci_low", "ci_high",
+               "n_seeds", "b_crit_seeds", "seeds", "s_min", "e_min", "n_points", "bound", "r2", "n_lr_edge"]
+    return pd.DataFrame(rows, columns=columns)
 
 
 # --------------------------------------------------------------------------- the fit

@@ -1,6 +1,7 @@
 """Every notebook runs under papermill at smoke size; the tests check the files it wrote."""
 
 import json
+import math
 
 import papermill as pm
 import pytest
@@ -19,6 +20,12 @@ DOMAIN_TASKS = {
 }
 TASK_FIELDS = ["task", "domain", "dataset", "model", "optimizer", "units", "b_crit", "b_crit_stderr",
                "b_crit_start", "b_simple", "b_simple_start", "b_noise", "goals", "profile", "provenance"]
+
+
+def _resolved_or_none(value):
+    """A noise-scale estimate as the summaries store it: ``None`` where its sampled |G|² was <= 0 (at smoke
+    size that happens by chance, and on some machines and not others), else a positive finite number."""
+    return value is None or (isinstance(value, (int, float)) and math.isfinite(value) and value > 0)
 
 
 def _execute(name, results, **params):
@@ -43,9 +50,10 @@ def test_domain_notebook_at_smoke_size(name, results):
         assert set(TASK_FIELDS) <= set(summary), set(TASK_FIELDS) - set(summary)
         assert summary["task"] == task and summary["profile"] == "smoke"
         assert summary["units"] == {"00": "examples", "02": "tokens", "04": "frames"}.get(name[:2], "images")
-        assert summary["b_simple"] is not None and summary["b_simple"] > 0
+        assert _resolved_or_none(summary["b_simple"])
         assert len(summary["goals"]) == 2
-        assert all(g["b_simple_local_median"] > 0 and g["b_simple_local_n_runs"] >= 1 for g in summary["goals"])
+        assert all(_resolved_or_none(g["b_simple_local_median"]) and g["b_simple_local_n_runs"] >= 1
+                   for g in summary["goals"])
         figures = {p.name for p in (results / task / "figures").iterdir()}
         for fig in ("training_curves", "pareto_fronts", "b_crit_by_goal", "b_simple_over_training"):
             assert {f"{fig}.png", f"{fig}.pdf"} <= figures, (task, sorted(figures))
@@ -56,10 +64,10 @@ def test_domain_notebook_at_smoke_size(name, results):
     if name.startswith("00"):
         goals = json.loads((results / "smoke_noisy_linear" / "summary.json").read_text())["goals"]
         assert all(g["b_crit_predicted"] > 0 and g["b_crit_exact"] > 0 for g in goals)
-        assert all(g["b_noise"] > 0 for g in goals)  # measured at each goal on the reference run
+        assert all(_resolved_or_none(g["b_noise"]) and "b_noise" in g for g in goals)  # measured at each goal
     if name.startswith("04"):  # the reference run measured B_simple from segments and from shuffled frames
         goals = json.loads((results / "smoke_cartpole_a2c" / "summary.json").read_text())["goals"]
-        assert all(g["b_simple_checkpoint"] > 0 for g in goals)
+        assert all("b_simple_checkpoint" in g and _resolved_or_none(g["b_simple_checkpoint"]) for g in goals)
         runs = [json.loads((r / "summary.json").read_text()) for r in (results / "smoke_cartpole_a2c" / "runs").iterdir()]
         assert all(r["batch_units"] == 5 * r["config"]["batch_size"] for r in runs)
     if name.startswith("01"):
@@ -97,7 +105,7 @@ def test_summary_notebook_reads_files_only(results):
     assert set(summary["r2_by_goal"]) == set(GOAL_PREDICTORS)
     assert "measured_over_predicted_median" in summary["calibration"]  # the synthetic task scored vs exact
     points = summary["goal_points"]
-    assert points and all(p["b_crit"] > 0 and p["b_simple_local_median"] > 0 for p in points)
+    assert points and all(p["b_crit"] > 0 and _resolved_or_none(p["b_simple_local_median"]) for p in points)
 
 
 def test_bad_parameter_fails_before_training(tmp_path):

@@ -43,6 +43,10 @@ def goal_reached(metric: str, value: float, goal: float) -> bool:
     return bool(value >= goal) if METRIC_DIRECTION.get(metric) == "above" else bool(value <= goal)
 
 
+#: What the repeats of a sweep at extra seeds train (:attr:`ExperimentConfig.seed_rates`).
+SEED_RATES = ("grid", "selected")
+
+
 class ConfigError(ValueError):
     """A parameter is unknown, of the wrong type or out of range."""
 
@@ -123,8 +127,13 @@ class ExperimentConfig(_RunFields):
         lr_grid_size: learning rates per batch size.
         lr_grid_spacing: factor between neighbouring rates.
         max_widen: extra rates tried per side when the best rate is on the grid's edge.
-        seeds: extra seeds at which the whole sweep is repeated, for the seed-to-seed spread
-            of B_crit (``seed`` is the main sweep's; empty = no repeats).
+        seeds: extra seeds at which the sweep is repeated (``seed`` is the main sweep's; empty = no
+            repeats). ``log S`` is averaged over the seeds at each rate before the fastest rate is
+            chosen, and per-seed fits give B_crit its seed-aware error bar
+            (:func:`gns_utils.critical_batch.seed_aware_b_crit`).
+        seed_rates: what the repeats train: ``grid`` (the whole sweep again) or ``selected`` (at each
+            batch size, only the rates the main sweep found fastest for some goal: a few runs per batch
+            size instead of a grid).
         budget_examples: examples a run may use before it stops (``budget_exhausted``).
         n_micro: micro-batches per step when B_simple is measured from micro-batches (>= 2).
         noise_method: how each step measures |G|^2 and tr Σ: ``per_example`` (per-example
@@ -178,6 +187,7 @@ class ExperimentConfig(_RunFields):
     lr_grid_spacing: float = 2.0
     max_widen: int = 2
     seeds: tuple[int, ...] = ()
+    seed_rates: str = "grid"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -191,7 +201,7 @@ class ExperimentConfig(_RunFields):
         Sweep runs do not measure B_noise (``b_noise_examples=0``) unless ``changes`` asks;
         only the reference run does (see :mod:`gns_utils.experiments.pipeline`).
         """
-        base = {f.name: getattr(self, f.name) for f in dataclasses.fields(_RunFields)}  # not ``seeds``
+        base = {f.name: getattr(self, f.name) for f in dataclasses.fields(_RunFields)}  # not ``seeds``, ``seed_rates``
         base.update(batch_size=int(batch_size), lr=float(lr), b_noise_examples=0)
         base.update(changes)
         return RunConfig(**base)
@@ -267,6 +277,8 @@ def _check_experiment(cfg: ExperimentConfig) -> None:
         problems.append(f"the smallest batch size {min(cfg.batch_sizes)} must be divisible by n_micro={cfg.n_micro}")
     if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", cfg.device):
         problems.append(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {cfg.device!r}")
+    if cfg.seed_rates not in SEED_RATES:
+        problems.append(f"seed_rates must be one of {SEED_RATES}, got {cfg.seed_rates!r}")
     if cfg.seed in cfg.seeds or len(set(cfg.seeds)) != len(cfg.seeds):
         problems.append(f"seeds must be distinct extra seeds other than seed={cfg.seed}, got {list(cfg.seeds)}")
     if cfg.goal_source not in GOAL_SOURCES:

@@ -3,10 +3,14 @@
 :func:`run_experiment` is everything a domain notebook computes for one task:
 
 1. load the data once (:func:`gns_utils.experiments.problems.make_problem`);
-2. run or resume the batch-size × learning-rate sweep (:func:`gns_utils.experiments.sweep.run_sweep`);
-3. fit (2.11) per goal, once, for B_crit with errors (:func:`gns_utils.critical_batch.fit_tradeoff_by_goal`),
-   refit without the A.3 smoothing for the smoothing systematic, and repeat the sweep at
-   ``cfg.seeds`` for the seed-to-seed spread;
+2. run or resume the batch-size × learning-rate sweep (:func:`gns_utils.experiments.sweep.run_sweep`),
+   and its repeats at ``cfg.seeds`` (the whole grid, or only the rates that matter: ``cfg.seed_rates``);
+3. read every run's steps to each goal from its logged curve with the centred local-linear smoothing
+   (:func:`gns_utils.critical_batch.steps_to_target`, ``method="local"``), average ``log S`` over the
+   seeds at each rate and keep the best rate (:func:`gns_utils.critical_batch.expected_steps`), and fit
+   (2.11) per goal with a seed-aware error (:func:`gns_utils.critical_batch.seed_aware_b_crit`); beside
+   it, the paper's A.3 reading (fastest run of the main seed, causal EMA) and the change without any
+   smoothing (the smoothing systematic);
 4. re-run the reference run (the best-tuned run nearest B_crit) with the noise scales measured
    at each goal's checkpoint (:func:`gns_utils.experiments.train.checkpoint`: B_noise (2.8) where
    Hessian-vector products run, B_simple from independent micro-batches, and for Adam in its
@@ -22,6 +26,7 @@ tokens, as each run recorded it) and ``batch_examples`` (examples or sequences p
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,14 +38,18 @@ from gns_utils.critical_batch import (
     TradeoffFit,
     b_crit_by_goal,
     best_runs,
+    expected_steps,
     fit_tradeoff_by_goal,
+    seed_aware_b_crit,
+    steps_by_seed,
+    steps_to_target,
 )
-from gns_utils.experiments.config import ExperimentConfig
+from gns_utils.experiments.config import METRIC_DIRECTION, ExperimentConfig
 from gns_utils.experiments.problems import make_problem
 from gns_utils.experiments.profiles import DEFAULT_WIDTHS, WIDTHS_SUFFIX
 from gns_utils.experiments.report import matched_noise_scales, reference_run, summarize_task
 from gns_utils.experiments.store import load_metrics, read_metrics, run_dir, task_dir
-from gns_utils.experiments.sweep import run_or_load, run_sweep, runs_table
+from gns_utils.experiments.sweep import run_or_load, run_selected, run_sweep, runs_table
 
 
 @dataclass
@@ -84,23 +93,27 @@ def run_experiment(cfg: ExperimentConfig, results_dir: str | Path, progress: boo
     ``experiment.json`` and ``summary.json`` (the record of the notebook that owns the task) are not rewritten.
     """
     problem = problem if problem is not None else make_problem(cfg)
-    table = run_sweep(cfg, results_dir, problem=problem, progress=progress, record=record)
-    best = best_runs(table, batch="batch_units")
-    if best.dropna(subset=["steps"]).empty:
+    main = local_steps(run_sweep(cfg, results_dir, problem=problem, progress=progress, record=record), results_dir, cfg)
+    if expected_steps(main, batch="batch_units").dropna(subset=["steps"]).empty:
         raise RuntimeError(
             f"task {cfg.task}: no run reached any goal {cfg.goals}; raise budget_examples or choose easier goals")
+    repeats = []
+    for seed in cfg.seeds:
+        other = dataclasses.replace(cfg, seed=seed, seeds=())
+        if cfg.seed_rates == "grid":
+            repeat = run_sweep(other, results_dir, problem=problem, progress=progress, record=False)
+        else:
+            repeat = run_selected(other, selected_points(main), results_dir, problem=problem, progress=progress)
+        repeats.append(local_steps(repeat, results_dir, cfg))
+    table = pd.concat([main, *repeats], ignore_index=True)
+    best = expected_steps(table, batch="batch_units")
     fits = fit_tradeoff_by_goal(best, batch="batch_units")
-    by_goal = b_crit_by_goal(best, batch="batch_units", fits=fits)
+    by_goal = seed_aware_b_crit(best, steps_by_seed(table, best, batch="batch_units"), batch="batch_units")
+    by_goal = by_goal.merge(fastest_run_b_crit(main), on="goal", how="left")
     by_goal = by_goal.merge(smoothing_systematic(table, by_goal), on="goal", how="left")
     if hasattr(problem, "exact_prediction"):  # the calibration task: the theory's exact answers per goal
         by_goal = by_goal.merge(exact_b_crit(problem, cfg, table), on="goal", how="left")
-    seed_frames = [seed_b_crit(by_goal, cfg.seed)]
-    for seed in cfg.seeds:
-        other = run_sweep(dataclasses.replace(cfg, seed=seed, seeds=()), results_dir, problem=problem,
-                          progress=progress, record=False)
-        seed_frames.append(seed_b_crit(b_crit_by_goal(best_runs(other, batch="batch_units"),
-                                                            batch="batch_units"), seed))
-    seeds = pd.concat(seed_frames, ignore_index=True)
+    seeds = seed_frame(by_goal)
     if cfg.seeds:
         by_goal = by_goal.merge(seed_spread(seeds), on="goal", how="left")
     last = by_goal.dropna(subset=["b_crit"])
@@ -130,16 +143,67 @@ def run_experiment(cfg: ExperimentConfig, results_dir: str | Path, progress: boo
                       task_dir(results_dir, cfg.task) / "figures", seeds)
 
 
+def local_steps(table: pd.DataFrame, results_dir: str | Path, cfg: ExperimentConfig) -> pd.DataFrame:
+    """The run table with ``steps`` read from each run's logged goal curve by the centred local-linear
+    smoothing (no lag; :func:`gns_utils.critical_batch.local_linear`); the run's own causal-EMA reading
+    (A.3, what stopped it) is kept as ``steps_ema`` and the unsmoothed one stays in ``steps_raw``."""
+    out = table.rename(columns={"steps": "steps_ema"})
+    out.insert(out.columns.get_loc("steps_ema"), "steps", np.nan)
+    direction = METRIC_DIRECTION[cfg.metric]
+    goals = np.array(cfg.goals, float)
+    for run_id, rows in out.groupby("run_id", sort=False):
+        path = run_dir(results_dir, cfg.task, run_id) / "metrics.csv"
+        if not path.exists():  # a run that failed before logging
+            continue
+        curve = pd.read_csv(path, usecols=["step", "metric_step", "metric"]).dropna()
+        if cfg.goal_source != "subset":  # as the run's own curve: the initial subset evaluation is not a batch mean
+            curve = curve[curve["step"] > 0]
+        if curve.empty:
+            continue
+        steps = steps_to_target(curve["metric_step"].to_numpy(float), curve["metric"].to_numpy(float), goals,
+                                direction=direction, method="local")
+        by_goal = dict(zip(goals.tolist(), steps.tolist()))
+        out.loc[rows.index, "steps"] = rows["goal"].map(by_goal).to_numpy(float)
+    return out
+
+
+def selected_points(table: pd.DataFrame) -> list[tuple[int, float]]:
+    """The (batch size in examples, rate) pairs that are fastest for some goal in ``table`` (one seed's
+    sweep, local reading): what the repeats at other seeds train when ``seed_rates="selected"``."""
+    best = expected_steps(table, batch="batch_units").dropna(subset=["steps"])
+    pairs = best[["batch_examples", "lr"]].drop_duplicates().sort_values(["batch_examples", "lr"])
+    return [(int(b), float(lr)) for b, lr in pairs.itertuples(index=False)]
+
+
+def fastest_run_b_crit(table: pd.DataFrame) -> pd.DataFrame:
+    """The paper's A.3 reading, for comparison: the fastest run of one seed's grid per batch size, its steps
+    read by the causal EMA (``steps_ema``), fitted per goal (``b_crit_fastest_ema`` and its fit-only s.e.)."""
+    ema = table.drop(columns="steps").rename(columns={"steps_ema": "steps"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        fit = b_crit_by_goal(best_runs(ema, batch="batch_units"), batch="batch_units")
+    fit.loc[fit["bound"] != "none", "b_crit"] = np.nan
+    return fit[["goal", "b_crit", "b_crit_stderr"]].rename(
+        columns={"b_crit": "b_crit_fastest_ema", "b_crit_stderr": "b_crit_fastest_ema_stderr"})
+
+
 def smoothing_systematic(table: pd.DataFrame, by_goal: pd.DataFrame) -> pd.DataFrame:
     """B_crit per goal refitted with the *unsmoothed* steps-to-goal, and the change it makes.
 
+    The same estimator (:func:`gns_utils.critical_batch.expected_steps`) on the raw crossings; the refit is
+    the unflagged least-squares value (not clamped to the grid's edge when it leaves the batch sizes).
+
     Returns one row per goal: ``b_crit_unsmoothed`` and ``b_crit_smoothing_systematic``
     = |log B_crit(smoothed) − log B_crit(unsmoothed)| as a relative error (e^|Δ| − 1), quoted
-    next to the fit's standard error.
+    next to the standard error.
     """
     raw = table.drop(columns="steps").rename(columns={"steps_raw": "steps"})
-    unsmoothed = b_crit_by_goal(best_runs(raw, batch="batch_units"), batch="batch_units")
-    merged = by_goal[["goal", "b_crit"]].merge(unsmoothed[["goal", "b_crit"]], on="goal", suffixes=("", "_raw"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        fits = fit_tradeoff_by_goal(expected_steps(raw, batch="batch_units"), batch="batch_units")
+    unsmoothed = pd.DataFrame({"goal": list(fits), "b_crit_raw": [np.nan if f is None else f.b_crit_fit
+                                                                   for f in fits.values()]})
+    merged = by_goal[["goal", "b_crit"]].merge(unsmoothed, on="goal")
     change = np.expm1(np.abs(np.log(merged["b_crit"].astype(float) / merged["b_crit_raw"].astype(float))))
     return pd.DataFrame({"goal": merged["goal"], "b_crit_unsmoothed": merged["b_crit_raw"],
                          "b_crit_smoothing_systematic": change})
@@ -158,23 +222,27 @@ def exact_b_crit(problem: Any, cfg: ExperimentConfig, table: pd.DataFrame) -> pd
                          "b_crit_exact": np.asarray(exact.b_crit, float)})
 
 
-def seed_b_crit(by_goal: pd.DataFrame, seed: int) -> pd.DataFrame:
-    """One seed's B_crit per goal (``goal, seed, b_crit, b_crit_stderr, bound``)."""
-    frame = by_goal[["goal", "b_crit", "b_crit_stderr", "bound"]].copy()
-    frame.insert(1, "seed", int(seed))
-    return frame
+def seed_frame(by_goal: pd.DataFrame) -> pd.DataFrame:
+    """Each seed's own B_crit per goal (``goal, seed, b_crit, bound``; NaN and ``bound="unresolved"`` where that
+    seed's fit is a bound), from the per-seed fits of :func:`gns_utils.critical_batch.seed_aware_b_crit`."""
+    rows = []
+    for _, row in by_goal.iterrows():
+        values = list(row["b_crit_seeds"]) if isinstance(row["b_crit_seeds"], list) else []
+        for seed, value in zip(row["seeds"], values):
+            rows.append({"goal": row["goal"], "seed": int(seed), "b_crit": value,
+                         "bound": "none" if np.isfinite(value) else "unresolved"})
+    return pd.DataFrame(rows, columns=["goal", "seed", "b_crit", "bound"])
 
 
 def seed_spread(seeds: pd.DataFrame) -> pd.DataFrame:
-    """Per goal, over the seeds whose fit is not a bound: ``b_crit_seed_mean`` (geometric),
-    ``b_crit_seed_rel_std`` (standard deviation of B_crit over seeds / their mean) and ``n_seeds``."""
+    """Per goal, over the seeds whose fit is not a bound: ``b_crit_seed_mean`` (geometric) and
+    ``b_crit_seed_rel_std`` (standard deviation of B_crit over seeds / their mean)."""
     rows = []
     for goal, group in seeds[seeds["bound"] == "none"].dropna(subset=["b_crit"]).groupby("goal", sort=False):
         values = group["b_crit"].to_numpy(float)
         rows.append({"goal": goal, "b_crit_seed_mean": float(np.exp(np.log(values).mean())),
-                     "b_crit_seed_rel_std": float(values.std(ddof=1) / values.mean()) if len(values) > 1 else np.nan,
-                     "n_seeds": int(len(values))})
-    return pd.DataFrame(rows, columns=["goal", "b_crit_seed_mean", "b_crit_seed_rel_std", "n_seeds"])
+                     "b_crit_seed_rel_std": float(values.std(ddof=1) / values.mean()) if len(values) > 1 else np.nan})
+    return pd.DataFrame(rows, columns=["goal", "b_crit_seed_mean", "b_crit_seed_rel_std"])
 
 
 @dataclass(frozen=True)

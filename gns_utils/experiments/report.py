@@ -273,3 +273,31 @@ def _num(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return value if np.isfinite(value) else None
+
+
+#: The calibration target: measured / exact constant-rate B_crit within this range at every goal.
+CALIBRATION_RANGE = (0.9, 1.1)
+
+
+def calibration_verdict(goals: list[dict[str, Any]]) -> str:
+    """A markdown verdict on the calibration task, computed from its per-goal summary records.
+
+    Compares the measured B_crit (the project's estimator) and the paper's A.3 reading (``b_crit_fastest_ema``)
+    with the exact constant-rate B_crit, goal by goal, and counts the goals whose interval covers it.
+    """
+    frame = pd.DataFrame(goals).dropna(subset=["b_crit", "b_crit_exact"])
+    if frame.empty:
+        return "No goal has both a measured and an exact B_crit."
+    ratio = frame["b_crit"] / frame["b_crit_exact"]
+    old = (frame["b_crit_fastest_ema"] / frame["b_crit_exact"]).dropna() if "b_crit_fastest_ema" in frame \
+        else pd.Series(dtype=float)
+    covered = int(((frame["ci_low"] <= frame["b_crit_exact"]) & (frame["b_crit_exact"] <= frame["ci_high"])).sum())
+    lo, hi = CALIBRATION_RANGE
+    inside = int(ratio.between(lo, hi).sum())
+    lines = [f"**Measured / exact B_crit: {ratio.min():.2f}–{ratio.max():.2f}** over {len(frame)} goals "
+             f"({inside} of {len(frame)} within {lo}–{hi}); the seed-aware interval covers the exact value at "
+             f"{covered} of {len(frame)} goals."]
+    if len(old):
+        lines.append(f"The paper's A.3 reading (fastest run of one seed, causal EMA) gives {old.min():.2f}–{old.max():.2f} "
+                     "of the exact value on the same runs.")
+    return " ".join(lines)

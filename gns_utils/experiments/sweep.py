@@ -66,14 +66,26 @@ from gns_utils.noise import PerExampleNormMonitor
 from gns_utils.theory import lr_grid, lr_grid_centre
 
 
+#: Significant digits a swept learning rate is rounded to. A rate enters the run's hash (its folder name);
+#: computed from a power-law fit, its last bits differ between machines and libraries, which would make a
+#: sweep on another machine train other rates from the second batch size on, instead of the same ones.
+LR_DIGITS = 6
+
+
+def portable_lr(lr: float) -> float:
+    """``lr`` rounded to :data:`LR_DIGITS` significant digits (the same on every machine)."""
+    return float(f"{float(lr):.{LR_DIGITS}g}")
+
+
 def initial_lrs(cfg: ExperimentConfig, batch_size: int, centre: float | None = None) -> list[float]:
     """The starting grid at B: ``lr_grid_size`` rates, ``lr_grid_spacing`` apart, centred at ``centre``
-    (default: the preset law ε_central(B), A.3)."""
+    (default: the preset law ε_central(B), A.3), each rounded by :func:`portable_lr`."""
     if centre is None:
-        return [float(lr) for lr in lr_grid(batch_size, cfg.lr_star, cfg.lr_b_star, cfg.lr_alpha,
-                                            n=cfg.lr_grid_size, spacing=cfg.lr_grid_spacing)]
+        return [portable_lr(lr) for lr in lr_grid(batch_size, cfg.lr_star, cfg.lr_b_star, cfg.lr_alpha,
+                                                  n=cfg.lr_grid_size, spacing=cfg.lr_grid_spacing)]
     # B* = 0 makes the grid's centre ε* itself: the grid around ``centre``
-    return [float(lr) for lr in lr_grid(batch_size, centre, 0.0, n=cfg.lr_grid_size, spacing=cfg.lr_grid_spacing)]
+    return [portable_lr(lr) for lr in lr_grid(batch_size, centre, 0.0, n=cfg.lr_grid_size,
+                                              spacing=cfg.lr_grid_spacing)]
 
 
 def _fastest_lr(summaries: list[dict], goal: float) -> float | None:
@@ -395,8 +407,8 @@ def run_sweep(cfg: ExperimentConfig, results_dir: str | Path, problem: Any = Non
                 break
             for side in sides:
                 widened[side] += 1
-            lrs = sorted(set(done) | {min(done) / cfg.lr_grid_spacing if side == "low" else max(done) * cfg.lr_grid_spacing
-                                      for side in sides})
+            lrs = sorted(set(done) | {portable_lr(min(done) / cfg.lr_grid_spacing if side == "low"
+                                                  else max(done) * cfg.lr_grid_spacing) for side in sides})
             bar.total += len(sides)
         bar.update(len(done))
         summaries.extend(done.values())
@@ -454,6 +466,26 @@ def sides_to_widen(summaries: list[dict], goals: tuple[float, ...]) -> list[str]
         elif not any(diverged) and not any(s["status"] == "failed" for s in summaries):
             sides.add("high")
     return sorted(sides)
+
+
+def run_selected(cfg: ExperimentConfig, points: list[tuple[int, float]], results_dir: str | Path,
+                 problem: Any = None, progress: bool = True) -> pd.DataFrame:
+    """Train (or reuse) one run per (batch size in examples, rate) of ``points`` at ``cfg.seed``: the
+    repeats of a sweep at another seed, where only the rates that matter are trained again.
+
+    Each point trains on its own (nothing to stop it early but its goals, budget or divergence).
+
+    Returns:
+        :func:`runs_table` of those runs.
+    """
+    if problem is None:
+        problem = make_problem(cfg)
+    summaries, trained = [], []
+    for batch_size, lr in tqdm(points, desc=f"repeats {cfg.task} seed {cfg.seed}", disable=not progress):
+        summary, fresh = run_or_load(problem, cfg.run(batch_size, lr), results_dir, progress)
+        summaries.append(summary)
+        trained.append(fresh)
+    return runs_table(summaries, trained)
 
 
 def runs_table(summaries: list[dict], trained: list[bool] | None = None) -> pd.DataFrame:
