@@ -121,16 +121,24 @@ def test_checkpoint_unbiased_on_exact_problem(exact: Exact) -> None:
 
 @pytest.mark.parametrize("offset, k, m", [(None, 32, 4), (SHARP_OFFSET, 16, 16)])
 def test_checkpoint_jackknife_stderr_is_calibrated(offset: tuple[float, ...] | None, k: int, m: int) -> None:
-    # the mean delete-one-group SE matches the spread of B_simple over draws (B_simple ≈ 27 with
+    # the delete-one-group SE matches the spread of B_simple over draws (B_simple ≈ 27 with
     # M = 128, and ≈ 2.4 with M = 256). A jackknife of the per-group A.2 pairs, which share ĝ,
-    # gives 0.4× and 4.4× here.
+    # gives 0.4× and 4.4× here (mean SE over standard deviation); the tolerance below is ±0.47 and ±0.32.
     ex = make_exact() if offset is None else make_exact(offset=offset)
     rng = np.random.default_rng(22)
     model = ex.model()
     res = [checkpoint_noise_scale(model, batch_loss, groups(ex, rng.integers(0, 40, (k, m)))) for _ in range(200)]
-    b = np.array([r.b_simple for r in res])
+    b, se = np.array([r.b_simple for r in res]), np.array([r.stderr for r in res])
     assert np.isfinite(b).all()
-    assert 0.75 < np.mean([r.stderr for r in res]) / b.std(ddof=1) < 1.33
+    b, se = b[np.isfinite(se)], se[np.isfinite(se)]  # nan where a leave-one-group-out |G|^2 is <= 0 (by chance)
+    # At M = 128 B_simple has a heavy right tail (|G|^2 estimates near 0), so its standard deviation over 200 draws
+    # is unstable: compare the median SE with 1.4826 × the median absolute deviation, within N_SE bootstrap SEs.
+
+    def calibration(i: np.ndarray | slice) -> float:
+        return float(np.median(se[i]) / (1.4826 * np.median(np.abs(b[i] - np.median(b[i])))))
+
+    stderr = np.std([calibration(i) for i in np.random.default_rng(0).integers(0, len(b), (500, len(b)))])
+    assert abs(calibration(slice(None)) - 1) < N_SE * stderr, (calibration(slice(None)), stderr)
 
 
 # ----------------------------------------------------------------------------- preconditioners

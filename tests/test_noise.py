@@ -627,7 +627,8 @@ def test_ema_b_simple_converges(exact: Exact) -> None:
     ema = NoiseScaleEMA(decay=0.9999)  # about 20,000 steps at a fixed w
     feed(ema, sampled_estimates(exact, 40000, 16, 64, seed=6))
     unc = ema.uncertainty()
-    assert unc.stderr < 0.03 * exact.b_simple  # "within a few percent" is resolvable
+    # "within a few percent" is resolvable: ≈ 2 % (a 20-block jackknife s.e. is itself uncertain by 1/√38 ≈ 16 %)
+    assert unc.stderr < 0.04 * exact.b_simple
     assert abs(ema.b_simple - exact.b_simple) < N_SE * unc.stderr
     assert abs(unc.estimate - exact.b_simple) < N_SE * unc.stderr
 
@@ -640,8 +641,11 @@ def test_ratio_of_averages_unbiased_but_average_of_ratios_biased(exact: Exact) -
     unc = ratio_of_means_jackknife(est.trace_sigma, est.g2)
     assert unc.stderr < 0.1 * exact.b_simple
     assert abs(unc.estimate - exact.b_simple) < N_SE * unc.stderr
-    mean_of_ratios = float(np.mean(est.trace_sigma / est.g2))
-    assert mean_of_ratios > 1.4 * exact.b_simple  # biased far beyond the ratio of means' error
+    # An average of per-step ratios does not estimate B_simple: |G|^2 estimates near 0 leave their mean without an
+    # expectation (from −9 to +14 × B_simple over seeds here), and their median lies far below it. The order
+    # statistic N_SE binomial standard errors (√n / 2) above the middle bounds that median from above.
+    ratios = np.sort(est.trace_sigma / est.g2)
+    assert ratios[math.ceil(len(ratios) / 2 + N_SE * math.sqrt(len(ratios)) / 2)] < exact.b_simple
     # the EMA reports the ratio of its two averages, not an average of ratios
     d = 0.999 ** np.arange(len(est.g2))[::-1]
     assert ema.b_simple == pytest.approx(float(d @ est.trace_sigma / (d @ est.g2)), rel=1e-9)

@@ -150,7 +150,8 @@ def test_the_learner_reaches_the_documented_return_on_cartpole(tmp_path):
     assert summary["status"] == "complete" and summary["batch_units"] == 40
     frames = summary["steps_to_goal"]["200.0"] * summary["batch_units"]
     assert frames <= 20_000, frames
-    assert summary["noise_method"] == "per_example" and summary["b_simple_final"] > 0
+    b_simple = summary["b_simple_final"]  # None where the moving average of the sampled |G|^2 is <= 0 (by chance)
+    assert summary["noise_method"] == "per_example" and (b_simple is None or math.isfinite(b_simple) and b_simple > 0)
     metrics = pd.read_csv(tmp_path / cfg.task / "runs" / summary["run_id"] / "metrics.csv")
     assert metrics["noise_steps_policy"].sum() == summary["n_steps"]  # the policy's own noise at every step
     assert metrics["return"].dropna().iloc[-1] >= 200

@@ -1,6 +1,7 @@
 """The training and sweep engine on a tiny synthetic problem (seconds on a CPU)."""
 
 import json
+import math
 
 import numpy as np
 import pandas as pd
@@ -27,6 +28,12 @@ def problem(tiny_problem):
     return tiny_problem
 
 
+def _resolved_or_none(b_simple):
+    """A run's final B_simple: None where the moving average of its sampled |G|^2 is <= 0, which can happen by chance
+    (B_simple is 10-200 here against B = 16: up to half of the steps' |G|^2 estimates are negative), else positive."""
+    return b_simple is None or (math.isfinite(b_simple) and b_simple > 0)
+
+
 def test_eval_schedule_is_log_spaced_and_ends_at_budget():
     steps = eval_schedule(1000, 10)
     assert steps[0] == 0 and steps[-1] == 1000 and np.all(np.diff(steps) > 0)
@@ -43,7 +50,7 @@ def test_one_run_writes_config_metrics_summary(problem, tmp_path):
     metrics = pd.read_csv(folder / "metrics.csv")
     assert metrics["error"].iloc[-1] <= 0.15 < metrics["error"].iloc[0]
     assert summary["steps_to_goal"]["0.3"] <= summary["steps_to_goal"]["0.15"] <= summary["n_steps"]
-    assert summary["noise_steps"] == summary["n_steps"] and summary["b_simple_final"] > 0
+    assert summary["noise_steps"] == summary["n_steps"] and _resolved_or_none(summary["b_simple_final"])
     for key in ("git_commit", "git_dirty", "python", "torch", "numpy", "device", "seed"):
         assert key in summary["provenance"]
     assert summary["wall_time_s"] > 0
@@ -198,7 +205,7 @@ def test_noise_method_per_example_for_linear_nets_micro_batches_otherwise(proble
                          progress=False) for m in ("auto", "micro_batch")}
     assert runs["auto"]["noise_method"] == "per_example" and runs["micro_batch"]["noise_method"] == "micro_batch"
     for summary in runs.values():
-        assert summary["noise_steps"] == summary["n_steps"] == 100 and summary["b_simple_final"] > 0
+        assert summary["noise_steps"] == summary["n_steps"] == 100 and _resolved_or_none(summary["b_simple_final"])
     # one backward of 16 or two of 8: the same training up to float rounding, both estimators unbiased
     a, b = (load_metrics(tmp_path, "tiny", [s["run_id"]]) for s in runs.values())
     np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-4)

@@ -26,6 +26,7 @@ from __future__ import annotations
 from typing import Any, Callable, Mapping
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 
@@ -37,6 +38,8 @@ from gns_utils.theory import (
     noisy_linear_b_crit_prediction,
     noisy_linear_constant_lr_b_crit,
     noisy_linear_noise_scales,
+    noisy_linear_steps_to_goal,
+    noisy_linear_tuned_steps,
 )
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -196,3 +199,90 @@ class NoisyLinearProblem:
         :func:`gns_utils.theory.noisy_linear_constant_lr_b_crit`)."""
         return noisy_linear_constant_lr_b_crit(self.eigenvalues, self.u0, self.noise_var, goals, batch_sizes,
                                                **tuning)
+
+
+def simulate_sgd_losses(eigenvalues: np.ndarray, u0: np.ndarray, noise_var: float, batch_size: int,
+                        lrs: Any, replicates: int, log_steps: Any, rng: np.random.Generator) -> np.ndarray:
+    """Population loss of constant-rate minibatch SGD on noisy linear regression, simulated in numpy.
+
+    An implementation apart from the torch trainer, many runs at once, for studies that need hundreds
+    of seeds (``benchmarks/estimator_bias.py``, the tests of the B_crit estimators). Each replicate draws
+    fresh examples ``x ~ N(0, H)``, ``y = xᵀw* + σξ`` every step; the rates of one replicate share its
+    examples, as the runs of one seed of a sweep do. The loss is exact from the weights,
+    ``½ uᵀHu + σ²/2``.
+
+    Args:
+        eigenvalues: ``λ``, the diagonal of ``H``.
+        u0: the start ``w_0 − w*``.
+        noise_var: ``σ²``.
+        batch_size: ``B``.
+        lrs: the constant rates ``ε`` (one run per rate and replicate).
+        replicates: independent replicates (seeds).
+        log_steps: steps (ascending, ``≥ 0``) at which the loss is recorded.
+        rng: the generator.
+
+    Returns:
+        ``[replicates, len(lrs), len(log_steps)]`` losses (``inf`` once a run diverges).
+    """
+    lam = np.asarray(eigenvalues, float)
+    sq = np.sqrt(lam)
+    rates = np.asarray(lrs, float)[None, :, None]
+    steps = np.asarray(log_steps, int)
+    u = np.tile(np.asarray(u0, float), (replicates, rates.shape[1], 1))
+    out = np.full((replicates, rates.shape[1], steps.size), np.inf)
+    sigma = float(np.sqrt(noise_var))
+    j = 0
+    for t in range(int(steps[-1]) + 1):
+        if t > 0:
+            x = rng.standard_normal((replicates, batch_size, lam.size)) * sq
+            xi = rng.standard_normal((replicates, batch_size))
+            residual = np.einsum("rbd,rld->rlb", x, u) - sigma * xi[:, None, :]
+            with np.errstate(over="ignore", invalid="ignore"):
+                u = u - rates * np.einsum("rbd,rlb->rld", x, residual) / batch_size
+        while j < steps.size and steps[j] == t:
+            with np.errstate(over="ignore", invalid="ignore"):
+                loss = 0.5 * (u * u * lam).sum(-1) + 0.5 * noise_var
+            out[:, :, j] = np.where(np.isfinite(loss), loss, np.inf)
+            j += 1
+    return out
+
+
+def simulate_calibration_sweeps(eigenvalues: np.ndarray, u0: np.ndarray, noise_var: float, goals: Any,
+                                batch_sizes: Any, evals_per_decade: int, replicates: int, spacing: float,
+                                n_rates: int, rng: np.random.Generator) -> pd.DataFrame:
+    """Simulated rate sweeps of noisy linear regression, every run read three ways at every goal.
+
+    Per batch size, ``n_rates`` rates ``spacing`` apart around the exact optimum (the geometric mean of
+    the goals' best constant rates, at a random offset of up to half a spacing; unstable rates dropped),
+    ``replicates`` seeds each (:func:`simulate_sgd_losses`), logged on the trainer's schedule up to twice
+    the slowest run's expected steps. Steps to each goal: the raw first crossing (``raw``), the causal
+    EMA of App. A.3 (``ema``) and the centred local-linear reading (``local``), beside the exact
+    steps of the expected loss at that rate (``expected``, :func:`gns_utils.theory.noisy_linear_steps_to_goal`).
+
+    Returns:
+        one row per (batch_size, lr, seed, goal) with columns ``raw``, ``ema``, ``local``, ``expected``.
+    """
+    from gns_utils.critical_batch import steps_to_target
+    from gns_utils.experiments.train import eval_schedule
+
+    goals = np.asarray(goals, float)
+    tuned = noisy_linear_tuned_steps(eigenvalues, u0, noise_var, batch_sizes, goals)
+    rows = []
+    for j, b in enumerate(np.asarray(batch_sizes, float)):
+        centre = float(np.exp(np.nanmean(np.log(tuned.lrs[:, j]))))
+        lrs = centre * spacing ** (np.arange(n_rates) - (n_rates - 1) / 2 + rng.uniform(-0.5, 0.5))
+        lrs = lrs[lrs < tuned.stable_lrs[j]]
+        expected = np.array([noisy_linear_steps_to_goal(eigenvalues, u0, noise_var, b, lr, goals) for lr in lrs])
+        longest = np.nanmax(np.where(np.isfinite(expected), expected, np.nan))
+        schedule = eval_schedule(int(min(2.0 * longest + 2, 1e6 / b)), evals_per_decade)
+        losses = simulate_sgd_losses(eigenvalues, u0, noise_var, int(b), lrs, replicates, schedule, rng)
+        for r in range(replicates):
+            for k, lr in enumerate(lrs):
+                curve = losses[r, k]
+                readings = {"raw": steps_to_target(schedule, curve, goals, smoothing=0.0),
+                            "ema": steps_to_target(schedule, curve, goals),
+                            "local": steps_to_target(schedule, curve, goals, method="local")}
+                for g, goal in enumerate(goals):
+                    rows.append({"batch_size": b, "lr": lr, "seed": r, "goal": goal, "expected": expected[k, g],
+                                 **{name: steps[g] for name, steps in readings.items()}})
+    return pd.DataFrame(rows)
