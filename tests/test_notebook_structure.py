@@ -59,8 +59,8 @@ def test_a_markdown_cell_explains_every_figure(name):
     assert figure_cells, "every notebook draws at least one figure"
     for k in figure_cells:
         text = _source(cells[k - 1])
-        assert cells[k - 1]["cell_type"] == "markdown" and "**The paper**" in text and "committed cpu run" in text, \
-            f"the cell before figure cell {k} must say what the paper shows and what the committed run shows"
+        assert cells[k - 1]["cell_type"] == "markdown" and "**The paper**" in text and "What to look for" in text, \
+            f"the cell before figure cell {k} must say what the paper shows and what to look for in the figure"
         calls = {n.func.attr for n in ast.walk(ast.parse(_source(cells[k])))
                  if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
                  and isinstance(n.func.value, ast.Name) and n.func.value.id == "figures"}

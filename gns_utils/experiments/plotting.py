@@ -31,6 +31,8 @@ from matplotlib.colors import Colormap
 from matplotlib.figure import Figure
 
 from gns_utils.critical_batch import TradeoffFit
+from gns_utils.experiments.profiles import DISPLAY_NAMES, display_name
+from gns_utils.experiments.summary import is_resolved, predictor_resolved
 from gns_utils.theory import fit_optimal_lr, optimal_lr
 
 __all__ = [
@@ -60,6 +62,14 @@ AXIS_LABELS = {
     "lr": r"learning rate $\epsilon$",
 }
 _STYLE_SET = False
+
+
+def task_colour(task: str, fallback: int = 0) -> Any:
+    """One colour per task, the same in every figure (tab10 without its grey, which marks the paper's points);
+    tasks without a display name take the ``fallback``-th colour."""
+    palette = [c for k, c in enumerate(plt.get_cmap("tab10").colors) if k != 7]
+    names = list(DISPLAY_NAMES)
+    return palette[(names.index(task) if task in names else fallback) % len(palette)]
 
 
 def set_style(force: bool = False) -> None:
@@ -416,7 +426,7 @@ def _draw_task(ax: Axes, row: pd.Series, cols: dict[str, str], colour: Any, mark
     """One task of Fig. 4: point, error bar, range bars or bound arrow, label."""
     x, y = float(row[cols["x"]]), float(row[cols["y"]])
     kind = row.get(cols["kind"], "value")
-    filled = row["source"] == "measured"
+    filled = row["source"] == "measured" and kind != "unresolved"  # unresolved: s.e. ≥ half the value
     face = colour if filled else "none"
     ax.scatter([x], [y], marker=marker, s=45, facecolor=face, edgecolor=colour, linewidth=1.3, zorder=3)
     if kind == "range":
@@ -504,14 +514,20 @@ def plot_bcrit_vs_bsimple_by_goal(ax: Axes, points: pd.DataFrame, paper: pd.Data
     Returns:
         ``ax``.
     """
-    ok = points[(points[x] > 0) & (points["b_crit"] > 0)]
-    colours = {task: f"C{k % 10}" for k, task in enumerate(pd.unique(ok["task"]))}
+    present = points[(points[x] > 0) & (points["b_crit"] > 0)]
+    resolved = predictor_resolved(present, x) & is_resolved(present["b_crit"], present["b_crit_stderr"])
+    ok, unresolved = present[resolved], present[~resolved]
+    colours = {task: task_colour(task, k) for k, task in enumerate(pd.unique(present["task"]))}
+    for task, group in unresolved.groupby("task", sort=False):  # drawn hollow, at the edge if off the axes
+        ax.scatter(group[x], group["b_crit"], facecolor="none", edgecolor=colours[task],
+                   marker=UNIT_MARKERS.get(group["units"].iloc[0], "D"), s=30, zorder=2)
     for task, group in ok.groupby("task", sort=False):
         group = group.sort_values("goal_index")
         marker = UNIT_MARKERS.get(group["units"].iloc[0], "D")
         synthetic = "synthetic" in group and bool(group["synthetic"].astype(bool).any())
+        name = display_name(task)
         ax.plot(group[x], group["b_crit"], color=colours[task], lw=1.0, marker=marker, ms=5,
-                label=f"{task} (synthetic, exact theory)" if synthetic else task)
+                label=f"{name} (synthetic, exact theory)" if synthetic else name)
         ax.scatter(group[x].iloc[-1:], group["b_crit"].iloc[-1:], color=colours[task], marker=marker, s=60,
                    edgecolor="black", zorder=3)
         se = group["b_crit_stderr"].fillna(0).clip(upper=0.9 * group["b_crit"])
@@ -533,6 +549,8 @@ def plot_bcrit_vs_bsimple_by_goal(ax: Axes, points: pd.DataFrame, paper: pd.Data
     ax.set_aspect("equal", adjustable="box")
     ax.set_xlabel(r"$B_\mathrm{simple}$ where the goal is reached")
     ax.set_ylabel(r"$B_\mathrm{crit}$ of the goal")
+    if len(unresolved):
+        ax.scatter([], [], facecolor="none", edgecolor="grey", s=30, label="unresolved (s.e. ≥ half the value)")
     ax.legend(loc="upper left", fontsize="x-small", title="last goal: outlined; grey: paper (Table 1, averaged)",
               title_fontsize="x-small")
     return ax

@@ -233,6 +233,24 @@ NOTEBOOK_DOMAINS = {"00_calibration": "synthetic", "01_image_classification": "i
 #: The results folder of notebook 05 (under the results root).
 DYNAMICS_DIR = "noise_dynamics"
 
+#: Names for readers (tables, verdicts, figure legends); :func:`display_name` falls back to the id.
+DISPLAY_NAMES: dict[str, str] = {
+    "noisy_linear_regression": "Noisy linear regression (SGD)",
+    "fashion_mnist_mlp_sgd": "Fashion-MNIST MLP (SGD)",
+    "fashion_mnist_mlp_adam": "Fashion-MNIST MLP (Adam)",
+    "fashion_mnist_mlp_adam_beta2_099": "Fashion-MNIST MLP (Adam, β2 = 0.99)",
+    "prose_lstm_adam": "LSTM language model (Adam)",
+    "prose_lstm_adam_widths": "LSTM language model, widths (Adam)",
+    "fashion_mnist_autoencoder": "Fashion-MNIST autoencoder (Adam)",
+    "fashion_mnist_vae": "Fashion-MNIST VAE (Adam)",
+    "cartpole_a2c": "CartPole (A2C)",
+}
+
+
+def display_name(task: str) -> str:
+    """A task's name for readers (:data:`DISPLAY_NAMES`), its id where it has none."""
+    return DISPLAY_NAMES.get(task, task)
+
 assert all(set(by_profile) == set(PROFILES) for by_profile in (*PRESETS.values(), DEFAULT_WIDTHS, DYNAMICS)), \
     "every preset table must cover exactly config.PROFILES"
 

@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from gns_utils.experiments.profiles import PRESETS, presets
+from gns_utils.experiments.profiles import PRESETS, display_name, presets
 from gns_utils.experiments.store import provenance, write_json_atomic
 
 __all__ = [
@@ -48,8 +48,14 @@ __all__ = [
     "SUMMARY_FIELDS",
     "TABLE_COLUMNS",
     "GOAL_PREDICTORS",
+    "NOT_POOLED",
+    "UNRESOLVED_REL_SE",
     "goal_points",
     "goal_report",
+    "is_resolved",
+    "predictor_resolved",
+    "ratio_interval",
+    "task_slopes",
     "calibration_report",
     "load_task_summaries",
     "paper_table",
@@ -58,6 +64,7 @@ __all__ = [
     "r_squared_fit",
     "r_squared_identity",
     "summary_table",
+    "verdict_markdown",
     "write_summary",
 ]
 
@@ -81,9 +88,25 @@ TABLE_COLUMNS: tuple[str, ...] = (
     "task", "units", "b_crit", "b_crit_stderr", "b_simple", "ratio", "source",
     "b_crit_kind", "b_crit_low", "b_crit_high", "b_simple_low", "b_simple_high",
     "b_crit_start", "b_crit_start_stderr", "b_simple_start", "b_crit_start_kind",
-    "b_crit_start_low", "b_crit_start_high", "b_simple_start_low", "b_simple_start_high",
+    "b_crit_start_low", "b_crit_start_high", "b_simple_start_low", "b_simple_start_high", "pooled",
 )
 _POINT_KINDS = ("value", "range")
+
+#: A value whose standard error is at least this fraction of it is *unresolved*: listed, counted and drawn
+#: apart, but left out of medians, slopes and R².
+UNRESOLVED_REL_SE = 0.5
+#: Tasks drawn and tabled but not pooled as independent tasks: variants of another task (same network and
+#: data), mapped to the task they vary.
+NOT_POOLED: dict[str, str] = {"fashion_mnist_mlp_adam_beta2_099": "fashion_mnist_mlp_adam"}
+
+
+def is_resolved(value: Any, stderr: Any) -> np.ndarray:
+    """``value > 0`` and its standard error (NaN/None: unknown, taken as resolved) below
+    :data:`UNRESOLVED_REL_SE` × ``value``; elementwise."""
+    v = pd.to_numeric(pd.Series(np.atleast_1d(value)), errors="coerce").to_numpy(float)
+    se = pd.to_numeric(pd.Series(np.atleast_1d(stderr)), errors="coerce").to_numpy(float)
+    with np.errstate(invalid="ignore"):
+        return (v > 0) & ~(se >= UNRESOLVED_REL_SE * v)
 
 
 # --------------------------------------------------------------------------- inputs
@@ -235,14 +258,19 @@ def _measured_rows(measured: pd.DataFrame) -> pd.DataFrame:
         "b_simple_start": m["b_simple_start"].astype(float),
         "b_crit_start_kind": m["b_crit_start_bound"].fillna("none").map(_BOUND_KIND),
     })
-    out.loc[out["b_crit"].isna(), "b_crit_kind"] = "not_measured"
-    out.loc[out["b_crit_start"].isna(), "b_crit_start_kind"] = "not_measured"
+    for prefix in ("b_crit", "b_crit_start"):
+        value = out[prefix].to_numpy(float)
+        unresolved = (out[f"{prefix}_kind"] == "value") & ~is_resolved(value, out[f"{prefix}_stderr"].to_numpy(float))
+        out.loc[unresolved & (value > 0), f"{prefix}_kind"] = "unresolved"
+        out.loc[out[prefix].isna(), f"{prefix}_kind"] = "not_measured"
+    out["pooled"] = ~out["task"].isin(list(NOT_POOLED))
     return out
 
 
 def _paper_rows(paper: pd.DataFrame) -> pd.DataFrame:
     out = paper.copy()
     out["source"] = "paper"
+    out["pooled"] = True
     out["b_crit_stderr"] = np.nan
     out["b_crit_start_stderr"] = np.nan
     return out
@@ -262,8 +290,9 @@ def summary_table(measured: pd.DataFrame, paper: pd.DataFrame | None = None, sta
         Columns :data:`TABLE_COLUMNS`: ``task, units, b_crit, b_crit_stderr, b_simple,
         ratio`` (``b_simple/b_crit``), ``source`` ("measured" | "paper"), then the kind
         of each ``B_crit`` ("value" | "lower_bound" | "upper_bound" | "range" |
-        "not_measured", measured bounds from ``b_crit_bound``), range ends and the
-        start-of-training values. Measured rows first.
+        "not_measured" | "unresolved", measured bounds from ``b_crit_bound``, unresolved where the
+        s.e. is ≥ :data:`UNRESOLVED_REL_SE` × the value), range ends, the start-of-training values and
+        ``pooled`` (False for the :data:`NOT_POOLED` variants). Measured rows first.
     """
     paper = paper_table() if paper is None else paper
     table = pd.concat([_measured_rows(measured), _paper_rows(paper)], ignore_index=True)
@@ -282,8 +311,8 @@ def summary_table(measured: pd.DataFrame, paper: pd.DataFrame | None = None, sta
 def r2_report(table: pd.DataFrame) -> dict[str, float]:
     """R² of ``B_crit`` against ``B_simple`` (log10) for our tasks, the paper's, and all.
 
-    Only rows whose ``b_crit_kind`` is "value" or "range" count (ranges at their
-    geometric mean); bounds are left out.
+    Only pooled rows whose ``b_crit_kind`` is "value" or "range" count (ranges at their
+    geometric mean); bounds, unresolved values and the :data:`NOT_POOLED` variants are left out.
 
     Args:
         table: :func:`summary_table` output.
@@ -294,6 +323,8 @@ def r2_report(table: pd.DataFrame) -> dict[str, float]:
         :func:`r_squared_identity`; NaN where fewer than 3 points remain.
     """
     points = table[table["b_crit_kind"].isin(_POINT_KINDS)]
+    if "pooled" in points:
+        points = points[points["pooled"].fillna(True).astype(bool)]
     subsets = {
         "ours": points[points["source"] == "measured"],
         "paper": points[points["source"] == "paper"],
@@ -328,7 +359,8 @@ _EXACT = ("b_crit_predicted", "b_crit_exact")
 
 def calibration_report(points: pd.DataFrame) -> dict[str, float]:
     """How well the pipeline recovers the exact answers on the synthetic task: the ratios
-    ``B_crit(measured) / B_crit_predicted`` and ``/ B_crit_exact`` (median, min, max) over its goals."""
+    ``B_crit(measured) / B_crit_predicted`` and ``/ B_crit_exact`` (median, min, max) over its goals, and
+    at how many goals the 95 % interval covers the exact value (``n_exact_covered``)."""
     synthetic = points[points["synthetic"].astype(bool)] if "synthetic" in points else points.iloc[:0]
     out: dict[str, float] = {"n_points": int(len(synthetic))}
     for column in _EXACT:
@@ -336,6 +368,9 @@ def calibration_report(points: pd.DataFrame) -> dict[str, float]:
         ratio = (ok["b_crit"] / ok[column].astype(float)).to_numpy(float)
         for name, fn in (("median", np.median), ("min", np.min), ("max", np.max)):
             out[f"measured_over_{column.removeprefix('b_crit_')}_{name}"] = float(fn(ratio)) if ratio.size else math.nan
+    if {"ci_low", "ci_high"} <= set(synthetic.columns):
+        exact = synthetic["b_crit_exact"].astype(float)
+        out["n_exact_covered"] = int(((synthetic["ci_low"] <= exact) & (exact <= synthetic["ci_high"])).sum())
     return out
 
 
@@ -347,47 +382,191 @@ def goal_points(measured: pd.DataFrame) -> pd.DataFrame:
 
     Returns:
         One row per (task, goal) whose (2.11) fit is a value (not a bound): ``task, units, goal,
-        goal_index`` (0 = first goal), ``b_crit, b_crit_stderr`` and the :data:`GOAL_PREDICTORS`
-        columns plus ``b_simple_local_log10_spread`` (NaN where a summary has none).
+        goal_index`` (0 = first goal), ``b_crit, b_crit_stderr`` (seed-aware where the task has seeds),
+        ``b_crit_fit_stderr, b_crit_seed_stderr, n_seeds, ci_low, ci_high`` (its 95 % interval),
+        ``b_crit_resolved`` (:func:`is_resolved`), ``pooled`` (False for :data:`NOT_POOLED` variants and
+        the synthetic task), the :data:`GOAL_PREDICTORS` columns and their spreads / standard errors
+        (NaN where a summary has none).
     """
+    extra = ("b_crit_fit_stderr", "b_crit_seed_stderr", "n_seeds", "ci_low", "ci_high")
     rows = []
     for task in measured.itertuples():
         data = json.loads(Path(task.path).read_text())
         for k, goal in enumerate(data.get("goals", [])):
             if goal.get("bound") != "none" or goal.get("b_crit") is None:
                 continue
+            synthetic = data.get("domain") == "synthetic"
             rows.append({"task": task.task, "units": task.units, "goal": goal["goal"], "goal_index": k,
                          "b_crit": goal["b_crit"], "b_crit_stderr": goal.get("b_crit_stderr"),
+                         **{c: goal.get(c) for c in extra},
                          "b_crit_smoothing_systematic": goal.get("b_crit_smoothing_systematic"),
                          "b_crit_seed_rel_std": goal.get("b_crit_seed_rel_std"),
-                         "synthetic": data.get("domain") == "synthetic",
+                         "synthetic": synthetic, "pooled": not synthetic and task.task not in NOT_POOLED,
                          **{c: goal.get(c) for c in (*GOAL_PREDICTORS, *_SPREADS, *_EXACT)}})
-    columns = ["task", "units", "goal", "goal_index", "b_crit", "b_crit_stderr", "b_crit_smoothing_systematic",
-               "b_crit_seed_rel_std", "synthetic", *GOAL_PREDICTORS, *_SPREADS, *_EXACT]
-    return pd.DataFrame(rows, columns=columns).astype({c: float for c in (*GOAL_PREDICTORS, "b_crit")})
+    columns = ["task", "units", "goal", "goal_index", "b_crit", "b_crit_stderr", *extra,
+               "b_crit_smoothing_systematic", "b_crit_seed_rel_std", "synthetic", "pooled",
+               *GOAL_PREDICTORS, *_SPREADS, *_EXACT]
+    frame = pd.DataFrame(rows, columns=columns)
+    numeric = [c for c in columns if c not in ("task", "units", "synthetic", "pooled")]
+    frame[numeric] = frame[numeric].apply(pd.to_numeric, errors="coerce")
+    frame["b_crit_resolved"] = is_resolved(frame["b_crit"], frame["b_crit_stderr"]) if len(frame) else []
+    return frame
+
+
+def predictor_resolved(points: pd.DataFrame, predictor: str) -> np.ndarray:
+    """Where ``predictor`` is positive and, if it has a standard error column, resolved (:func:`is_resolved`)."""
+    se = points[f"{predictor}_stderr"] if f"{predictor}_stderr" in points else np.full(len(points), np.nan)
+    return is_resolved(points[predictor], se) if len(points) else np.zeros(0, bool)
+
+
+def ratio_interval(points: pd.DataFrame, predictor: str) -> tuple[np.ndarray, np.ndarray]:
+    """95 % interval of ``predictor / B_crit`` per point: the predictor over B_crit's interval (``ci_low``,
+    ``ci_high``; ± 1.96 s.e. where missing), widened by the predictor's own relative s.e. (1.96×, in log)."""
+    b, p = points["b_crit"].to_numpy(float), points[predictor].to_numpy(float)
+    se = points["b_crit_stderr"].to_numpy(float)
+    low = points["ci_low"].to_numpy(float) if "ci_low" in points else np.full(len(points), np.nan)
+    high = points["ci_high"].to_numpy(float) if "ci_high" in points else np.full(len(points), np.nan)
+    low = np.where(np.isfinite(low) & (low > 0), low, np.maximum(b - 1.96 * se, 1e-3 * b))
+    high = np.where(np.isfinite(high), high, b + 1.96 * se)
+    own = points[f"{predictor}_stderr"].to_numpy(float) / p if f"{predictor}_stderr" in points else np.zeros(len(points))
+    widen = np.exp(1.96 * np.nan_to_num(own, nan=0.0))
+    return p / high / widen, p / low * widen
+
+
+def _pool_stats(x: pd.Series, y: pd.Series) -> dict[str, float]:
+    ratio = (x / y).to_numpy(float)
+    return {"fit": r_squared_fit(x, y), "identity": r_squared_identity(x, y),
+            "median_abs_log10_ratio": float(np.median(np.abs(np.log10(ratio)))) if ratio.size else math.nan,
+            "n_points": int(ratio.size)}
 
 
 def goal_report(points: pd.DataFrame) -> dict[str, dict[str, float]]:
-    """For each per-goal predictor: R² (free fit and y = x, log10, pooled over every real task's goals; the
-    synthetic calibration task is left out) and
-    the factor ``B_simple / B_crit`` (median, min, max) over the points.
+    """For each per-goal predictor, over the pooled real tasks' resolved goals: R² (free fit and y = x, log10)
+    and the factor ``predictor / B_crit`` (median, min, max, median |log10|) over every goal, the same for
+    one point per task (its last resolved goal: ``task_*``), how many ratios differ from 1 beyond their
+    95 % interval (:func:`ratio_interval`), and how many goals were left out as unresolved.
+
+    The synthetic calibration task and the :data:`NOT_POOLED` variants are left out; a goal is left out as
+    unresolved where B_crit or the predictor has a standard error ≥ :data:`UNRESOLVED_REL_SE` × its value.
 
     Returns:
-        ``{predictor: {"fit", "identity", "ratio_median", "ratio_min", "ratio_max", "n_points"}}``.
+        ``{predictor: {"fit", "identity", "ratio_median", "ratio_min", "ratio_max", "median_abs_log10_ratio",
+        "n_points", "n_tasks", "n_unresolved", "n_differ_from_one", "task_fit", "task_identity",
+        "task_median_abs_log10_ratio"}}``.
     """
     report = {}
-    if "synthetic" in points:
+    if "pooled" in points:
+        points = points[points["pooled"].astype(bool)]
+    elif "synthetic" in points:
         points = points[~points["synthetic"].astype(bool)]
     for column in GOAL_PREDICTORS:
-        ok = points[(points[column] > 0) & (points["b_crit"] > 0)]
+        present = points[(points[column] > 0) & (points["b_crit"] > 0)]
+        keep = predictor_resolved(present, column) & is_resolved(present["b_crit"], present["b_crit_stderr"])
+        ok = present[keep]
         ratio = (ok[column] / ok["b_crit"]).to_numpy(float)
-        report[column] = {"fit": r_squared_fit(ok[column], ok["b_crit"]),
-                          "identity": r_squared_identity(ok[column], ok["b_crit"]),
-                          "ratio_median": float(np.median(ratio)) if ratio.size else float("nan"),
-                          "ratio_min": float(ratio.min()) if ratio.size else float("nan"),
-                          "ratio_max": float(ratio.max()) if ratio.size else float("nan"),
-                          "n_points": int(ratio.size)}
+        low, high = ratio_interval(ok, column) if len(ok) else (np.zeros(0), np.zeros(0))
+        last = ok.sort_values("goal_index").groupby("task").tail(1)
+        task = _pool_stats(last[column], last["b_crit"])
+        report[column] = {**_pool_stats(ok[column], ok["b_crit"]),
+                          "ratio_median": float(np.median(ratio)) if ratio.size else math.nan,
+                          "ratio_min": float(ratio.min()) if ratio.size else math.nan,
+                          "ratio_max": float(ratio.max()) if ratio.size else math.nan,
+                          "n_tasks": int(ok["task"].nunique()), "n_unresolved": int((~keep).sum()),
+                          "n_differ_from_one": int(((low > 1) | (high < 1)).sum()),
+                          "task_fit": task["fit"], "task_identity": task["identity"],
+                          "task_median_abs_log10_ratio": task["median_abs_log10_ratio"]}
     return report
+
+
+def task_slopes(points: pd.DataFrame, predictor: str = "b_simple_local_median") -> pd.DataFrame:
+    """Within each real task, how B_crit(goal) follows the predictor from goal to goal.
+
+    Over the task's resolved goals: the slope of ``log B_crit`` on ``log predictor`` (least squares,
+    :func:`scipy.stats.linregress`) with its standard error (1 means B_crit grows as the predictor does;
+    NaN with fewer than 3 goals), the range of ``predictor / B_crit``, and how many of those ratios lie
+    above / below 1 beyond their 95 % interval (:func:`ratio_interval`).
+
+    Returns:
+        One row per task: ``task, pooled, n_goals, n_unresolved, slope, slope_stderr, ratio_min, ratio_max,
+        n_above_one, n_below_one``.
+    """
+    rows = []
+    real = points[~points["synthetic"].astype(bool)] if "synthetic" in points else points
+    for task, group in real.groupby("task", sort=False):
+        present = group[(group[predictor] > 0) & (group["b_crit"] > 0)]
+        keep = predictor_resolved(present, predictor) & is_resolved(present["b_crit"], present["b_crit_stderr"])
+        ok = present[keep]
+        x, y = np.log10(ok[predictor].to_numpy(float)), np.log10(ok["b_crit"].to_numpy(float))
+        slope = stats.linregress(x, y) if len(ok) >= 3 and np.ptp(x) > 0 else None
+        low, high = ratio_interval(ok, predictor) if len(ok) else (np.zeros(0), np.zeros(0))
+        ratio = 10.0 ** (x - y)
+        rows.append({"task": task, "pooled": task not in NOT_POOLED, "n_goals": int(len(ok)),
+                     "n_unresolved": int((~keep).sum()),
+                     "slope": float(slope.slope) if slope else math.nan,
+                     "slope_stderr": float(slope.stderr) if slope else math.nan,
+                     "ratio_min": float(ratio.min()) if ratio.size else math.nan,
+                     "ratio_max": float(ratio.max()) if ratio.size else math.nan,
+                     "n_above_one": int((low > 1).sum()), "n_below_one": int((high < 1).sum())})
+    return pd.DataFrame(rows, columns=["task", "pooled", "n_goals", "n_unresolved", "slope", "slope_stderr",
+                                       "ratio_min", "ratio_max", "n_above_one", "n_below_one"])
+
+
+# --------------------------------------------------------------------------- text
+def _range(values: Sequence[float]) -> str:
+    values = [v for v in values if np.isfinite(v)]
+    return f"{min(values):.2f}–{max(values):.2f}" if values else "–"
+
+
+def verdict_markdown(table: pd.DataFrame, r2: dict[str, float], by_goal: dict[str, dict[str, float]],
+                     slopes: pd.DataFrame, calibration: dict[str, float],
+                     predictor: str = "b_simple_local_median") -> str:
+    """The summary notebook's verdict, in words, computed from the statistics of this module.
+
+    Per task: the range of ``predictor / B_crit`` over its resolved goals, how many differ from 1 beyond
+    their 95 % interval, and the within-task slope of log B_crit on log predictor (± s.e.); then the pooled
+    statistics per goal and per task, the unresolved goals left out, and the calibration task's recovery.
+    """
+    lines = ["| task | goals | B_simple / B_crit | above 1 / below 1 beyond error | slope of log B_crit on "
+             "log B_simple ± s.e. |", "|---|---|---|---|---|"]
+    for row in slopes.itertuples():
+        slope = f"{row.slope:.2f} ± {row.slope_stderr:.2f}" if np.isfinite(row.slope) else "– (< 3 goals)"
+        note = " (shown, not pooled)" if not row.pooled else ""
+        lines.append(f"| {display_name(row.task)}{note} | {row.n_goals} (+{row.n_unresolved} unresolved) | "
+                     f"{_range([row.ratio_min, row.ratio_max])} | {row.n_above_one} / {row.n_below_one} | {slope} |")
+    g = by_goal[predictor]
+    pooled = table[(table["source"] == "measured") & table["pooled"].astype(bool)]
+    determined = slopes[slopes["pooled"] & (slopes["slope_stderr"] < 0.5)]
+    follow = [display_name(t) for t in determined[(determined["slope"] - 2 * determined["slope_stderr"] <= 1)
+                                                 & (1 <= determined["slope"] + 2 * determined["slope_stderr"])]["task"]]
+    steeper = [display_name(t) for t in determined[determined["slope"] - 2 * determined["slope_stderr"] > 1]["task"]]
+    flatter = [display_name(t) for t in determined[determined["slope"] + 2 * determined["slope_stderr"] < 1]["task"]]
+    loose = [display_name(t) for t in slopes[slopes["pooled"] & ~(slopes["slope_stderr"] < 0.5)]["task"]]
+    consistent = [display_name(r.task) for r in slopes.itertuples() if r.pooled and r.n_goals and r.n_above_one + r.n_below_one == 0]
+    text = [
+        "\n".join(lines), "",
+        f"**Goal by goal** ({g['n_points']} resolved goals of {g['n_tasks']} independent tasks; "
+        f"{g['n_unresolved']} goals left out as unresolved, s.e. ≥ {UNRESOLVED_REL_SE:g} × the value): "
+        f"B_simple / B_crit spans {_range([g['ratio_min'], g['ratio_max']])} (median {g['ratio_median']:.2f}, "
+        f"median |log10| {g['median_abs_log10_ratio']:.2f}); {g['n_differ_from_one']} of the {g['n_points']} ratios "
+        f"differ from 1 beyond their 95 % interval. R² of y = x {g['identity']:.2f} (free fit {g['fit']:.2f}); "
+        f"with one point per task (its last resolved goal) {g['task_identity']:.2f} (free fit {g['task_fit']:.2f}).",
+        "",
+        f"**Within tasks**, B_crit grows as B_simple does (slope within 2 s.e. of 1) on: "
+        f"{', '.join(follow) if follow else 'none'}; faster than B_simple on: {', '.join(steeper) if steeper else 'none'}; "
+        f"slower on: {', '.join(flatter) if flatter else 'none'}; slope not determined (s.e. ≥ 0.5): "
+        f"{', '.join(loose) if loose else 'none'}. **Tasks where B_simple = B_crit within the error at every "
+        f"resolved goal**: {', '.join(consistent) if consistent else 'none'}.",
+        "",
+        f"**Whole runs** (Table 1's convention, {len(pooled)} independent tasks): R² of y = x {r2['ours_identity']:.2f} "
+        f"(free fit {r2['ours_fit']:.2f}); the paper's tasks {r2['paper_identity']:.2f} ({r2['paper_fit']:.2f}).",
+    ]
+    if calibration.get("n_points"):
+        covered = calibration.get("n_exact_covered")
+        text += ["", f"**Calibration** (noisy linear regression, exact answer known): measured / exact B_crit "
+                 f"{calibration['measured_over_exact_min']:.2f}–{calibration['measured_over_exact_max']:.2f} over "
+                 f"{calibration['n_points']} goals"
+                 + (f"; the 95 % interval covers the exact value at {covered} of them." if covered is not None else ".")]
+    return "\n".join(text)
 
 
 # --------------------------------------------------------------------------- outputs
@@ -412,6 +591,7 @@ def write_summary(
     points: pd.DataFrame | None = None,
     by_goal: dict[str, dict[str, float]] | None = None,
     calibration: dict[str, float] | None = None,
+    slopes: pd.DataFrame | None = None,
 ) -> Path:
     """Write the cross-task summary (``tasks``, ``r2``, ``missing``, ``profile``) atomically.
 
@@ -424,6 +604,7 @@ def write_summary(
         points: :func:`goal_points` output (written as ``goal_points``).
         by_goal: :func:`goal_report` output (written as ``r2_by_goal``).
         calibration: :func:`calibration_report` output (written as ``calibration``).
+        slopes: :func:`task_slopes` output (written as ``task_slopes``).
 
     Returns:
         The path written.
@@ -437,6 +618,8 @@ def write_summary(
     if by_goal is not None:
         data["r2_by_goal"] = {k: {m: (None if not np.isfinite(v) else float(v)) for m, v in r.items()}
                               for k, r in by_goal.items()}
+    if slopes is not None:
+        data["task_slopes"] = json.loads(slopes.to_json(orient="records"))
     if calibration is not None:
         data["calibration"] = {k: (None if not np.isfinite(v) else float(v)) for k, v in calibration.items()}
     return Path(write_json_atomic(path, data))

@@ -293,6 +293,16 @@ def _dynamics_lines(root) -> list[str]:
     return out
 
 
+def _growth(s: dict) -> str:
+    """B_crit's growth from the first goal to the last: "≥" where a bound makes the factor a lower bound (the
+    first goal's B_crit an upper bound, or the last one's a lower bound), "≤" the other way, "?" when they clash."""
+    sides = {{"upper": "≥", "lower": "≤"}.get(s.get("b_crit_start_bound") or "none"),
+             {"lower": "≥", "upper": "≤"}.get(s.get("b_crit_bound") or "none")} - {None}
+    if len(sides) > 1:
+        return "×?"
+    return f"{''.join(sides)}{' ' if sides else ''}×{s['b_crit'] / s['b_crit_start']:.2g}"
+
+
 def key_numbers(root) -> list[str]:
     """The derived numbers the README's discussion quotes, one markdown line each.
 
@@ -311,9 +321,10 @@ def key_numbers(root) -> list[str]:
         return []
     lines = [line for s in summaries if s.get("domain") == "synthetic" for line in _calibration_lines(s)]
     rel = [s["b_crit_stderr"] / s["b_crit"] for s in tasks if s.get("b_crit_stderr")]
-    growth = ", ".join(f"×{s['b_crit'] / s['b_crit_start']:.2g} ({s['task']})" for s in tasks if s.get("b_crit_start"))
+    growth = ", ".join(f"{_growth(s)} ({s['task']})" for s in tasks if s.get("b_crit_start"))
     lines.append(f"B_crit at the last goal has a relative standard error of {100 * min(rel):.0f}–{100 * max(rel):.0f} %; "
-                 f"from the first goal to the last it grows {growth}.")
+                 f"from the first goal to the last it grows {growth} (≥: the first goal's B_crit is an upper bound, "
+                 "so the growth is a lower bound).")
     b_crits = [s["b_crit"] for s in tasks]
     ratios = [s["b_simple"] / s["b_crit"] for s in tasks if s.get("b_simple")]
     lines.append(f"B_crit spans {np.log10(max(b_crits) / min(b_crits)):.1f} decades over the tasks "
