@@ -2,6 +2,7 @@
 #   make reproduce   train every run of every notebook at PROFILE (default cpu) anew into results/,
 #                    then compare with the committed results (results/reproduction.md)
 #   make test        the whole test suite, every notebook included at smoke size
+#   make replicate   the same at other seeds, into replication/: does another draw agree with results/?
 # Also: make lab (JupyterLab on the notebooks), make benchmarks, one target per notebook.
 SHELL := /bin/bash
 PROFILE ?= cpu
@@ -16,7 +17,7 @@ export HF_HUB_OFFLINE ?= 1
 export MPLBACKEND ?= Agg
 export PYTHONUNBUFFERED := 1
 
-.PHONY: env data test smoke reproduce lab calibration image language autoencoder rl dynamics summary benchmarks
+.PHONY: env data test smoke reproduce replicate lab calibration image language autoencoder rl dynamics summary benchmarks
 
 # The virtual environment, installed from the exact lock; rebuilt when the lock changes.
 $(STAMP): requirements.lock pyproject.toml
@@ -45,6 +46,11 @@ REPRODUCE := $(PY) -m gns_utils.experiments.reproduce --profile $(PROFILE) --job
 reproduce: data
 	$(REPRODUCE)
 	$(PY) -m gns_utils.experiments.tables --readme README.md
+
+# A replication: every sweep at other seeds (1000 and its repeats), into replication/, judged against the
+# committed results/ by the seed-aware standard errors (make reproduce, at the committed seeds, checks determinism).
+replicate: data
+	$(PY) -m gns_utils.experiments.reproduce --profile $(PROFILE) --jobs $(JOBS) --seed 1000 --results-dir replication --reference-dir results
 
 # One notebook, trained anew and compared with the reference (then `make summary` redraws Fig 4).
 calibration: data

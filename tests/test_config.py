@@ -71,3 +71,11 @@ def test_configs_are_frozen():
         cfg.seed = 1
     with pytest.raises(TypeError):
         cfg.model_kwargs["hidden"] = [1]
+
+
+def test_another_main_seed_moves_the_repeat_seeds_with_it():
+    (sgd,) = experiment_configs("image", "cpu", tasks=["fashion_mnist_mlp_sgd"], seed=1000)
+    assert (sgd.seed, sgd.seeds) == (1000, (1001, 1002))
+    assert experiment_configs("image", "cpu", tasks=["fashion_mnist_mlp_sgd"])[0].seeds == (1, 2)
+    assert experiment_configs("image", "cpu", tasks=["fashion_mnist_mlp_sgd"], seed=5, seeds=[9])[0].seeds == (9,)
+    assert experiment_configs("image", "cpu", tasks=["fashion_mnist_mlp_adam_beta2_099"], seed=1000)[0].seeds == ()

@@ -91,6 +91,32 @@ def test_a_bound_agrees_only_when_equal(tmp_path):
     assert not reproduce.compare(tmp_path / "ref", tmp_path / "new", ["t"])["agrees"]
 
 
+@pytest.mark.parametrize("new_seed, kind", [(0, "determinism check"), (1000, "replication")])
+def test_a_comparison_at_other_seeds_is_a_replication(tmp_path, new_seed, kind):
+    def summary(seed):
+        return {**_task_summary(14.0, 7.0, 34.0), "config": {"seed": seed, "seeds": [seed + 1, seed + 2]}}
+
+    write_json_atomic(tmp_path / "ref" / "t" / "summary.json", summary(0))
+    write_json_atomic(tmp_path / "new" / "t" / "summary.json", summary(new_seed))
+    result = reproduce.compare(tmp_path / "ref", tmp_path / "new", ["t"])
+    assert result["kind"] == kind and result["tasks"][0]["seeds"] == [new_seed, new_seed + 1, new_seed + 2]
+    text = reproduce.comparison_markdown(result, "header")
+    assert ("A replication" in text) == (kind == "replication") and ("A determinism check" in text) == (new_seed == 0)
+
+
+@pytest.mark.notebook
+def test_replicate_trains_at_new_seeds_into_its_own_folder_against_the_committed_one(tmp_path):
+    _old_results(tmp_path / "results")
+    assert reproduce.main(["--profile", "smoke", "--only", "01_image_classification", "--seed", "1000",
+                           "--results-dir", str(tmp_path / "replication"), "--reference-dir", str(tmp_path / "results"),
+                           "--jobs", "1"]) == 0
+    comparison = json.loads((tmp_path / "replication" / "reproduction.json").read_text())
+    (row,) = comparison["tasks"]
+    assert row["seeds"] == [1000, 1001] and row["b_crit_reference"] == 14.0  # smoke preset: seed 0 repeats at 1
+    assert comparison["kind"] == "replication" and (tmp_path / "results" / "smoke_image" / "runs" / "old").exists()
+    assert "A replication" in (tmp_path / "replication" / "reproduction.md").read_text()
+
+
 @pytest.mark.notebook
 def test_reproduce_trains_every_run_and_compares(tmp_path, capsys):
     _old_results(tmp_path)
@@ -113,7 +139,7 @@ def test_a_notebook_that_reads_another_starts_after_it(tmp_path, monkeypatch):
 
     events, lock = [], threading.Lock()
 
-    def fake_run(name, profile, results_dir, exhaustive=False):
+    def fake_run(name, profile, results_dir, exhaustive=False, seed=0):
         with lock:
             events.append(("start", name))
         time.sleep({"01_image_classification": 0.3}.get(name, 0.05))

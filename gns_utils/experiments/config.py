@@ -360,7 +360,9 @@ def make_experiment(preset: Mapping[str, Any], overrides: Mapping[str, Any] | No
         preset: a profile's full set of fields (see :mod:`gns_utils.experiments.profiles`).
         overrides: fields to replace; a value of ``None`` keeps the preset's value, and a
             dict for a dict field (``data_kwargs``, ``model_kwargs`` ...) updates the preset's
-            dict key by key (again skipping ``None`` values).
+            dict key by key (again skipping ``None`` values). A ``seed`` other than the preset's moves
+            the repeat seeds (``seeds``) by the same amount unless ``seeds`` is given too: seed 1000 of a
+            preset with ``seeds=[1, 2]`` repeats at 1001 and 1002.
 
     Raises:
         ConfigError: an unknown key (with the list of known ones), a wrong type, or a
@@ -368,6 +370,11 @@ def make_experiment(preset: Mapping[str, Any], overrides: Mapping[str, Any] | No
     """
     hints = typing.get_type_hints(ExperimentConfig)
     merged = dict(preset)
+    overrides = dict(overrides or {})
+    if overrides.get("seed") is not None and overrides.get("seeds") is None and merged.get("seeds"):
+        # another main seed moves the repeats with it: seed k repeats at k + (the preset's offsets)
+        shift = int(overrides["seed"]) - int(merged.get("seed", 0))
+        merged["seeds"] = [int(s) + shift for s in merged["seeds"]]
     for key, value in (overrides or {}).items():
         if key not in hints:
             raise ConfigError(f"unknown parameter {key!r}; known parameters: {sorted(hints)}")

@@ -27,6 +27,12 @@ call resumes. ``<results_dir>/reproduce_log.json`` keeps the wall time of every 
 the whole reproduction (over all calls that made it), and their CPU time (user + system, the kernels
 included), which other work on the machine inflates less than the wall time.
 
+``--seed K`` trains every sweep at main seed ``K`` (its repeats move with it): with the committed seed (0)
+the comparison is a **determinism check** (identical results are expected, but only on the same hardware
+and library versions); at other seeds it is a **replication**, judged by the seed-aware standard errors.
+``make replicate`` runs one at seed :data:`REPLICATION_SEED` into ``replication/`` (ignored by git),
+against the committed ``results/`` (``--reference-dir``).
+
 ``--exhaustive`` is the baseline the engine is timed against: every domain notebook that has the
 parameters runs with ``exhaustive=True`` (every learning rate trained to the end) and
 ``goal_source="subset"`` (the goal metric evaluated on a fixed training subset at every logged step).
@@ -68,6 +74,8 @@ STATE_DIR = ".reproduction"
 EXHAUSTIVE_PARAMETERS = {"exhaustive": True, "goal_source": "subset"}
 #: The record of a reproduction, written at its end (and by each notebook, the log).
 RECORD_FILES = ("reproduction.json", "reproduction.md", "reproduce_log.json")
+#: ``make replicate``'s main seed: far from the committed seeds (0 and its repeats 1, 2), so that every run differs.
+REPLICATION_SEED = 1000
 
 
 def outputs(results_dir: Path, notebook: str, profile: str) -> list[Path]:
@@ -108,7 +116,8 @@ def _reference_files(results_dir: Path) -> dict[str, bytes]:
             if p.is_file() and _is_summary(p.relative_to(results_dir).as_posix())}
 
 
-def start_or_resume(results_dir: Path, profile: str, notebooks: list[str], exhaustive: bool = False) -> dict[str, Any]:
+def start_or_resume(results_dir: Path, profile: str, notebooks: list[str], exhaustive: bool = False,
+                    seed: int = 0, reference_dir: Path | None = None) -> dict[str, Any]:
     """Begin a fresh reproduction (reference aside, outputs deleted) or resume the one in progress.
 
     Returns:
@@ -123,10 +132,12 @@ def start_or_resume(results_dir: Path, profile: str, notebooks: list[str], exhau
     state = read_json(state_dir / "state.json")
     if state is not None:
         running = bool(state.get("exhaustive", False))
-        if state["profile"] != profile or sorted(state["notebooks"]) != sorted(notebooks) or running != exhaustive:
+        if (state["profile"] != profile or sorted(state["notebooks"]) != sorted(notebooks) or running != exhaustive
+                or state.get("seed", 0) != seed):
             flag = " --exhaustive" if running else ""
             raise SystemExit(
-                f"a reproduction of profile {state['profile']!r}{flag} ({', '.join(state['notebooks'])}) is in "
+                f"a reproduction of profile {state['profile']!r}{flag} at seed {state.get('seed', 0)} "
+                f"({', '.join(state['notebooks'])}) is in "
                 f"progress in {results_dir}; finish it by running that command again, or delete {state_dir} to "
                 "start over")
         state["resumed"] += 1
@@ -135,7 +146,7 @@ def start_or_resume(results_dir: Path, profile: str, notebooks: list[str], exhau
     if state_dir.exists():
         shutil.rmtree(state_dir)
     reference = state_dir / "reference"
-    for rel, content in _reference_files(results_dir).items():
+    for rel, content in _reference_files(reference_dir or results_dir).items():
         (reference / rel).parent.mkdir(parents=True, exist_ok=True)
         (reference / rel).write_bytes(content)
     removed = 0
@@ -148,7 +159,8 @@ def start_or_resume(results_dir: Path, profile: str, notebooks: list[str], exhau
         elif path.exists():
             path.unlink()
             removed += 1
-    state = {"profile": profile, "notebooks": notebooks, "exhaustive": exhaustive, "resumed": 0, "elapsed_s": 0.0,
+    state = {"profile": profile, "notebooks": notebooks, "exhaustive": exhaustive, "seed": seed, "resumed": 0,
+             "elapsed_s": 0.0,
              "started": provenance()["timestamp"], "git_commit": provenance()["git_commit"]}
     write_json_atomic(state_dir / "state.json", state)
     n_ref = len([p for p in reference.rglob("summary.json")]) if reference.exists() else 0
@@ -163,10 +175,11 @@ def _cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
-def run_notebook(name: str, profile: str, results_dir: str, exhaustive: bool = False) -> dict[str, Any]:
+def run_notebook(name: str, profile: str, results_dir: str, exhaustive: bool = False, seed: int = 0) -> dict[str, Any]:
     """Execute one notebook with papermill; return its status, error, wall time and CPU time.
 
-    ``exhaustive``: pass :data:`EXHAUSTIVE_PARAMETERS` (those the notebook declares)."""
+    ``exhaustive``: pass :data:`EXHAUSTIVE_PARAMETERS` (those the notebook declares); ``seed``: the
+    domain notebooks' main seed (their repeats move with it)."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # inherited by the kernel: one thread per notebook
     print(f"[reproduce] {name} at profile={profile} started", flush=True)
     t0, cpu0 = time.perf_counter(), _cpu_seconds()
@@ -175,6 +188,8 @@ def run_notebook(name: str, profile: str, results_dir: str, exhaustive: bool = F
     parameters = {"profile": profile, "results_dir": results_dir}
     if name != SUMMARY_NOTEBOOK:
         parameters["progress"] = False
+        if seed:
+            parameters["seed"] = seed
     if exhaustive:
         declared = pm.inspect_notebook(source)
         parameters.update({k: v for k, v in EXHAUSTIVE_PARAMETERS.items() if k in declared})
@@ -217,7 +232,8 @@ def compare(reference_dir: Path, results_dir: Path, tasks: list[str]) -> dict[st
         if new is None:
             rows.append({"task": task, "agrees": False, "note": "no new summary (the notebook failed)"})
             continue
-        row: dict[str, Any] = {"task": task, "units": new.get("units")}
+        row: dict[str, Any] = {"task": task, "units": new.get("units"), "seeds": _seeds(new),
+                               "seeds_reference": _seeds(ref) if ref else None}
         for key in ("b_crit", "b_crit_stderr", "b_simple"):
             row[key], row[f"{key}_reference"] = new.get(key), (ref or {}).get(key)
         for side in ("", "_reference"):
@@ -241,7 +257,9 @@ def compare(reference_dir: Path, results_dir: Path, tasks: list[str]) -> dict[st
     new_r2 = (read_json(results_dir / "summary.json") or {}).get("r2", {})
     ref_r2 = (read_json(reference_dir / "summary.json") or {}).get("r2", {})
     compared = [r for r in rows if r.get("agrees") is not None]
+    replication = any(set(r["seeds"]) & set(r["seeds_reference"] or []) != set(r["seeds"]) for r in compared)
     return {
+        "kind": "replication" if replication else "determinism check",
         "tasks": rows,
         "r2": {k: {"new": new_r2.get(k), "reference": ref_r2.get(k)} for k in sorted(set(new_r2) | set(ref_r2))},
         "agrees": bool(compared) and all(r["agrees"] for r in compared),
@@ -249,6 +267,12 @@ def compare(reference_dir: Path, results_dir: Path, tasks: list[str]) -> dict[st
         "criteria": (f"B_crit within {AGREE_STDERRS:g} combined standard errors of the reference, and B_simple "
                      f"within a factor {AGREE_FACTOR:g}"),
     }
+
+
+def _seeds(summary: dict[str, Any]) -> list[int]:
+    """The seeds a task summary's sweeps trained (its main seed and its repeats)."""
+    config = summary.get("config", {})
+    return [int(config.get("seed", 0)), *[int(x) for x in config.get("seeds", [])]]
 
 
 def _close(a: float | None, b: float | None, rel: float = 1e-6) -> bool:
@@ -278,6 +302,16 @@ def comparison_markdown(comparison: dict[str, Any], header: str) -> str:
     if comparison["r2"]:
         lines += ["", "| R² (log10 B_crit on log10 B_simple) | new | reference |", "|---|---|---|"]
         lines += [f"| {k} | {_fmt(v['new'], '.2f')} | {_fmt(v['reference'], '.2f')} |" for k, v in comparison["r2"].items()]
+    kind = comparison.get("kind", "determinism check")
+    if kind == "replication":
+        lines.insert(1, "**A replication**: the runs were trained at other seeds than the reference's, so agreement "
+                        "is judged by the seed-aware standard errors of B_crit (which include the spread between "
+                        "seeds); it says whether another person's run would agree.\n")
+    else:
+        lines.insert(1, "**A determinism check**: the runs were trained at the reference's seeds, so they should be "
+                        "identical; that holds only on the same hardware and library versions (float rounding "
+                        "differs between machines and the trajectories part). It says nothing about another seed: "
+                        "`make replicate` trains at new seeds.\n")
     if not any(r.get("agrees") is not None for r in comparison["tasks"]):
         verdict = "Nothing to compare: the reference holds none of these tasks."
     elif comparison["identical"]:
@@ -305,6 +339,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="*", choices=NOTEBOOKS, help="run only these notebooks")
     parser.add_argument("--results-dir", default="results", help="results root (relative to the repository)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="domain notebooks run at once")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="main seed of every sweep (repeats move with it); other than the reference's: a "
+                             f"replication (make replicate uses {REPLICATION_SEED})")
+    parser.add_argument("--reference-dir", default=None,
+                        help="the committed results compared with (relative to the repository; default: --results-dir)")
     parser.add_argument("--exhaustive", action="store_true",
                         help="the baseline: every rate trained to the end, the goal metric on a fixed subset")
     args = parser.parse_args(argv)
@@ -312,7 +351,8 @@ def main(argv: list[str] | None = None) -> int:
     notebooks = [n for n in NOTEBOOKS if n in (args.only or NOTEBOOKS)]
     results = repo_path(args.results_dir)
     results.mkdir(parents=True, exist_ok=True)
-    state = start_or_resume(results, args.profile, notebooks, args.exhaustive)
+    reference_dir = args.reference_dir or args.results_dir
+    state = start_or_resume(results, args.profile, notebooks, args.exhaustive, args.seed, repo_path(reference_dir))
     start = time.perf_counter()
     log_path = results / "reproduce_log.json"
     old_log = read_json(log_path) if state["resumed"] else None
@@ -321,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     domain = [n for n in notebooks if n != SUMMARY_NOTEBOOK]
     with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         waiting = [n for n in domain if AFTER.get(n) in domain]
-        futures = {pool.submit(run_notebook, name, args.profile, args.results_dir, args.exhaustive): name
+        futures = {pool.submit(run_notebook, name, args.profile, args.results_dir, args.exhaustive, args.seed): name
                    for name in domain if name not in waiting}
         while futures:
             done = next(as_completed(futures))
@@ -330,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
             write_json_atomic(log_path, log)
             for name in [n for n in waiting if AFTER[n] == finished]:
                 waiting.remove(name)
-                futures[pool.submit(run_notebook, name, args.profile, args.results_dir, args.exhaustive)] = name
+                futures[pool.submit(run_notebook, name, args.profile, args.results_dir, args.exhaustive, args.seed)] = name
     if SUMMARY_NOTEBOOK in notebooks:
         log["notebooks"][SUMMARY_NOTEBOOK] = run_notebook(SUMMARY_NOTEBOOK, args.profile, args.results_dir, args.exhaustive)
     state["elapsed_s"] += time.perf_counter() - start
@@ -360,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
               f"`{(state['git_commit'] or 'unknown')[:12]}`; {n_runs} runs, {n_runs - n_before} of them trained by this "
               f"reproduction ({n_before} from before it started); {log['total_wall_time_s'] / 60:.1f} min in all "
               f"({log['total_cpu_time_s'] / 60:.1f} CPU-min). "
-              "Reference: the task summaries of the `results/` at that commit.")
+              f"Main seed {args.seed}. Reference: the task summaries of the `{reference_dir}/` at that commit.")
     report = comparison_markdown(comparison, header)
     write_json_atomic(results / "reproduction.json", comparison)
     (results / "reproduction.md").write_text(report)
