@@ -69,8 +69,9 @@ summary: $(STAMP)
 	$(REPRODUCE) --only 99_summary
 
 # JupyterLab on the project's environment: open a notebook in notebooks/ and step through it.
+# The kernel must draw inline: MPLBACKEND (Agg for the batch jobs above) is unset for it; root needs --allow-root.
 lab: data
-	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
+	env -u MPLBACKEND $(VENV)/bin/jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root,)
 
 # Speed ratios against baselines timed in the same process; the output is kept in benchmarks/results.txt.
 benchmarks: $(STAMP)

@@ -65,3 +65,11 @@ def test_public_api_is_exported():
     assert {"GradientNoiseMonitor", "PerExampleNormMonitor", "NoiseScaleEMA", "fit_tradeoff",
             "hessian_noise_scale", "per_example_estimate", "training_average", "combine_hessian_noise_scales",
             "checkpoint_noise_scale", "adam_preconditioner"} <= set(gns_utils.__all__)
+
+
+def test_make_lab_gives_the_kernel_no_batch_backend_and_runs_as_root_only_with_allow_root():
+    """The Makefile exports MPLBACKEND=Agg for the batch jobs; JupyterLab's kernel must draw inline
+    (test_notebooks executes notebooks without the variable and finds the figures inline)."""
+    recipe = repo_path("Makefile").read_text().split("\nlab:", 1)[1].split("\n\n")[0]
+    assert "env -u MPLBACKEND" in recipe and "jupyter lab" in recipe
+    assert "$(if $(filter 0,$(shell id -u)),--allow-root,)" in recipe

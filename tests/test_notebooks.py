@@ -108,6 +108,27 @@ def test_summary_notebook_reads_files_only(results):
     assert points and all(p["b_crit"] > 0 and _resolved_or_none(p["b_simple_local_median"]) for p in points)
 
 
+def test_stepping_through_again_changes_no_file_and_draws_inline_without_a_backend_set(results, monkeypatch):
+    """What ``make lab`` gives: no MPLBACKEND, so the kernel draws inline; re-running a notebook on the runs
+    already there trains nothing and rewrites no result (the checkout stays clean)."""
+    import hashlib
+
+    def digest():
+        return {p.relative_to(results).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in results.rglob("*") if p.is_file() and p.suffix != ".ipynb"}
+
+    before = digest()
+    assert any(name.endswith("summary.json") for name in before)
+    monkeypatch.delenv("MPLBACKEND", raising=False)
+    for name in ("00_calibration", "99_summary"):
+        executed = json.loads(_execute(name, results).read_text())
+        images = [o for c in executed["cells"] if c["cell_type"] == "code" for o in c.get("outputs", [])
+                  if "image/png" in o.get("data", {})]
+        assert images, f"{name}: no figure drawn inline"
+    changed = sorted(k for k in set(before) | set(digest()) if before.get(k) != digest().get(k))
+    assert not changed, changed
+
+
 def test_bad_parameter_fails_before_training(tmp_path):
     with pytest.raises(pm.PapermillExecutionError, match="powers of two"):
         _execute("01_image_classification", tmp_path, batch_sizes=[8, 12, 16])

@@ -1,4 +1,4 @@
-"""The README's code for your own training loop runs as written (on a toy regression)."""
+"""The code for your own training loop, in the README and in docs/library.md, runs as written (on a toy regression)."""
 
 import re
 
@@ -10,14 +10,14 @@ from gns_utils.experiments.paths import repo_path
 
 
 def _snippets():
-    text = repo_path("README.md").read_text()
-    section = text.split("## Using it on your own model", 1)[1].split("\n## ", 1)[0]
-    return re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    readme = repo_path("README.md").read_text().split("## Using the library", 1)[1].split("\n## ", 1)[0]
+    library = repo_path("docs", "library.md").read_text().split("## Using it on your own model", 1)[1].split("\n## ", 1)[0]
+    return [code for section in (readme, library) for code in re.findall(r"```python\n(.*?)```", section, flags=re.S)]
 
 
 def test_the_plain_loop_snippets_run_and_measure_a_positive_noise_scale():
     runnable = [s for s in _snippets() if "..." not in s and "DDP(" not in s]
-    assert len(runnable) >= 2, "the accumulation and per-example snippets"
+    assert len(runnable) >= 3, "the README's snippet, the accumulation and per-example snippets"
     for code in runnable:
         torch.manual_seed(0)
         x = torch.randn(512, 8)
@@ -25,7 +25,7 @@ def test_the_plain_loop_snippets_run_and_measure_a_positive_noise_scale():
         model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 1))
         namespace = {"model": model, "loss_fn": F.mse_loss, "opt": torch.optim.SGD(model.parameters(), lr=0.05),
                      "loader": list(zip(x.split(32), y.split(32)))}
-        exec(compile(code, "README.md", "exec"), namespace)
+        exec(compile(code, "snippet", "exec"), namespace)
         assert namespace["ema"].count > 0 and namespace["ema"].trace_sigma > 0
         if "BatchSizeController" in code:  # the batch grew, by more micro-batches, with the learning rate
             history = namespace["control"].history

@@ -36,7 +36,7 @@ from gns_utils.experiments.config import METRIC_DIRECTION, ExperimentConfig, Run
 from gns_utils.experiments.profiles import DYNAMICS_DIR
 from gns_utils.experiments.seed import set_seed
 from gns_utils.experiments.stopping import Curve
-from gns_utils.experiments.store import _jsonable, provenance, read_json, write_csv_atomic, write_json_atomic
+from gns_utils.experiments.store import _jsonable, provenance, read_json, write_csv_atomic, write_json_if_changed
 from gns_utils.experiments.train import (
     NOISE_EMA_ADAPTIVE,
     NOISE_EMA_DECAY,
@@ -293,7 +293,7 @@ def _cached(path: Path, identity: dict[str, Any], train: Callable[[], pd.DataFra
         return pd.read_csv(path)
     frame = train()
     write_csv_atomic(path, frame)
-    write_json_atomic(path.with_suffix(".json"), {"identity": identity, "provenance": provenance()})
+    write_json_if_changed(path.with_suffix(".json"), {"identity": identity, "provenance": provenance()})
     return frame
 
 
@@ -480,5 +480,5 @@ def write_dynamics_summary(results_dir: str | Path, profile: str, temperature: l
                             adaptive.windows.items()}},
         "provenance": provenance(),
     }
-    write_json_atomic(Path(results_dir) / DYNAMICS_DIR / "dynamics.json", summary)
+    write_json_if_changed(Path(results_dir) / DYNAMICS_DIR / "dynamics.json", summary)
     return summary

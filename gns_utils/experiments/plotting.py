@@ -86,7 +86,7 @@ def set_style(force: bool = False) -> None:
 
 
 def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 150) -> tuple[Path, Path]:
-    """Write ``<path>.png`` (``dpi``) and ``<path>.pdf``, creating folders.
+    """Write ``<path>.png`` (``dpi``) and ``<path>.pdf``, creating folders; the same figure gives the same bytes.
 
     Args:
         fig: the figure.
@@ -101,8 +101,9 @@ def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 150) -> tuple[P
         base = base.with_suffix("")
     base.parent.mkdir(parents=True, exist_ok=True)
     png, pdf = base.with_name(base.name + ".png"), base.with_name(base.name + ".pdf")
+    # no creation date: redrawing the same figure gives the same bytes, so looking leaves the tree clean
     fig.savefig(png, dpi=dpi, bbox_inches="tight")
-    fig.savefig(pdf, bbox_inches="tight")
+    fig.savefig(pdf, bbox_inches="tight", metadata={"CreationDate": None})
     return png, pdf
 
 

@@ -43,7 +43,7 @@ import numpy as np
 import pandas as pd
 
 from gns_utils.experiments.config import ExperimentConfig, goal_reached
-from gns_utils.experiments.store import provenance, task_dir, write_json_atomic
+from gns_utils.experiments.store import provenance, task_dir, write_json_if_changed
 from gns_utils.noise import windowed_b_simple
 from gns_utils.theory import training_average
 
@@ -135,7 +135,9 @@ def summarize_task(cfg: ExperimentConfig, table: pd.DataFrame, by_goal: pd.DataF
         **(extra or {}),
     }
     if write:
-        write_json_atomic(task_dir(results_dir, cfg.task) / "summary.json", summary)
+        # nothing trained: the same runs give the same summary, kept with its record of when they were trained
+        ignore = ("provenance", "n_runs_trained") if summary["n_runs_trained"] == 0 else ("provenance",)
+        write_json_if_changed(task_dir(results_dir, cfg.task) / "summary.json", summary, ignore)
     return summary
 
 

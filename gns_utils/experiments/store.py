@@ -85,6 +85,19 @@ def write_json_atomic(path: str | os.PathLike, data: Mapping[str, Any]) -> Path:
     return _write_atomic(path, write)
 
 
+def write_json_if_changed(path: str | os.PathLike, data: Mapping[str, Any],
+                          ignore: tuple[str, ...] = ("provenance",)) -> Path:
+    """:func:`write_json_atomic`, unless the file already holds the same content apart from the ``ignore``
+    keys (when and where it was made): re-deriving a result from the same runs leaves the file, and a
+    git checkout, untouched."""
+    old = read_json(path)
+    if old is not None:
+        new = json.loads(json.dumps(_jsonable(data), allow_nan=False))
+        if {k: v for k, v in old.items() if k not in ignore} == {k: v for k, v in new.items() if k not in ignore}:
+            return Path(path)
+    return write_json_atomic(path, data)
+
+
 def write_csv_atomic(path: str | os.PathLike, frame: pd.DataFrame) -> Path:
     """Write a table to ``path`` as CSV atomically (as :func:`write_json_atomic`)."""
     return _write_atomic(path, lambda f: frame.to_csv(f, index=False))

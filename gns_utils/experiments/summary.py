@@ -40,7 +40,7 @@ import pandas as pd
 from scipy import stats
 
 from gns_utils.experiments.profiles import PRESETS, display_name, presets
-from gns_utils.experiments.store import provenance, write_json_atomic
+from gns_utils.experiments.store import provenance, write_json_if_changed
 
 __all__ = [
     "PAPER_SOURCE",
@@ -582,6 +582,13 @@ def profile_tasks(profile: str) -> list[str]:
     return [p["task"] for domain in PRESETS for p in presets(domain, profile)]
 
 
+def _finite(value: float | int) -> float | int | None:
+    """JSON-ready: counts stay integers, non-finite values become None."""
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    return float(value) if np.isfinite(value) else None
+
+
 def write_summary(
     path: str | os.PathLike,
     table: pd.DataFrame,
@@ -616,10 +623,9 @@ def write_summary(
     if points is not None:
         data["goal_points"] = json.loads(points.to_json(orient="records"))
     if by_goal is not None:
-        data["r2_by_goal"] = {k: {m: (None if not np.isfinite(v) else float(v)) for m, v in r.items()}
-                              for k, r in by_goal.items()}
+        data["r2_by_goal"] = {k: {m: _finite(v) for m, v in r.items()} for k, r in by_goal.items()}
     if slopes is not None:
         data["task_slopes"] = json.loads(slopes.to_json(orient="records"))
     if calibration is not None:
-        data["calibration"] = {k: (None if not np.isfinite(v) else float(v)) for k, v in calibration.items()}
-    return Path(write_json_atomic(path, data))
+        data["calibration"] = {k: _finite(v) for k, v in calibration.items()}
+    return Path(write_json_if_changed(path, data))

@@ -2,6 +2,10 @@
 
 Usage: python -m gns_utils.experiments.tables [--results-dir results] [--readme README.md]
 
+The README gets a compact block (the task table, R², the verdict of ``99_summary`` and the last
+reproduction); every other derived number goes to ``<results_dir>/KEY_NUMBERS.md`` (written with
+``--readme``).
+
 Every number comes from ``results/<task>/summary.json`` (written by the notebook named in
 the table), ``results/summary.json`` (99_summary), ``results/reproduction.json`` and
 ``results/reproduce_log.json`` (the reproduction, :mod:`gns_utils.experiments.reproduce`);
@@ -22,13 +26,17 @@ import numpy as np
 from gns_utils.critical_batch import best_runs
 from gns_utils.experiments.paths import repo_path
 from gns_utils.experiments.pipeline import width_study_verdict
-from gns_utils.experiments.profiles import DYNAMICS_DIR, NOTEBOOK_DOMAINS, WIDTHS_SUFFIX
+from gns_utils.experiments.profiles import DYNAMICS_DIR, NOTEBOOK_DOMAINS, WIDTHS_SUFFIX, display_name
 from gns_utils.experiments.compute import compute_table, sweep_runs
 from gns_utils.experiments.store import load_metrics, load_run_summaries, load_run_summary, run_dir
+from gns_utils.experiments.summary import verdict_markdown
 from gns_utils.experiments.sweep import runs_table
 from gns_utils.theory import fit_optimal_lr
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
+HEADLINE_START, HEADLINE_END = "<!-- headline:start -->", "<!-- headline:end -->"
+#: The generated file of every derived number (in the results folder).
+KEY_NUMBERS = "KEY_NUMBERS.md"
 NOTEBOOK = {domain: notebook for notebook, domain in NOTEBOOK_DOMAINS.items()}
 
 
@@ -51,11 +59,41 @@ def main() -> None:
         text = readme.read_text()
         if START not in text or END not in text:
             raise SystemExit(f"{readme}: markers {START} ... {END} not found; add them where the tables belong")
-        head, rest = text.split(START, 1)
-        tail = rest.split(END, 1)[1]
-        block = f"{START}\n<!-- written by `python -m gns_utils.experiments.tables --readme README.md` (run by `make reproduce`) -->\n"
-        readme.write_text(f"{head}{block}{text_tables}{END}{tail}")
-        print(f"[results_table] wrote the tables into {readme}")
+        note = "<!-- written by `python -m gns_utils.experiments.tables --readme README.md` (run by `make reproduce`) -->\n"
+        text = _replace_block(text, START, END, note + text_tables)
+        if HEADLINE_START in text and HEADLINE_END in text:
+            text = _replace_block(text, HEADLINE_START, HEADLINE_END, note + headline(repo_path(args.results_dir)))
+        readme.write_text(text)
+        key = repo_path(args.results_dir) / KEY_NUMBERS
+        key.write_text(key_numbers_markdown(repo_path(args.results_dir)))
+        print(f"[results_table] wrote the tables into {readme} and the key numbers into {key}")
+
+
+def _replace_block(text: str, start: str, end: str, content: str) -> str:
+    head, rest = text.split(start, 1)
+    return f"{head}{start}\n{content}{end}{rest.split(end, 1)[1]}"
+
+
+def headline(root) -> str:
+    """The README's three-line verdict, from ``summary.json`` (``99_summary``)."""
+    data = json.loads((root / "summary.json").read_text())
+    g = data["r2_by_goal"]["b_simple_local_median"]
+    slopes = [t for t in data.get("task_slopes", []) if t["pooled"] and t["slope_stderr"] is not None
+              and t["slope_stderr"] < 0.5]
+    follow = [display_name(t["task"]) for t in slopes if abs(t["slope"] - 1) <= 2 * t["slope_stderr"]]
+    steeper = [display_name(t["task"]) for t in slopes if t["slope"] - 1 > 2 * t["slope_stderr"]]
+    lines = [f"* **Goal by goal**, B_simple / B_crit spans {g['ratio_min']:.2f}–{g['ratio_max']:.2f} (median "
+             f"{g['ratio_median']:.2f}) over {g['n_points']} resolved goals of {g['n_tasks']} independent tasks; "
+             f"{g['n_differ_from_one']} of them differ from 1 beyond their 95 % interval; R² of y = x {g['identity']:.2f}.",
+             f"* **Within a task**, B_crit grows as B_simple does on {', '.join(follow) or 'no task'}; faster on "
+             f"{', '.join(steeper) or 'no task'}."]
+    cal = data.get("calibration") or {}
+    if cal.get("n_points"):
+        covered = cal.get("n_exact_covered")
+        lines.append(f"* **Where the answer is known** (noisy linear regression), the measured B_crit is "
+                     f"{cal['measured_over_exact_min']:.2f}–{cal['measured_over_exact_max']:.2f} of the exact one over "
+                     f"{cal['n_points']} goals" + (f", its 95 % interval covering it at {covered}." if covered is not None else "."))
+    return "\n".join(lines) + "\n"
 
 
 def tables(root) -> str:
@@ -67,44 +105,62 @@ def tables(root) -> str:
 
 
 def print_tables(root) -> None:
-    """Print the task table, the R² table and the wall time of the last run as markdown."""
-    print("| task (units) | B_crit start | B_crit full run ± s.e. | B_simple start | B_simple (App. D avg) "
-          "| B_noise | B_simple / B_crit | made by |")
-    print("|---|---|---|---|---|---|---|---|")
+    """Print the README's block: the task table, R², the verdict and the last reproduction, as markdown."""
+    print("| task | B in | B_crit, last goal ± s.e. (seeds) | B_crit, first goal | B_simple (App. D average) "
+          "| B_simple / B_crit | notebook |")
+    print("|---|---|---|---|---|---|---|")
     for path in sorted(root.glob("*/summary.json")):
         s = json.loads(path.read_text())
         if s.get("profile") is None or "domain" not in s:
             continue
         ratio = s["b_simple"] / s["b_crit"] if s.get("b_simple") and s.get("b_crit") else None
         err = f" ± {s['b_crit_stderr']:,.0f}" if s.get("b_crit_stderr") else ""
-        print(f"| {s['task']} ({s['units']}) | {_fmt(s.get('b_crit_start'), s.get('b_crit_start_bound'))} "
-              f"| {_fmt(s.get('b_crit'), s.get('b_crit_bound'))}{err} | {_fmt(s.get('b_simple_start'))} "
-              f"| {_fmt(s.get('b_simple'))} | {_fmt(s.get('b_noise'))} | {ratio:.2f} | "
-              f"`notebooks/{NOTEBOOK[s['domain']]}.ipynb` ({s['profile']}) |" if ratio is not None else
-              f"| {s['task']} | – | – | – | – | – | – | `notebooks/{NOTEBOOK[s['domain']]}.ipynb` |")
-    summary = root / "summary.json"
-    if summary.exists():
-        r2 = json.loads(summary.read_text())["r2"]
-        print("\nR² of log10 B_crit on log10 B_simple (`notebooks/99_summary.ipynb`):\n")
+        seeds = 1 + len(s.get("config", {}).get("seeds", []))
+        print(f"| {display_name(s['task'])} | {s['units']} | {_fmt(s.get('b_crit'), s.get('b_crit_bound'))}{err} ({seeds}) "
+              f"| {_fmt(s.get('b_crit_start'), s.get('b_crit_start_bound'))} | {_fmt(s.get('b_simple'))} "
+              f"| {'–' if ratio is None else f'{ratio:.2f}'} | `{NOTEBOOK[s['domain']]}` |")
+    summary_path = root / "summary.json"
+    if summary_path.exists():
+        data = json.loads(summary_path.read_text())
+        r2 = data["r2"]
+        print("\nR² of log10 B_crit on log10 B_simple, whole runs (Table 1's convention; `99_summary`):\n")
         print("| tasks | free linear fit | y = x |")
         print("|---|---|---|")
-        for key, name in (("ours", "ours (measured here)"), ("paper", "paper (Table 1)"), ("all", "both")):
+        for key, name in (("ours", "ours (independent tasks)"), ("paper", "paper (Table 1)"), ("all", "both")):
             fit, ident = r2.get(f"{key}_fit"), r2.get(f"{key}_identity")
             print(f"| {name} | {'–' if fit is None else f'{fit:.2f}'} | {'–' if ident is None else f'{ident:.2f}'} |")
-    facts = key_numbers(root)
-    if facts:
-        print("\nKey numbers (computed by this script from the same files; the text below refers to them):\n")
-        print("\n".join(f"* {line}" for line in facts))
+        if "task_slopes" in data:
+            print("\nGoal by goal, B_simple summed where each goal is reached against B_crit(goal) (`99_summary`):\n")
+            print(summary_verdict(data))
     comparison = root / "reproduction.json"
     if comparison.exists():
         data = json.loads(comparison.read_text())
         minutes = data["total_wall_time_s"] / 60
         verdict = ("is identical to float rounding" if data["identical"] else "agrees" if data["agrees"]
                    else "does NOT agree")
-        print(f"\nThe last `make reproduce` (profile {data['profile']}, {', '.join(data['notebooks'])}) trained "
+        kind = data.get("kind", "determinism check")
+        print(f"\nThe last `make reproduce` (profile {data['profile']}, a {kind}) trained "
               f"{data['n_runs'] - data['n_runs_from_before']} of its {data['n_runs']} runs anew in {minutes:.1f} min "
               f"({_notebook_times(root)}); against the results committed before it, it {verdict} "
               "(`results/reproduction.md`).")
+    print(f"\nEvery other number derived from these files: [`results/{KEY_NUMBERS}`](results/{KEY_NUMBERS}).")
+
+
+def summary_verdict(data: dict) -> str:
+    """:func:`gns_utils.experiments.summary.verdict_markdown` from a written ``summary.json``."""
+    import pandas as pd
+
+    table = pd.DataFrame(data["tasks"])
+    slopes = pd.DataFrame(data["task_slopes"])
+    return verdict_markdown(table, data["r2"], data["r2_by_goal"], slopes, data.get("calibration") or {})
+
+
+def key_numbers_markdown(root) -> str:
+    """``KEY_NUMBERS.md``: every derived number of :func:`key_numbers`, one bullet each."""
+    lines = key_numbers(root)
+    return ("# Key numbers\n\n<!-- written by `python -m gns_utils.experiments.tables --readme README.md` "
+            "(run by `make reproduce`) from the files in this folder; do not edit -->\n\n"
+            + "\n".join(f"* {line}" for line in lines) + "\n")
 
 
 def _notebook_times(root) -> str:
