@@ -1,6 +1,9 @@
 """``gns-utils fit``: the (2.11) fit of a user's own sweep from a CSV file."""
 
 import importlib.metadata
+import io
+import json
+import re
 import subprocess
 import sys
 
@@ -46,20 +49,43 @@ def test_fit_saves_the_pareto_fronts(tmp_path, capsys):
     ("a,b\n1,2\n", "no column batch_size or steps"),
     ("batch_size,steps\n32,abc\n", "non-numbers"),
     ("batch_size,steps\n-4,10\n", "positive"),
+    ("batch_size,steps\n", "a header but no rows"),
+    ("batch_size,steps\n16,100\n32,100,7\n64,40\n", "row 3 of .* has 3 cells but the header has 2"),
+    ("batch_size,steps\n16,100\n32,inf\n64,40\n", "inf; leave the cell empty"),
 ])
-def test_bad_files_get_a_message_that_says_what_to_do(tmp_path, content, message):
+def test_bad_files_get_a_message_that_says_what_to_do_and_exit_status_2(tmp_path, capsys, content, message):
     path = tmp_path / "bad.csv"
     path.write_text(content)
-    with pytest.raises(SystemExit, match=message):
-        main(["fit", str(path)])
-    with pytest.raises(SystemExit, match="no such file"):
-        main(["fit", str(tmp_path / "missing.csv")])
+    assert main(["fit", str(path)]) == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert main(["fit", str(tmp_path / "missing.csv")]) == 2 and "no such file" in capsys.readouterr().err
+    assert main(["fit", str(tmp_path)]) == 2 and "is a directory" in capsys.readouterr().err
 
 
-def test_too_few_batch_sizes_for_a_goal_say_so(tmp_path, capsys):
+def test_too_few_batch_sizes_for_a_goal_say_so_and_exit_1(tmp_path, capsys):
     pd.DataFrame({"batch_size": [32, 64], "steps": [100.0, 60.0]}).to_csv(tmp_path / "two.csv", index=False)
-    main(["fit", str(tmp_path / "two.csv")])
-    assert "too few batch sizes" in capsys.readouterr().out
+    assert main(["fit", str(tmp_path / "two.csv")]) == 1
+    captured = capsys.readouterr()
+    assert "too few batch sizes" in captured.out and "no goal has a fitted B_crit" in captured.err
+
+
+def test_json_and_csv_outputs_carry_every_goal_fit(tmp_path, capsys):
+    path = str(_sweep(tmp_path / "sweep.csv"))
+    assert main(["fit", path, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    by_goal = {str(g["goal"]): g for g in data["goals"]}
+    assert by_goal["0.5"]["b_crit"] == pytest.approx(300.0, rel=1e-6) and by_goal["0.3"]["s_min"] == pytest.approx(900.0)
+    assert by_goal["0.5"]["bounded"] == "yes" and by_goal["0.5"]["batch_sizes"] == 7
+    assert main(["fit", path, "--csv"]) == 0
+    table = pd.read_csv(io.StringIO(capsys.readouterr().out))
+    assert list(table.columns) == ["goal", "batch_sizes", "b_crit", "b_crit_stderr", "s_min", "e_min", "bounded"]
+    assert table["b_crit"].tolist() == pytest.approx([300.0, 600.0], rel=1e-6)
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and importlib.metadata.version("gns_utils") in capsys.readouterr().out
 
 
 def test_installed_as_a_console_script_with_help():
