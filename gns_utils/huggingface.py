@@ -22,16 +22,30 @@ counted from each micro-batch's forward. The micro-batches' weights are taken pr
 units, which is what the Trainer does with a loss normalised by the tokens in the batch, and what
 equal micro-batches give with its default division by ``k``. With fp16 and a grad scaler the two
 estimates carry the scale squared; B_simple, their ratio, does not.
+
+Loss normalisation: a causal language model's loss is a mean over the tokens that carry a label (for
+each sequence all but the first), and the Trainer divides the summed loss by ``num_items_in_batch``
+counted from the labels. If that count includes tokens that carry no loss (the first of every
+sequence), each micro-batch gradient is scaled by the same factor ``c < 1`` (predicted / counted
+tokens), so ``|G|^2`` and ``tr Σ`` both come out ``c²`` times too small and B_simple, their ratio, is
+unaffected. ``units="tokens"`` counts the attention mask's ones (input tokens); B_simple per *predicted*
+token is ``c`` times the logged one.
+
+Resuming: the moving averages are saved with every checkpoint (in ``trainer_state.json``, as the
+Trainer's ``ExportableState`` callbacks are) and restored when ``trainer.train(resume_from_checkpoint=...)``
+resumes from one, so a resumed run ends with the averages of the uninterrupted run.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
 
 try:
     from transformers import TrainerCallback
+    from transformers.trainer_callback import ExportableState
 except ImportError as err:  # the core library does not need transformers
     raise ImportError("gns_utils.huggingface needs transformers: pip install 'gns_utils[hf]' "
                       "(or pip install transformers)") from err
@@ -39,7 +53,7 @@ except ImportError as err:  # the core library does not need transformers
 from gns_utils.noise import GradientNoiseMonitor, NoiseScaleEMA
 
 
-class NoiseScaleCallback(TrainerCallback):
+class NoiseScaleCallback(TrainerCallback, ExportableState):
     """Log the gradient noise scale B_simple of a ``transformers.Trainer`` run (see the module docstring).
 
     Args:
@@ -53,6 +67,7 @@ class NoiseScaleCallback(TrainerCallback):
         if units not in ("examples", "tokens"):
             raise ValueError(f"units must be 'examples' or 'tokens', got {units!r}")
         self.unit, self.prefix = units, prefix
+        self._settings = {"units": units, "decay": decay, "adaptive": adaptive, "prefix": prefix}
         self.ema = NoiseScaleEMA(decay=decay, adaptive=adaptive)
         self.monitor: GradientNoiseMonitor | None = None
         self._units: float | None = None
@@ -82,6 +97,16 @@ class NoiseScaleCallback(TrainerCallback):
                              "batch size divided by k for the same effective batch)")
         self.monitor = GradientNoiseMonitor(model, big_norm="hooks")
         self._handle = model.register_forward_pre_hook(self._count, with_kwargs=True)
+        if state.global_step > 0:  # resumed from a checkpoint: its trainer_state.json holds our averages
+            saved = (state.stateful_callbacks or {}).get(type(self).__name__)
+            saved = saved[0] if isinstance(saved, list) and saved else saved
+            restored = (saved or {}).get("attributes", {}).get("_saved")
+            if restored and restored.get("ema"):
+                self.load_state_dict(restored)
+            else:
+                warnings.warn(f"NoiseScaleCallback: training resumes at step {state.global_step} but the checkpoint "
+                              "holds no noise-scale state (saved by an older version, or without this callback): "
+                              "the moving averages start anew", RuntimeWarning, stacklevel=2)
 
     def _micro_batch(self) -> None:
         if self._units is None:
@@ -122,11 +147,19 @@ class NoiseScaleCallback(TrainerCallback):
             self.monitor.remove()
 
     def state_dict(self) -> dict[str, Any]:
-        """The moving averages (save them with a checkpoint; plain numbers and lists)."""
-        return {"ema": self.ema.state_dict()}
+        """The moving averages and the monitor's counters (plain numbers and lists)."""
+        return {"ema": self.ema.state_dict(),
+                "monitor": self.monitor.state_dict() if self.monitor is not None else None}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` saved."""
         self.ema.load_state_dict(state["ema"])
+        if self.monitor is not None and state.get("monitor"):
+            self.monitor.load_state_dict(state["monitor"])
+
+    def state(self) -> dict[str, Any]:
+        """The Trainer's ``ExportableState``: written into each checkpoint's ``trainer_state.json``."""
+        return {"args": dict(self._settings), "attributes": {"_saved": self.state_dict()}}
 
 
 __all__ = ["NoiseScaleCallback"]

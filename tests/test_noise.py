@@ -370,6 +370,7 @@ def test_monitor_skips_and_errors(exact: Exact) -> None:
     assert monitor.n_skipped == 1
     assert monitor_step(model, monitor, mse_half, [(x, y)]) is None
     assert monitor.n_too_few == 1
+    model.zero_grad()
     mse_half(model(x), y).backward(retain_graph=True)
     mse_half(model(x), y).backward()
     with pytest.raises(RuntimeError, match="two gradients"):

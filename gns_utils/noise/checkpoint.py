@@ -32,6 +32,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from gns_utils.noise.monitors import suspended_monitors
+from gns_utils.noise.per_example import _train_mode_batchnorm
+
 __all__ = ["CheckpointNoiseScale", "adam_preconditioner", "checkpoint_noise_scale"]
 
 Preconditioner = Union[Mapping[str, torch.Tensor], Sequence[torch.Tensor]]
@@ -104,6 +107,7 @@ def _default_units(batch: Any) -> float:
 def checkpoint_noise_scale(
     model: nn.Module, loss_fn: Callable[[nn.Module, Any], torch.Tensor], batches: Sequence[Any],
     preconditioner: Preconditioner | None = None, units: float | Sequence[float] | None = None,
+    allow_batchnorm: bool = False,
 ) -> CheckpointNoiseScale:
     """``B_simple = tr Σ / |G|^2`` (2.9) from the gradients of ``k ≥ 2`` independent micro-batches.
 
@@ -126,8 +130,12 @@ def checkpoint_noise_scale(
 
     Any model and loss work (recurrent nets, autoencoders, ...): nothing but autograd is
     used. The model's mode is left alone: dropout in train mode draws new masks per batch
-    (as in training), BatchNorm in train mode uses each micro-batch's statistics. ``.grad``
-    is not touched. All ``k`` group gradients are held at once (``k × #params`` numbers) for
+    (as in training). A BatchNorm in train mode would normalise each micro-batch with its own
+    statistics, so the group gradients would not be samples of one gradient distribution (2.3):
+    it is refused, as by the monitors, unless ``allow_batchnorm=True`` (put the model in eval
+    mode). ``.grad`` is not touched, and the hooks of attached monitors
+    (:class:`~gns_utils.noise.GradientNoiseMonitor`, :class:`~gns_utils.noise.PerExampleNormMonitor`)
+    are suspended during these backward passes, so a training step's measurement goes on unaffected. All ``k`` group gradients are held at once (``k × #params`` numbers) for
     their Gram matrix, which is formed in float64.
 
     Args:
@@ -142,15 +150,20 @@ def checkpoint_noise_scale(
         units: batch units per micro-batch, one number for all or one per batch (e.g. the
             tokens each holds when the loss is a mean over tokens); default: the length of
             each batch's first tensor. ``tr Σ`` and ``B_simple`` come out in these units.
+        allow_batchnorm: measure even with BatchNorm layers in train mode (the estimate is then that
+            of micro-batch-normalised gradients, not the paper's ``B_simple``).
 
     Returns:
         A :class:`CheckpointNoiseScale` (python floats).
 
     Raises:
         ValueError: fewer than 2 batches, units not positive or of the wrong length, a
-            non-scalar or non-finite loss, a model without trainable parameters, or a
-            preconditioner that does not match the parameters.
+            non-scalar or non-finite loss, a model without trainable parameters, a
+            preconditioner that does not match the parameters, or a BatchNorm in train mode.
     """
+    reason = "" if allow_batchnorm else _train_mode_batchnorm(model)
+    if reason:
+        raise ValueError(f"{reason}, or pass allow_batchnorm=True to measure micro-batch-normalised gradients")
     batches = list(batches)
     k = len(batches)
     if k < 2:
@@ -179,7 +192,8 @@ def checkpoint_noise_scale(
                              f"{getattr(loss, 'shape', type(loss))}")
         if not bool(torch.isfinite(loss)):
             raise ValueError(f"the loss of micro-batch {j} is not finite")
-        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        with suspended_monitors():  # an attached monitor's hooks would take these gradients for a micro-batch
+            grads = torch.autograd.grad(loss, params, allow_unused=True)
         for i, (p, g) in enumerate(zip(params, grads)):
             g = torch.zeros_like(p) if g is None else g.detach()
             if factors is not None:

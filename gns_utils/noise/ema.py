@@ -147,6 +147,10 @@ class NoiseScaleEMA:
         Args:
             estimate: a :class:`NoiseEstimate` with scalar ``g2`` and ``trace_sigma``.
         """
+        if estimate is None:
+            raise TypeError("NoiseScaleEMA.update() got None: a monitor's after_step() returns None for a step "
+                            "without an estimate (fewer than 2 micro-batches, a non-finite norm); skip those steps: "
+                            "`if (est := monitor.after_step()) is not None: ema.update(est)`")
         g2, trace = float(estimate.g2), float(estimate.trace_sigma)
         self._n_updates += 1
         if not (math.isfinite(g2) and math.isfinite(trace)):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import warnings
+import weakref
 from contextlib import contextmanager
 from typing import Callable, Iterable, Iterator, Protocol, runtime_checkable
 
@@ -54,14 +55,66 @@ class NoiseSource(Protocol):
         """Return this step's estimate (or None) and reset for the next step."""
 
 
+#: Monitors with hooks attached, so that a measurement with its own backward passes
+#: (:func:`gns_utils.noise.checkpoint_noise_scale`) can suspend them (:func:`suspended_monitors`).
+_ATTACHED: "weakref.WeakSet[_StepMonitor]" = weakref.WeakSet()
+#: Steps over which a negative mean |G|² estimate is judged implausible (:meth:`_StepMonitor._check_plausible`).
+PLAUSIBILITY_STEPS = 50
+
+
+@contextmanager
+def suspended_monitors() -> Iterator[None]:
+    """Inside, the hooks of every attached monitor ignore backward passes (another measurement's)."""
+    monitors = list(_ATTACHED)
+    for monitor in monitors:
+        monitor._suspended += 1
+    try:
+        yield
+    finally:
+        for monitor in monitors:
+            monitor._suspended -= 1
+
+
 class _StepMonitor:
-    """What the step-wise monitors share: their counters, hook removal and argument checks."""
+    """What the step-wise monitors share: their counters, hook removal, argument and plausibility checks."""
 
     def __init__(self) -> None:
         self.n_steps = 0
         self.n_skipped = 0
         self.n_too_few = 0
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._suspended = 0
+        self._recent_g2: list[float] = []
+        self._warned: set[str] = set()
+        _ATTACHED.add(self)
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+    def _nothing_recorded(self) -> None:
+        """:meth:`after_step` with no micro-batch since the last step: say so once."""
+        self._warn_once("nothing", f"{type(self).__name__}.after_step() was called with no micro-batch recorded "
+                                   "since the last step, so it gives no estimate: call after_micro_batch(units) after "
+                                   "each loss.backward() of the step")
+
+    def _check_plausible(self, estimate: NoiseEstimate) -> None:
+        """Warn once when the |G|² estimates average below zero, beyond 3 standard errors, over the last
+        :data:`PLAUSIBILITY_STEPS` steps: E[estimate] = |G|² ≥ 0, so the micro-batch losses are weighted
+        otherwise than the monitor assumes."""
+        self._recent_g2.append(float(estimate.g2))
+        del self._recent_g2[:-PLAUSIBILITY_STEPS]
+        if len(self._recent_g2) < PLAUSIBILITY_STEPS or "weights" in self._warned:
+            return
+        g2 = np.asarray(self._recent_g2)
+        if g2.mean() + 3.0 * g2.std(ddof=1) / math.sqrt(g2.size) < 0:
+            self._warn_once("weights", (
+                f"the |G|^2 estimates of the last {g2.size} steps average {g2.mean():.3g}, below zero beyond 3 standard "
+                "errors, which cannot happen when the micro-batch losses are weighted as the monitor assumes "
+                "(mean loss × units / total units of the step). If you scale each micro-batch's loss otherwise "
+                "(e.g. by 1/k with unequal micro-batches, or a sum-reduced loss), pass that factor as "
+                "after_micro_batch(units, loss_scale=...); B_simple is wrong until then"))
 
     def _record_gradients(self) -> None:
         """Remember which ``.grad`` tensors the last backward left (their identity and version counter)."""
@@ -96,6 +149,7 @@ class _StepMonitor:
         for handle in self._handles:
             handle.remove()
         self._handles = []
+        _ATTACHED.discard(self)
 
     @staticmethod
     def _check_micro_batch(units: float, loss_scale: float | None) -> None:
@@ -196,6 +250,12 @@ class GradientNoiseMonitor(_StepMonitor):
         param = self.params[index]
 
         def hook(incoming: torch.Tensor) -> None:
+            if self._suspended:
+                return
+            if not self._micro_sq and self._pending[index] is None and param.grad is not None:  # first backward
+                # of the step: .grad must be zero
+                left = param.grad.detach().any()  # a flag on the device; read once, in after_micro_batch
+                self._stale = left if self._stale is False else self._stale | left
             if self._pending[index] is not None:
                 self._repeated = True
             self._pending[index] = _row_norms(incoming.detach())
@@ -210,6 +270,7 @@ class GradientNoiseMonitor(_StepMonitor):
         self._cross: torch.Tensor | float = 0.0  # big_norm="hooks": the cross terms, a tensor once one arrives
         self._pending = [None] * len(self.params)
         self._repeated = False
+        self._stale: torch.Tensor | bool = False
         self._micro_sq: list[torch.Tensor] = []
         self._units: list[float] = []
         self._scales: list[float | None] = []
@@ -237,6 +298,14 @@ class GradientNoiseMonitor(_StepMonitor):
                     "so the micro-batch gradients are not samples of the batch gradient and B_simple would be "
                     "wrong. Put the BatchNorm layers in eval mode, use GroupNorm or LayerNorm, or pass "
                     "allow_batchnorm=True to GradientNoiseMonitor to measure anyway")
+        stale, self._stale = bool(self._stale), False
+        if stale:
+            self.reset()
+            raise RuntimeError(
+                "the gradients were not zero when this step's first backward began, so the accumulated .grad mixes "
+                "in an earlier step and |G|^2 and tr Σ would be wrong: call optimizer.zero_grad() (or "
+                "model.zero_grad()) before each step's first micro-batch, or monitor.reset() after an unrelated "
+                "backward")
         norms = [n for n in self._pending if n is not None]
         repeated = self._repeated
         self._pending = [None] * len(self.params)
@@ -244,7 +313,8 @@ class GradientNoiseMonitor(_StepMonitor):
         if repeated:
             self.reset()
             raise RuntimeError("a parameter received two gradients since the last after_micro_batch(): call "
-                               "after_micro_batch() after every backward(), or reset() after an unrelated backward")
+                               "after_micro_batch() after every backward(), or reset() after an unrelated backward "
+                               "(gns_utils.noise.checkpoint_noise_scale suspends the monitors during its own)")
         if not norms:
             raise RuntimeError("no gradient reached the monitored parameters since the last call; "
                                "call after_micro_batch() right after loss.backward()")
@@ -269,6 +339,8 @@ class GradientNoiseMonitor(_StepMonitor):
         self.reset()
         if changed:
             self._refuse_changed_gradients()
+        if not micro_sq:
+            self._nothing_recorded()
         if len(micro_sq) < 2:
             self.n_too_few += 1
             if self.n_too_few == 1 and micro_sq:  # say once why no estimate comes (not when nothing was recorded)
@@ -294,7 +366,9 @@ class GradientNoiseMonitor(_StepMonitor):
         b_small = 1.0 / float(np.mean(1.0 / units))
         b_big = 1.0 / float(np.sum(w**2 / units))
         self.n_steps += 1
-        return two_batch_estimates(small, big, b_small, b_big)
+        estimate = two_batch_estimates(small, big, b_small, b_big)
+        self._check_plausible(estimate)
+        return estimate
 
 
 def _loss_scales(units: np.ndarray, scales: list[float | None]) -> np.ndarray:
@@ -397,7 +471,7 @@ class PerExampleNormMonitor(_StepMonitor):
             self._capturing = False
 
     def _forward_hook(self, module: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-        if not (self._capturing and output.requires_grad):
+        if not (self._capturing and output.requires_grad) or self._suspended:
             return
         if module in self._ran:
             self.reset()
@@ -462,6 +536,8 @@ class PerExampleNormMonitor(_StepMonitor):
         self.reset()
         if changed:
             self._refuse_changed_gradients()
+        if not sums:
+            self._nothing_recorded()
         if not sums or sum(n) < 2:
             self.n_too_few += 1
             return None
@@ -480,7 +556,9 @@ class PerExampleNormMonitor(_StepMonitor):
         b_small = n_total / sum(n_j * n_j / u_j for n_j, u_j in zip(n, units))  # 1 / mean of 1/(units per example)
         b_big = 1.0 / sum((s_j / s_total) ** 2 / u_j for s_j, u_j in zip(s, units))
         self.n_steps += 1
-        return two_batch_estimates(small, big, b_small, b_big)
+        estimate = two_batch_estimates(small, big, b_small, b_big)
+        self._check_plausible(estimate)
+        return estimate
 
 
 def _linear_sq_norms(d: torch.Tensor, a: torch.Tensor, weight: bool, bias: bool) -> torch.Tensor:
