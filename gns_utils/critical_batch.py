@@ -49,8 +49,12 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
-import pandas as pd
-from scipy import optimize, signal, stats
+
+from gns_utils._lazy import LazyModule
+
+# imported on first use: ``import gns_utils`` stays light (benchmarks/import_time.py)
+pd = LazyModule("pandas")
+optimize, signal, stats = LazyModule("scipy.optimize"), LazyModule("scipy.signal"), LazyModule("scipy.stats")
 
 __all__ = [
     "DEFAULT_SMOOTHING",

@@ -44,7 +44,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy import optimize
+from gns_utils._lazy import LazyModule
+
+optimize = LazyModule("scipy.optimize")  # imported on first use: ``import gns_utils`` stays light
 
 from gns_utils.critical_batch import fit_tradeoff
 

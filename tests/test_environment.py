@@ -42,9 +42,12 @@ def test_library_import_leaves_the_harness_and_its_dependencies_unimported():
             "print(' '.join(sorted(m for m in sys.modules if '.' not in m or m.startswith('gns_utils'))))")
     loaded = set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split())
     for heavy in ("papermill", "datasets", "tokenizers", "seaborn", "matplotlib", "torchvision", "gns_utils.experiments",
-                  "transformers", "lightning", "gymnasium", "ray"):
-        assert heavy not in loaded, f"`import gns_utils` imported {heavy}"
-    assert {"torch", "numpy", "scipy", "gns_utils.noise", "gns_utils.critical_batch", "gns_utils.theory"} <= loaded
+                  "transformers", "lightning", "gymnasium", "ray", "pandas", "scipy"):
+        assert heavy not in loaded, f"`import gns_utils` imported {heavy}"  # pandas and scipy: on first use
+    assert {"torch", "numpy", "gns_utils.noise", "gns_utils.critical_batch", "gns_utils.theory"} <= loaded
+    fitted = ("import numpy as np, gns_utils; b = np.array([8., 16, 32, 64, 128]); "
+              "print(round(gns_utils.fit_tradeoff(b, 100 * (1 + 40 / b)).b_crit, 6))")
+    assert subprocess.run([sys.executable, "-c", fitted], capture_output=True, text=True, check=True).stdout.strip() == "40.0"
 
 
 def test_library_modules_never_import_the_harness():
