@@ -22,6 +22,7 @@ import io
 import json
 
 import numpy as np
+import pandas as pd
 
 from gns_utils.critical_batch import best_runs
 from gns_utils.experiments.paths import repo_path
@@ -29,7 +30,7 @@ from gns_utils.experiments.pipeline import width_study_verdict
 from gns_utils.experiments.profiles import DYNAMICS_DIR, NOTEBOOK_DOMAINS, WIDTHS_SUFFIX, display_name
 from gns_utils.experiments.compute import compute_table, sweep_runs
 from gns_utils.experiments.store import load_metrics, load_run_summaries, load_run_summary, run_dir
-from gns_utils.experiments.summary import verdict_markdown
+from gns_utils.experiments.summary import ratio_interval, verdict_markdown
 from gns_utils.experiments.sweep import runs_table
 from gns_utils.theory import fit_optimal_lr
 
@@ -148,8 +149,6 @@ def print_tables(root) -> None:
 
 def summary_verdict(data: dict) -> str:
     """:func:`gns_utils.experiments.summary.verdict_markdown` from a written ``summary.json``."""
-    import pandas as pd
-
     table = pd.DataFrame(data["tasks"])
     slopes = pd.DataFrame(data["task_slopes"])
     return verdict_markdown(table, data["r2"], data["r2_by_goal"], slopes, data.get("calibration") or {})
@@ -175,6 +174,14 @@ def _matched_lines(root, tasks: list[dict]) -> list[str]:
     for s in tasks:
         goals = [g for g in s["goals"] if g["bound"] == "none" and g.get("b_simple_local_median")]
         ratios = [g["b_simple_local_median"] / g["b_crit"] for g in goals]
+        if goals:  # each ratio's 95 % interval, from B_crit's seed-aware interval (summary.ratio_interval)
+            frame = pd.DataFrame(goals)
+            for column in ("ci_low", "ci_high", "b_crit_stderr"):
+                frame[column] = pd.to_numeric(frame.get(column), errors="coerce")
+            low, high = ratio_interval(frame, "b_simple_local_median")
+            intervals = ", ".join(f"{r:.2f} [{lo:.2f}, {hi:.2f}]" for r, lo, hi in zip(ratios, low, high))
+            lines.append(f"{s['task']}: B_simple where each goal is reached / B_crit(goal) with its 95 % interval: "
+                         f"{intervals} (first goal → last).")
         spreads += [g["b_simple_local_log10_spread"] for g in goals if g.get("b_simple_local_log10_spread") is not None]
         averaged = s["b_simple"] / s["b_crit_step_average"] if s.get("b_crit_step_average") else float("nan")
         lines.append(f"{s['task']}: B_simple where each goal is reached / B_crit(goal) = "
