@@ -138,8 +138,14 @@ def test_bcrit_vs_bsimple_plot(start, tmp_path):
     assert any("tokens" in s for s in labels) and any("frames" in s for s in labels)
     texts = [t.get_text() for t in ax.texts]
     assert "MNIST" in texts  # paper tasks: named beside their point
-    numbered = [s for s in labels if s.endswith(": mnist1d")]  # measured tasks: numbered, named in the legend
-    assert len(numbered) == 1 and numbered[0].split(":")[0] in texts
+    assert "mnist1d" in labels and "mnist1d" not in texts  # ours: named (display names) in the legend
+    fig.canvas.draw()
+    assert ax.get_legend().get_window_extent().x0 >= ax.get_window_extent().x1  # the legend is outside the data
+    boxes = [t.get_window_extent() for t in ax.texts]
+    overlaps = [(ax.texts[i].get_text(), ax.texts[j].get_text()) for i in range(len(boxes))
+                for j in range(i + 1, len(boxes)) if boxes[i].overlaps(boxes[j])]
+    assert not overlaps, overlaps
+    assert ("start of training" in ax.get_xlabel()) == start
     plotting.save_figure(fig, tmp_path / f"fig4_{start}")
 
 

@@ -99,11 +99,12 @@ def width_study(frame: pd.DataFrame, figure_dir: str | Path, units: str = "token
     return fig
 
 
-def b_crit_vs_b_simple(table: pd.DataFrame, path: str | Path, title: str) -> Figure:
-    """Fig 4: B_crit against B_simple, our tasks and the paper's, with y = x (a :func:`summary_table`)."""
+def b_crit_vs_b_simple(table: pd.DataFrame, path: str | Path, title: str, start: bool = False) -> Figure:
+    """Fig 4: B_crit against B_simple, our tasks and the paper's, with y = x (a :func:`summary_table`;
+    ``start``: its start-of-training version, ``summary_table(..., start=True)``)."""
     plotting.set_style()
-    fig, ax = plt.subplots(figsize=(7.5, 6.5))
-    plotting.plot_bcrit_vs_bsimple(ax, table)
+    fig, ax = plt.subplots(figsize=(10.0, 6.5))
+    plotting.plot_bcrit_vs_bsimple(ax, table, start=start)
     ax.set_title(title)
     plotting.save_figure(fig, path)
     return fig

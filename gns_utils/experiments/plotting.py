@@ -423,8 +423,8 @@ def _task_columns(start: bool) -> dict[str, str]:
     }
 
 
-def _draw_task(ax: Axes, row: pd.Series, cols: dict[str, str], colour: Any, marker: str, label: str) -> None:
-    """One task of Fig. 4: point, error bar, range bars or bound arrow, label."""
+def _draw_task(ax: Axes, row: pd.Series, cols: dict[str, str], colour: Any, marker: str) -> None:
+    """One task of Fig. 4: point, error bar, range bars or bound arrow (labels: :func:`place_labels`)."""
     x, y = float(row[cols["x"]]), float(row[cols["y"]])
     kind = row.get(cols["kind"], "value")
     filled = row["source"] == "measured" and kind != "unresolved"  # unresolved: s.e. ≥ half the value
@@ -442,10 +442,6 @@ def _draw_task(ax: Axes, row: pd.Series, cols: dict[str, str], colour: Any, mark
     if kind == "value" and pd.notna(stderr) and stderr > 0:
         low = min(float(stderr), 0.9 * y)  # keep the bar positive on log axes
         ax.errorbar([x], [y], yerr=[[low], [float(stderr)]], fmt="none", ecolor=colour, capsize=3)
-    # Measured tasks crowd together: a number left of the point, the name in the legend.
-    ax.annotate(label, (x, y), xytext=(-6, 2) if filled else (5, 4), textcoords="offset points",
-                ha="right" if filled else "left", fontsize="x-small", color=colour if filled else "black",
-                fontweight="bold" if filled else "normal")
 
 
 def plot_bcrit_vs_bsimple(ax: Axes, tasks: pd.DataFrame, start: bool = False) -> Axes:
@@ -468,13 +464,17 @@ def plot_bcrit_vs_bsimple(ax: Axes, tasks: pd.DataFrame, start: bool = False) ->
     cols = _task_columns(start)
     rows = tasks[pd.to_numeric(tasks[cols["x"]], errors="coerce").gt(0)
                  & pd.to_numeric(tasks[cols["y"]], errors="coerce").gt(0)]
-    numbers: dict[str, str] = {}
-    for _, row in rows.iterrows():
+    ours: dict[str, tuple[Any, str]] = {}
+    paper_labels = []
+    for k, (_, row) in enumerate(rows.iterrows()):
+        marker = UNIT_MARKERS.get(row["units"], "D")
         if row["source"] == "measured":
-            numbers[str(row["task"])] = label = str(len(numbers) + 1)
+            colour = task_colour(str(row["task"]), k)
+            ours[str(row["task"])] = (colour, marker)
         else:
-            label = str(row["task"])
-        _draw_task(ax, row, cols, SOURCE_COLOURS.get(row["source"], "C2"), UNIT_MARKERS.get(row["units"], "D"), label)
+            colour = SOURCE_COLOURS.get(row["source"], "C2")
+            paper_labels.append((str(row["task"]), float(row[cols["x"]]), float(row[cols["y"]])))
+        _draw_task(ax, row, cols, colour, marker)
     values = np.concatenate([rows[cols["x"]].to_numpy(float), rows[cols["y"]].to_numpy(float)]) if len(rows) else []
     lo = min(1.0, float(np.min(values)) / 3) if len(values) else 1.0
     hi = max(1e8, float(np.max(values)) * 10) if len(values) else 1e8
@@ -488,17 +488,59 @@ def plot_bcrit_vs_bsimple(ax: Axes, tasks: pd.DataFrame, start: bool = False) ->
     ax.set_xlabel(rf"$B_\mathrm{{simple}}$ ({when})")
     ax.set_ylabel(r"$B_\mathrm{crit}$")
     handles = [plt.Line2D([], [], color="grey", ls="--", label="$y = x$")]
-    for source, colour in SOURCE_COLOURS.items():
-        if (rows["source"] == source).any():
-            handles.append(plt.Line2D([], [], ls="", marker="o", color=colour,
-                                      markerfacecolor=colour if source == "measured" else "none",
-                                      label="this replication" if source == "measured" else "paper (Table 1)"))
-    for units in pd.unique(rows["units"].dropna()):
-        handles.append(plt.Line2D([], [], ls="", marker=UNIT_MARKERS.get(units, "D"), color="black",
-                                  markerfacecolor="none", label=f"batch in {units}"))
-    handles += [plt.Line2D([], [], ls="", label=f"{n}: {task}") for task, n in numbers.items()]
-    ax.legend(handles=handles, loc="upper left", fontsize="x-small")
+    handles += [plt.Line2D([], [], ls="", marker=marker, color=colour, label=display_name(task))
+                for task, (colour, marker) in ours.items()]
+    if paper_labels:
+        handles.append(plt.Line2D([], [], ls="", marker="o", color=SOURCE_COLOURS["paper"], markerfacecolor="none",
+                                  label="paper (Table 1), named beside each point"))
+    handles += [plt.Line2D([], [], ls="", marker=UNIT_MARKERS.get(units, "D"), color="black",
+                           markerfacecolor="none", label=f"batch in {units}")
+                for units in pd.unique(rows["units"].dropna())]
+    if (rows[cols["kind"]] == "unresolved").any():
+        handles.append(plt.Line2D([], [], ls="", marker="o", color="grey", markerfacecolor="none",
+                                  label="ours, unresolved (s.e. ≥ half the value)"))
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize="x-small", borderaxespad=0)
+    place_labels(ax, paper_labels)
     return ax
+
+
+def place_labels(ax: Axes, labels: Sequence[tuple[str, float, float]], fontsize: str = "x-small") -> list[Any]:
+    """Name points without overlap: each label goes to the first of eight positions around its point whose
+    box meets no label placed before it and no marker (greedy, in the order given).
+
+    Args:
+        ax: the axes (its limits and scales set).
+        labels: ``(text, x, y)`` in data coordinates.
+
+    Returns:
+        The text artists.
+    """
+    fig = ax.figure
+    renderer = fig.canvas.get_renderer()
+    offsets = [(6, 4, "left", "bottom"), (6, -4, "left", "top"), (-6, 4, "right", "bottom"),
+               (-6, -4, "right", "top"), (0, 9, "center", "bottom"), (0, -9, "center", "top"),
+               (12, 0, "left", "center"), (-12, 0, "right", "center")]
+    points = ax.transData.transform([(x, y) for _, x, y in labels]) if labels else np.zeros((0, 2))
+    placed: list[Any] = []
+    texts = []
+    for text, x, y in labels:
+        best = None
+        for dx, dy, ha, va in offsets:
+            artist = ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points", ha=ha, va=va,
+                                 fontsize=fontsize, color="black")
+            box = artist.get_window_extent(renderer).expanded(1.05, 1.1)
+            clash = any(box.overlaps(other) for other in placed) or any(
+                box.contains(px, py) for px, py in points)
+            if not clash:
+                best = artist
+                break
+            artist.remove()
+        if best is None:  # every position clashes: the first, with a leader line
+            best = ax.annotate(text, (x, y), xytext=(14, 14), textcoords="offset points", fontsize=fontsize,
+                               arrowprops=dict(arrowstyle="-", color="grey", lw=0.6))
+        placed.append(best.get_window_extent(renderer))
+        texts.append(best)
+    return texts
 
 
 def plot_bcrit_vs_bsimple_by_goal(ax: Axes, points: pd.DataFrame, paper: pd.DataFrame | None = None,
