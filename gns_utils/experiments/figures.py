@@ -30,6 +30,7 @@ from matplotlib.figure import Figure
 from gns_utils.experiments import plotting
 from gns_utils.experiments.dynamics import AdaptiveResult, TemperatureResult
 from gns_utils.experiments.pipeline import TaskResult
+from gns_utils.experiments.profiles import display_name
 from gns_utils.experiments.report import matched_by_goal
 from gns_utils.experiments.summary import GOAL_PREDICTORS
 
@@ -38,7 +39,7 @@ __all__ = ["adaptive_batch", "temperature", "b_crit_by_goal", "b_crit_vs_b_simpl
 
 
 def _save(fig: Figure, res: TaskResult, name: str, title: str) -> Figure:
-    fig.suptitle(f"{res.cfg.task}: {title}")
+    fig.suptitle(f"{display_name(res.cfg.task)}: {title}")
     plotting.save_figure(fig, res.figure_dir / name)
     return fig
 
@@ -65,8 +66,9 @@ def b_crit_by_goal(res: TaskResult) -> Figure:
     range over the best runs of all batch sizes), the reference run's B_simple EMA, and B_noise where measured."""
     plotting.set_style()
     fig, ax = plt.subplots(figsize=(6, 5))
+    floor = 0.5 * res.cfg.data_kwargs.get("noise_var", 1.0) if res.cfg.domain == "synthetic" else None  # σ²/2
     plotting.plot_b_crit_by_goal(ax, res.by_goal, noise=res.noise, b_noise=res.b_noise, metric=res.cfg.metric,
-                                 matched=matched_by_goal(res.matched))
+                                 matched=matched_by_goal(res.matched), goal_floor=floor)
     ax.set_ylabel(f"batch size ({res.cfg.units})")
     return _save(fig, res, "b_crit_by_goal", "B_crit and B_simple over training")
 

@@ -238,6 +238,7 @@ def plot_b_crit_by_goal(
     b_noise: pd.DataFrame | None = None,
     metric: str | None = None,
     matched: pd.DataFrame | None = None,
+    goal_floor: float | None = None,
 ) -> Axes:
     """``B_crit`` per goal with error bars and bound markers, optionally ``B_simple`` (Fig. 7 right).
 
@@ -261,10 +262,21 @@ def plot_b_crit_by_goal(
         metric: name of the goal metric ("loss", "error" ...), for the defaults above.
         matched: optional per-goal matched B_simple (:func:`gns_utils.experiments.report.matched_by_goal`:
             ``goal``, ``b_simple_local_median``, ``_min``, ``_max``), drawn as diamonds with range bars.
+        goal_floor: the metric's floor (e.g. the noise floor σ²/2 of noisy linear regression): goals spaced
+            geometrically towards it are then drawn as ``goal − floor`` on a log axis.
 
     Returns:
         ``ax``.
     """
+    if goal_floor is not None:  # every goal-like x as its distance to the floor, on a log axis
+        def shift(frame: pd.DataFrame | None, column: str = "goal") -> pd.DataFrame | None:
+            if frame is None or frame.empty or column not in frame:
+                return frame
+            return frame.assign(**{column: frame[column] - goal_floor})
+
+        table, b_noise, matched = shift(table), shift(b_noise), shift(matched)
+        noise = shift(noise, noise_x or metric or "loss")
+        goal_label = goal_label or f"goal: {metric or 'loss'} above its floor {goal_floor:g}"
     ok = table[table["bound"] != "insufficient"]
     fitted = ok[ok["bound"] == "none"]
     yerr = np.vstack([fitted["b_crit"] - fitted["ci_low"], fitted["ci_high"] - fitted["b_crit"]])
@@ -292,21 +304,38 @@ def plot_b_crit_by_goal(
                     label=_label("b_simple") + " at the goal (median over B, range)")
     checkpoint_series = (("b_noise", "x", "C2", r"$B_\mathrm{noise}$ (eq. 2.8) at the goal"),
                          ("b_simple_preconditioned", "P", "C4", _label("b_simple") + " in Adam's metric at the goal"))
+    unresolved = []  # (goal, value, colour): s.e. >= half the value, drawn at the axis edge, not scaling it
     for column, marker, colour, text in checkpoint_series:
         if b_noise is None or b_noise.empty or not {"goal", column} <= set(b_noise.columns):
             continue
         pts = b_noise[b_noise[column] > 0]
-        err = pts[f"{column}_stderr"].fillna(0).to_numpy(float) if f"{column}_stderr" in pts else None
-        ax.errorbar(pts["goal"], pts[column], yerr=err, fmt=marker, color=colour, ms=7, capsize=2, zorder=3,
-                    label=text)
+        se = pts[f"{column}_stderr"] if f"{column}_stderr" in pts else pd.Series(np.nan, index=pts.index)
+        good = is_resolved(pts[column], se)
+        unresolved += [(g, v, colour) for g, v in zip(pts["goal"][~good], pts[column][~good])]
+        pts, se = pts[good], se[good]
+        ax.errorbar(pts["goal"], pts[column], yerr=se.fillna(0).to_numpy(float), fmt=marker, color=colour, ms=7,
+                    capsize=2, zorder=3, label=text)
     for column, style, text in (("b_crit_predicted", "--", r"exact prediction: mean $B_\mathrm{noise}$ (App. D)"),
                                 ("b_crit_exact", ":", r"exact $B_\mathrm{crit}$ of the expected loss")):
         if column in table and table[column].notna().any():
             ax.plot(table["goal"], table[column], color="black", ls=style, lw=1.2, label=text)
     ax.set_yscale("log")
+    if unresolved:  # an arrow at the top or bottom edge towards each value the axis leaves out
+        low, high = ax.get_ylim()
+        for g, v, colour in unresolved:
+            edge = high if v > high else low if v < low else None
+            if edge is None:
+                ax.scatter([g], [v], marker="o", facecolor="none", edgecolor=colour, s=30, zorder=3)
+                continue
+            ax.annotate("", xy=(g, edge), xytext=(g, edge / 2.5 if v > high else edge * 2.5),
+                        arrowprops=dict(arrowstyle="->", color=colour, lw=1.0))
+        ax.set_ylim(low, high)
+        ax.scatter([], [], marker="o", facecolor="none", edgecolor="grey", label="unresolved (s.e. ≥ half the value)")
     goals = pd.to_numeric(table["goal"], errors="coerce").dropna().to_numpy()
     if invert_x is None:
         invert_x = goals.size >= 2 and goals[-1] < goals[0]
+    if goal_floor is not None:
+        ax.set_xscale("log")
     if invert_x and not ax.xaxis_inverted():
         ax.invert_xaxis()
     ax.set_xlabel(goal_label or f"goal (training {metric or 'loss'})")
