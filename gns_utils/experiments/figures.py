@@ -65,7 +65,7 @@ def b_crit_by_goal(res: TaskResult) -> Figure:
     """Fig 7 right: B_crit per goal (± s.e.) beside B_simple measured where each goal is reached (median and
     range over the best runs of all batch sizes), the reference run's B_simple EMA, and B_noise where measured."""
     plotting.set_style()
-    fig, ax = plt.subplots(figsize=(6, 5))
+    fig, ax = plt.subplots(figsize=(9.5, 5))
     floor = 0.5 * res.cfg.data_kwargs.get("noise_var", 1.0) if res.cfg.domain == "synthetic" else None  # σ²/2
     plotting.plot_b_crit_by_goal(ax, res.by_goal, noise=res.noise, b_noise=res.b_noise, metric=res.cfg.metric,
                                  matched=matched_by_goal(res.matched), goal_floor=floor)

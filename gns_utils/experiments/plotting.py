@@ -340,7 +340,7 @@ def plot_b_crit_by_goal(
         ax.invert_xaxis()
     ax.set_xlabel(goal_label or f"goal (training {metric or 'loss'})")
     ax.set_ylabel("batch size")
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0, fontsize="small")  # off the data
     return ax
 
 
