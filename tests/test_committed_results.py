@@ -43,7 +43,10 @@ def test_cross_task_summary_has_every_cpu_task_and_six_r2_values():
 def test_task_summary_fields_and_fit_quality(task):
     summary = json.loads((RESULTS / task / "summary.json").read_text())
     assert TASK_FIELDS <= set(summary) and summary["profile"] == "cpu"
-    assert summary["b_crit_bound"] == "none" and summary["b_crit_stderr"] < 0.5 * summary["b_crit"]
+    assert summary["b_crit_bound"] == "none"
+    if summary["b_crit_stderr"] >= 0.5 * summary["b_crit"]:  # unresolved: reported as such, never pooled
+        rows = json.loads((RESULTS / "summary.json").read_text())["tasks"]
+        assert [r["b_crit_kind"] for r in rows if r["task"] == task] == ["unresolved"]
     assert summary["b_simple"] > 0 and summary["b_crit_start"] < summary["b_crit"]
     assert summary["units"] == {"language": "tokens", "rl": "frames"}.get(summary["domain"], "images")
     for name in ("figures/pareto_fronts.png", "figures/b_crit_by_goal.png", "experiment.json"):
