@@ -32,7 +32,7 @@ from matplotlib.figure import Figure
 
 from gns_utils.critical_batch import TradeoffFit
 from gns_utils.experiments.profiles import DISPLAY_NAMES, display_name
-from gns_utils.experiments.summary import is_resolved, predictor_resolved
+from gns_utils.experiments.summary import is_resolved, resolved_goals
 from gns_utils.theory import fit_optimal_lr, optimal_lr
 
 __all__ = [
@@ -587,7 +587,7 @@ def plot_bcrit_vs_bsimple_by_goal(ax: Axes, points: pd.DataFrame, paper: pd.Data
         ``ax``.
     """
     present = points[(points[x] > 0) & (points["b_crit"] > 0)]
-    resolved = predictor_resolved(present, x) & is_resolved(present["b_crit"], present["b_crit_stderr"])
+    resolved = resolved_goals(present, x)
     ok, unresolved = present[resolved], present[~resolved]
     colours = {task: task_colour(task, k) for k, task in enumerate(pd.unique(present["task"]))}
     for task, group in unresolved.groupby("task", sort=False):  # drawn hollow, at the edge if off the axes

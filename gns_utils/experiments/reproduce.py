@@ -257,7 +257,7 @@ def compare(reference_dir: Path, results_dir: Path, tasks: list[str]) -> dict[st
     new_r2 = (read_json(results_dir / "summary.json") or {}).get("r2", {})
     ref_r2 = (read_json(reference_dir / "summary.json") or {}).get("r2", {})
     compared = [r for r in rows if r.get("agrees") is not None]
-    replication = any(set(r["seeds"]) & set(r["seeds_reference"] or []) != set(r["seeds"]) for r in compared)
+    replication = any(not set(r["seeds"]) <= set(r["seeds_reference"] or []) for r in compared)  # a seed is new
     return {
         "kind": "replication" if replication else "determinism check",
         "tasks": rows,

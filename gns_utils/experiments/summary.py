@@ -55,6 +55,8 @@ __all__ = [
     "is_resolved",
     "predictor_resolved",
     "ratio_interval",
+    "resolved_goals",
+    "slope_groups",
     "task_slopes",
     "calibration_report",
     "load_task_summaries",
@@ -419,6 +421,25 @@ def predictor_resolved(points: pd.DataFrame, predictor: str) -> np.ndarray:
     return is_resolved(points[predictor], se) if len(points) else np.zeros(0, bool)
 
 
+def resolved_goals(points: pd.DataFrame, predictor: str) -> np.ndarray:
+    """Where both ``B_crit`` and ``predictor`` are positive and resolved (:func:`is_resolved`)."""
+    if not len(points):
+        return np.zeros(0, bool)
+    return predictor_resolved(points, predictor) & is_resolved(points["b_crit"], points["b_crit_stderr"])
+
+
+def slope_groups(slopes: pd.DataFrame) -> dict[str, list[str]]:
+    """The pooled tasks by their within-task slope (:func:`task_slopes`): ``follow`` (within 2 s.e. of 1),
+    ``steeper``, ``flatter`` (beyond 2 s.e.), among slopes with s.e. < 0.5, and ``loose`` (s.e. ≥ 0.5 or none)."""
+    pooled = slopes[slopes["pooled"].astype(bool)]
+    se = pd.to_numeric(pooled["slope_stderr"], errors="coerce")
+    determined = pooled[se < 0.5]
+    low = determined["slope"] - 2 * determined["slope_stderr"]
+    high = determined["slope"] + 2 * determined["slope_stderr"]
+    return {"follow": list(determined[(low <= 1) & (1 <= high)]["task"]), "steeper": list(determined[low > 1]["task"]),
+            "flatter": list(determined[high < 1]["task"]), "loose": list(pooled[~(se < 0.5)]["task"])}
+
+
 def ratio_interval(points: pd.DataFrame, predictor: str) -> tuple[np.ndarray, np.ndarray]:
     """95 % interval of ``predictor / B_crit`` per point: the predictor over B_crit's interval (``ci_low``,
     ``ci_high``; ± 1.96 s.e. where missing), widened by the predictor's own relative s.e. (1.96×, in log)."""
@@ -461,7 +482,7 @@ def goal_report(points: pd.DataFrame) -> dict[str, dict[str, float]]:
         points = points[~points["synthetic"].astype(bool)]
     for column in GOAL_PREDICTORS:
         present = points[(points[column] > 0) & (points["b_crit"] > 0)]
-        keep = predictor_resolved(present, column) & is_resolved(present["b_crit"], present["b_crit_stderr"])
+        keep = resolved_goals(present, column)
         ok = present[keep]
         ratio = (ok[column] / ok["b_crit"]).to_numpy(float)
         low, high = ratio_interval(ok, column) if len(ok) else (np.zeros(0), np.zeros(0))
@@ -494,7 +515,7 @@ def task_slopes(points: pd.DataFrame, predictor: str = "b_simple_local_median") 
     real = points[~points["synthetic"].astype(bool)] if "synthetic" in points else points
     for task, group in real.groupby("task", sort=False):
         present = group[(group[predictor] > 0) & (group["b_crit"] > 0)]
-        keep = predictor_resolved(present, predictor) & is_resolved(present["b_crit"], present["b_crit_stderr"])
+        keep = resolved_goals(present, predictor)
         ok = present[keep]
         x, y = np.log10(ok[predictor].to_numpy(float)), np.log10(ok["b_crit"].to_numpy(float))
         slope = stats.linregress(x, y) if len(ok) >= 3 and np.ptp(x) > 0 else None
@@ -535,12 +556,8 @@ def verdict_markdown(table: pd.DataFrame, r2: dict[str, float], by_goal: dict[st
                      f"{_range([row.ratio_min, row.ratio_max])} | {row.n_above_one} / {row.n_below_one} | {slope} |")
     g = by_goal[predictor]
     pooled = table[(table["source"] == "measured") & table["pooled"].astype(bool)]
-    determined = slopes[slopes["pooled"] & (slopes["slope_stderr"] < 0.5)]
-    follow = [display_name(t) for t in determined[(determined["slope"] - 2 * determined["slope_stderr"] <= 1)
-                                                 & (1 <= determined["slope"] + 2 * determined["slope_stderr"])]["task"]]
-    steeper = [display_name(t) for t in determined[determined["slope"] - 2 * determined["slope_stderr"] > 1]["task"]]
-    flatter = [display_name(t) for t in determined[determined["slope"] + 2 * determined["slope_stderr"] < 1]["task"]]
-    loose = [display_name(t) for t in slopes[slopes["pooled"] & ~(slopes["slope_stderr"] < 0.5)]["task"]]
+    groups = {k: [display_name(t) for t in v] for k, v in slope_groups(slopes).items()}
+    follow, steeper, flatter, loose = (groups[k] for k in ("follow", "steeper", "flatter", "loose"))
     consistent = [display_name(r.task) for r in slopes.itertuples() if r.pooled and r.n_goals and r.n_above_one + r.n_below_one == 0]
     text = [
         "\n".join(lines), "",

@@ -30,7 +30,7 @@ from gns_utils.experiments.pipeline import width_study_verdict
 from gns_utils.experiments.profiles import DYNAMICS_DIR, NOTEBOOK_DOMAINS, WIDTHS_SUFFIX, display_name
 from gns_utils.experiments.compute import compute_table, sweep_runs
 from gns_utils.experiments.store import load_metrics, load_run_summaries, load_run_summary, run_dir
-from gns_utils.experiments.summary import ratio_interval, verdict_markdown
+from gns_utils.experiments.summary import ratio_interval, slope_groups, verdict_markdown
 from gns_utils.experiments.sweep import runs_table
 from gns_utils.theory import fit_optimal_lr
 
@@ -79,10 +79,8 @@ def headline(root) -> str:
     """The README's three-line verdict, from ``summary.json`` (``99_summary``)."""
     data = json.loads((root / "summary.json").read_text())
     g = data["r2_by_goal"]["b_simple_local_median"]
-    slopes = [t for t in data.get("task_slopes", []) if t["pooled"] and t["slope_stderr"] is not None
-              and t["slope_stderr"] < 0.5]
-    follow = [display_name(t["task"]) for t in slopes if abs(t["slope"] - 1) <= 2 * t["slope_stderr"]]
-    steeper = [display_name(t["task"]) for t in slopes if t["slope"] - 1 > 2 * t["slope_stderr"]]
+    groups = slope_groups(pd.DataFrame(data.get("task_slopes", []), columns=["task", "pooled", "slope", "slope_stderr"]))
+    follow, steeper = ([display_name(t) for t in groups[k]] for k in ("follow", "steeper"))
     lines = [f"* **Goal by goal**, B_simple / B_crit spans {g['ratio_min']:.2f}–{g['ratio_max']:.2f} (median "
              f"{g['ratio_median']:.2f}) over {g['n_points']} resolved goals of {g['n_tasks']} independent tasks; "
              f"{g['n_differ_from_one']} of them differ from 1 beyond their 95 % interval; R² of y = x {g['identity']:.2f}.",
