@@ -346,3 +346,26 @@ def test_a_subset_run_gives_the_steps_to_goal_the_same_training_logs_with_the_mi
     both = steps_to_goals_both_sources(metrics, "error", (0.3, 0.15))
     np.testing.assert_allclose(both["batches"], [batches["steps_to_goal"][g] for g in ("0.3", "0.15")], rtol=1e-12)
     assert np.isfinite(both["subset"]).all() and not np.allclose(both["subset"], both["batches"])
+
+
+def test_selected_points_name_the_hardest_goal_each_rate_won():
+    from gns_utils.experiments.pipeline import selected_points
+
+    rows = []  # B = 16: rate 0.4 wins the easy goal, 0.2 the hard one; B = 32: 0.4 wins both
+    for batch, lr, steps in ((16, 0.4, (10, 90)), (16, 0.2, (14, 60)), (32, 0.4, (6, 40)), (32, 0.2, (9, 50))):
+        for goal, s in zip((0.3, 0.15), steps):
+            rows.append({"run_id": f"{batch}-{lr}", "batch_units": batch, "batch_examples": batch, "lr": lr,
+                         "seed": 0, "goal": goal, "steps": float(s)})
+    assert selected_points(pd.DataFrame(rows)) == [(16, 0.2, 0.15), (16, 0.4, 0.3), (32, 0.4, 0.15)]
+
+
+def test_a_repeat_trains_only_up_to_the_last_goal_its_rate_was_selected_for(problem, tmp_path):
+    cfg = make_experiment({**BASE, "seed": 1})
+    table = sweep_module.run_selected(cfg, [(16, 0.2, 0.3), (16, 0.4)], tmp_path, problem=problem, progress=False)
+    short, full = (table[table["lr"] == lr] for lr in (0.2, 0.4))
+    assert sorted(short["goal"]) == [0.3] and sorted(full["goal"]) == [0.15, 0.3]
+    assert short["status"].iloc[0] == "complete"
+    summary = load_run_summary(run_dir(tmp_path, "tiny", short["run_id"].iloc[0]), short["run_id"].iloc[0])
+    assert summary["config"]["goals"] == [0.3]
+    with pytest.raises(ConfigError, match="not one of the experiment's goals"):
+        sweep_module.run_selected(cfg, [(16, 0.2, 0.25)], tmp_path, problem=problem, progress=False)

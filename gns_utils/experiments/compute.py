@@ -9,7 +9,11 @@ of a task's sweep at its main seed (the reference re-runs that measure B_noise a
   a run that is never the fastest needs none;
 * ``examples_evaluated``: examples forwarded to evaluate the goal metric on a fixed subset;
 * ``eval_share``: the evaluation's share of the compute, a forward pass counted as a third of a
-  training step (forward + backward ≈ 3 forwards).
+  training step (forward + backward ≈ 3 forwards);
+* ``runs_all_seeds``, ``examples_all_seeds`` and ``share_needed_all_seeds``: the same over every seed
+  (the main sweep and its repeats at ``seeds``), where a run is needed up to the hardest goal at which its
+  (B, rate) is the one :func:`gns_utils.critical_batch.expected_steps` chooses from the seed-averaged
+  steps: the points the seed-aware fits use (:func:`needed_steps_all_seeds`).
 
 :func:`unneeded_by_closeness` splits the examples the fits do not need by how close their run came to
 the fastest run of its batch size: what a stopping rule that keeps every fastest run could still save.
@@ -28,7 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from gns_utils.critical_batch import b_crit_by_goal, best_runs
+from gns_utils.critical_batch import b_crit_by_goal, best_runs, expected_steps
 from gns_utils.experiments.stopping import replay
 from gns_utils.experiments.sweep import runs_table, stored_curve
 
@@ -58,6 +62,26 @@ def needed_steps(summaries: list[dict[str, Any]]) -> pd.Series:
     return best.groupby("run_id")["steps"].max()
 
 
+def all_seed_runs(results_dir: str | Path, task: str) -> list[dict[str, Any]]:
+    """Summaries of every run of ``task``'s sweep and its repeats at other seeds (not the B_noise re-runs)."""
+    out = []
+    for path in sorted((Path(results_dir) / task / "runs").glob("*/summary.json")):
+        summary = json.loads(path.read_text())
+        if not summary["config"].get("b_noise_examples") and summary["status"] != "failed":
+            out.append(summary)
+    return out
+
+
+def needed_steps_all_seeds(summaries: list[dict[str, Any]]) -> pd.Series:
+    """Per run id, over every seed: the steps up to the hardest goal at which the run's (B, rate) is the rate
+    :func:`gns_utils.critical_batch.expected_steps` chooses (seed-averaged steps, read as the runs recorded
+    them); a run whose rate is never chosen needs none."""
+    table = runs_table(summaries)
+    chosen = expected_steps(table, batch="batch_units").dropna(subset=["steps"])[["goal", "batch_units", "lr"]]
+    used = table.merge(chosen, on=["goal", "batch_units", "lr"])
+    return used.groupby("run_id")["steps"].max()
+
+
 def _evaluated(results_dir: Path, summary: dict[str, Any]) -> float:
     if "eval_examples_forwarded" in summary:
         return float(summary["eval_examples_forwarded"])
@@ -68,7 +92,8 @@ def _evaluated(results_dir: Path, summary: dict[str, Any]) -> float:
 
 
 def compute_table(results_dir: str | Path, tasks: list[str]) -> pd.DataFrame:
-    """One row per task: ``runs, examples_trained, share_needed, examples_evaluated, eval_share``."""
+    """One row per task: ``runs, examples_trained, share_needed, examples_evaluated, eval_share`` (main seed's
+    sweep) and ``runs_all_seeds, examples_all_seeds, share_needed_all_seeds`` (every seed)."""
     results_dir = Path(results_dir)
     rows = []
     for task in tasks:
@@ -77,10 +102,20 @@ def compute_table(results_dir: str | Path, tasks: list[str]) -> pd.DataFrame:
         trained = int(runs["examples_trained"].sum()) if len(runs) else 0
         needed = float(runs["examples_needed"].sum()) if len(runs) else 0.0
         evaluated = sum(_evaluated(results_dir, s) for s in summaries)
+        every = all_seed_runs(results_dir, task)
+        need = needed_steps_all_seeds(every) if every else pd.Series(dtype=float)
+        all_trained = all_needed = 0.0
+        for s in every:
+            batch, steps = s["config"]["batch_size"], s.get("n_steps", 0)
+            all_trained += steps * batch
+            used = float(need.get(s["run_id"], 0.0))
+            all_needed += min(used, steps) * batch if np.isfinite(used) else 0.0
         rows.append({"task": task, "runs": len(summaries), "examples_trained": trained,
                      "share_needed": needed / trained if trained else np.nan, "examples_evaluated": evaluated,
                      "eval_share": FORWARD_COST * evaluated / (trained + FORWARD_COST * evaluated)
-                     if trained else np.nan})
+                     if trained else np.nan,
+                     "runs_all_seeds": len(every), "examples_all_seeds": all_trained,
+                     "share_needed_all_seeds": all_needed / all_trained if all_trained else np.nan})
     return pd.DataFrame(rows)
 
 

@@ -132,8 +132,8 @@ class ExperimentConfig(_RunFields):
             chosen, and per-seed fits give B_crit its seed-aware error bar
             (:func:`gns_utils.critical_batch.seed_aware_b_crit`).
         seed_rates: what the repeats train: ``grid`` (the whole sweep again) or ``selected`` (at each
-            batch size, only the rates the main sweep found fastest for some goal: a few runs per batch
-            size instead of a grid).
+            batch size, only the rates the main sweep found fastest for some goal, each trained up to the
+            hardest goal it was fastest for: a few short runs per batch size instead of a grid).
         budget_examples: examples a run may use before it stops (``budget_exhausted``).
         n_micro: micro-batches per step when B_simple is measured from micro-batches (>= 2).
         noise_method: how each step measures |G|^2 and tr Σ: ``per_example`` (per-example

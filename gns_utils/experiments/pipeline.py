@@ -4,7 +4,8 @@
 
 1. load the data once (:func:`gns_utils.experiments.problems.make_problem`);
 2. run or resume the batch-size × learning-rate sweep (:func:`gns_utils.experiments.sweep.run_sweep`),
-   and its repeats at ``cfg.seeds`` (the whole grid, or only the rates that matter: ``cfg.seed_rates``);
+   and its repeats at ``cfg.seeds`` (the whole grid, or only the rates that matter, each up to the last goal
+   it matters for: ``cfg.seed_rates``);
 3. read every run's steps to each goal from its logged curve with the centred local-linear smoothing
    (:func:`gns_utils.critical_batch.steps_to_target`, ``method="local"``), average ``log S`` over the
    seeds at each rate and keep the best rate (:func:`gns_utils.critical_batch.expected_steps`), and fit
@@ -167,12 +168,20 @@ def local_steps(table: pd.DataFrame, results_dir: str | Path, cfg: ExperimentCon
     return out
 
 
-def selected_points(table: pd.DataFrame) -> list[tuple[int, float]]:
-    """The (batch size in examples, rate) pairs that are fastest for some goal in ``table`` (one seed's
-    sweep, local reading): what the repeats at other seeds train when ``seed_rates="selected"``."""
+def selected_points(table: pd.DataFrame) -> list[tuple[int, float, float]]:
+    """What the repeats at other seeds train when ``seed_rates="selected"``: one ``(batch size in examples,
+    rate, last goal)`` per pair that is fastest for some goal in ``table`` (one seed's sweep, local reading).
+
+    ``last goal`` is the hardest goal at which that pair won: the repeat trains until it reaches it and no
+    further, since at harder goals another rate of its batch size won and only that rate's seeds are
+    averaged there (:func:`gns_utils.critical_batch.expected_steps` compares rates that every seed trained).
+    """
     best = expected_steps(table, batch="batch_units").dropna(subset=["steps"])
-    pairs = best[["batch_examples", "lr"]].drop_duplicates().sort_values(["batch_examples", "lr"])
-    return [(int(b), float(lr)) for b, lr in pairs.itertuples(index=False)]
+    order = {g: k for k, g in enumerate(pd.unique(table["goal"]))}
+    best = best.assign(_order=best["goal"].map(order)).sort_values("_order", kind="mergesort")
+    last = best.drop_duplicates(["batch_examples", "lr"], keep="last").sort_values(["batch_examples", "lr"])
+    return [(int(b), float(lr), float(goal)) for b, lr, goal in
+            last[["batch_examples", "lr", "goal"]].itertuples(index=False)]
 
 
 def fastest_run_b_crit(table: pd.DataFrame) -> pd.DataFrame:

@@ -468,21 +468,35 @@ def sides_to_widen(summaries: list[dict], goals: tuple[float, ...]) -> list[str]
     return sorted(sides)
 
 
-def run_selected(cfg: ExperimentConfig, points: list[tuple[int, float]], results_dir: str | Path,
-                 problem: Any = None, progress: bool = True) -> pd.DataFrame:
-    """Train (or reuse) one run per (batch size in examples, rate) of ``points`` at ``cfg.seed``: the
-    repeats of a sweep at another seed, where only the rates that matter are trained again.
+def run_selected(cfg: ExperimentConfig, points: list[tuple[int, float] | tuple[int, float, float]],
+                 results_dir: str | Path, problem: Any = None, progress: bool = True) -> pd.DataFrame:
+    """Train (or reuse) one run per ``(batch size in examples, rate[, last goal])`` of ``points`` at
+    ``cfg.seed``: the repeats of a sweep at another seed, where only the rates that matter are trained again.
 
-    Each point trains on its own (nothing to stop it early but its goals, budget or divergence).
+    Each point trains on its own until it reaches its last goal (default: the experiment's hardest), its
+    budget runs out or it diverges; goals past its last goal are not in its config, so its run table has no
+    rows for them.
 
     Returns:
         :func:`runs_table` of those runs.
+
+    Raises:
+        ConfigError: a last goal that is not one of ``cfg.goals``.
     """
     if problem is None:
         problem = make_problem(cfg)
+    goals = [float(g) for g in cfg.goals]
+    configs = []
+    for point in points:
+        batch_size, lr, *rest = point
+        last = float(rest[0]) if rest else goals[-1]
+        if last not in goals:
+            raise ConfigError(f"run_selected: last goal {last} of the point (B={batch_size}, lr={lr}) is not one "
+                              f"of the experiment's goals {goals}")
+        configs.append(cfg.run(batch_size, lr, goals=tuple(goals[:goals.index(last) + 1])))
     summaries, trained = [], []
-    for batch_size, lr in tqdm(points, desc=f"repeats {cfg.task} seed {cfg.seed}", disable=not progress):
-        summary, fresh = run_or_load(problem, cfg.run(batch_size, lr), results_dir, progress)
+    for run_cfg in tqdm(configs, desc=f"repeats {cfg.task} seed {cfg.seed}", disable=not progress):
+        summary, fresh = run_or_load(problem, run_cfg, results_dir, progress)
         summaries.append(summary)
         trained.append(fresh)
     return runs_table(summaries, trained)

@@ -318,9 +318,9 @@ def _compute_lines(root, task_names: list[str]) -> list[str]:
     if table.empty:
         return []
     stopped = sum(sum(r["status"] == "pruned" for r in sweep_runs(root, t)) for t in table["task"])
-    cells = ", ".join(f"{r.task} {r.examples_trained / 1e6:.2f} M ({100 * r.share_needed:.0f} %)"
-                      for r in table.itertuples())
-    return [f"Sweep compute: examples trained (share the (2.11) fits need) {cells}; evaluation "
+    cells = ", ".join(f"{r.task} {r.examples_all_seeds / 1e6:.2f} M ({100 * r.share_needed_all_seeds:.0f} %; "
+                      f"main seed's grid {100 * r.share_needed:.0f} %)" for r in table.itertuples())
+    return [f"Sweep compute, every seed: examples trained (share the seed-averaged (2.11) fits use) {cells}; evaluation "
             f"{100 * table['eval_share'].min():.1f}–{100 * table['eval_share'].max():.1f} % of the compute; "
             f"{stopped} of {int(table['runs'].sum())} runs stopped once they could no longer be the fastest."]
 
