@@ -17,8 +17,10 @@ logs)::
     NoiseScaleCallback(units="tokens").attach(trainer)
     trainer.train()
 
-Units: ``"examples"`` (sequences) or ``"tokens"`` (the attention mask's ones, else every input id),
-counted from each micro-batch's forward. The micro-batches' weights are taken proportional to their
+Units: ``"examples"`` (sequences) or ``"tokens"``, counted from each micro-batch's forward. Tokens are
+those that carry loss when the forward gets ``labels``: the labels other than ``-100``, less each
+sequence's first for a causal language model (its loss predicts token t+1 from tokens ≤ t); without
+labels, the attention mask's ones, else every input id. The micro-batches' weights are taken proportional to their
 units, which is what the Trainer does with a loss normalised by the tokens in the batch, and what
 equal micro-batches give with its default division by ``k``. With fp16 and a grad scaler the two
 estimates carry the scale squared; B_simple, their ratio, does not.
@@ -28,8 +30,7 @@ each sequence all but the first), and the Trainer divides the summed loss by ``n
 counted from the labels. If that count includes tokens that carry no loss (the first of every
 sequence), each micro-batch gradient is scaled by the same factor ``c < 1`` (predicted / counted
 tokens), so ``|G|^2`` and ``tr Σ`` both come out ``c²`` times too small and B_simple, their ratio, is
-unaffected. ``units="tokens"`` counts the attention mask's ones (input tokens); B_simple per *predicted*
-token is ``c`` times the logged one.
+unaffected. With ``units="tokens"`` and labels, B_simple is in predicted tokens.
 
 Resuming: the moving averages are saved with every checkpoint (in ``trainer_state.json``, as the
 Trainer's ``ExportableState`` callbacks are) and restored when ``trainer.train(resume_from_checkpoint=...)``
@@ -51,6 +52,32 @@ except ImportError as err:  # the core library does not need transformers
                       "(or pip install transformers)") from err
 
 from gns_utils.noise import GradientNoiseMonitor, NoiseScaleEMA
+
+
+def is_causal_lm(model: torch.nn.Module) -> bool:
+    """Whether ``model`` is a Hugging Face causal language model (its loss shifts the labels by one): its
+    ``loss_type`` is ``"ForCausalLM"`` or its class is one of the auto causal-LM classes (``GPT2LMHeadModel``
+    has no ``loss_type`` of its own)."""
+    if getattr(model, "loss_type", None) == "ForCausalLM":
+        return True
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    return type(model).__name__ in set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
+
+
+def loss_tokens(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None) -> float:
+    """The tokens of one forward that carry loss: the labels other than ``-100`` (Hugging Face's ignore
+    index), less each sequence's first label for a causal language model (:func:`is_causal_lm`: its labels
+    are shifted by one inside the loss); without labels, the attention mask's ones, else every input id."""
+    if isinstance(labels, torch.Tensor):
+        carrying = labels != -100
+        if is_causal_lm(model):
+            carrying = carrying[..., 1:]
+        return float(carrying.sum())
+    if isinstance(attention_mask, torch.Tensor):
+        return float(attention_mask.sum())
+    return float(input_ids.numel())
 
 
 class NoiseScaleCallback(TrainerCallback, ExportableState):
@@ -84,11 +111,10 @@ class NoiseScaleCallback(TrainerCallback, ExportableState):
         ids = kwargs.get("input_ids", args[0] if args else None)
         if not isinstance(ids, torch.Tensor):
             raise TypeError("NoiseScaleCallback counts units from the model's input_ids; this model got none")
-        mask = kwargs.get("attention_mask")
         if self.unit == "examples":
             self._units = float(ids.shape[0])
         else:
-            self._units = float(mask.sum()) if isinstance(mask, torch.Tensor) else float(ids.numel())
+            self._units = loss_tokens(module, ids, kwargs.get("attention_mask"), kwargs.get("labels"))
 
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
         if args.gradient_accumulation_steps < 2:

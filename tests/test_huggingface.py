@@ -66,3 +66,30 @@ def test_a_resumed_run_restores_the_noise_scale_state_and_goes_on_from_it(tmp_pa
     # the Trainer's resumed trajectory is not bit for bit the uninterrupted one's (its losses differ in the
     # last digits), so B_simple is compared within a few per cent
     assert resumed.ema.b_simple == pytest.approx(uninterrupted.ema.b_simple, rel=0.05)
+
+
+def test_tokens_count_the_labels_that_carry_loss(tmp_path, monkeypatch):
+    from gns_utils.noise import GradientNoiseMonitor
+
+    trainer = _trainer(tmp_path, accumulation=2)
+    for row in trainer.train_dataset:  # the last 3 positions of every sequence are padding the loss ignores
+        row["labels"] = row["labels"].clone()
+        row["labels"][-3:] = -100
+    callback = NoiseScaleCallback(units="tokens").attach(trainer)
+    seen, record = [], GradientNoiseMonitor.after_micro_batch
+    monkeypatch.setattr(GradientNoiseMonitor, "after_micro_batch",
+                        lambda self, units=None, **k: (seen.append(units), record(self, units, **k))[1])
+    trainer.train()
+    # 4 sequences per micro-batch, each predicting positions 1..8 (12 tokens, the first is predicted by
+    # nothing, the last 3 carry no label): 4 x 8 tokens
+    assert seen and all(units == 4 * 8 for units in seen)
+    assert callback.monitor.n_steps == 4
+
+
+def test_loss_tokens_without_labels_counts_the_attention_mask():
+    from gns_utils.huggingface import loss_tokens
+
+    ids, mask = torch.zeros(2, 5, dtype=torch.long), torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    assert loss_tokens(torch.nn.Linear(1, 1), ids, mask) == 8
+    assert loss_tokens(torch.nn.Linear(1, 1), ids) == 10
+    assert loss_tokens(torch.nn.Linear(1, 1), ids, labels=torch.tensor([[1, -100, 2]])) == 2
