@@ -163,7 +163,8 @@ class BatchSizeController:
     def _new_lr(self, batch_size: int) -> float:
         if callable(self.lr_rule):
             return float(self.lr_rule(batch_size))
-        return self.lr * (batch_size / self.batch_size) ** LR_EXPONENTS[self.lr_rule]
+        factor: float = (batch_size / self.batch_size) ** LR_EXPONENTS[self.lr_rule]  # a positive base: a float
+        return self.lr * factor
 
     def state_dict(self) -> dict[str, Any]:
         """Plain numbers and lists (loads under ``torch.load(..., weights_only=True)``)."""

@@ -19,12 +19,12 @@ import math
 import sys
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 
-from gns_utils.critical_batch import best_runs, fit_tradeoff_by_goal
+from gns_utils.critical_batch import TradeoffFit, best_runs, fit_tradeoff_by_goal
 
 FIT_HELP = """\
 FILE is a CSV file with a header and the columns
@@ -102,7 +102,7 @@ def _read(path: str) -> pd.DataFrame:
     return table[["batch_size", "lr", "goal", "steps"]]
 
 
-def fit_table(table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+def fit_table(table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, dict[Any, TradeoffFit | None]]:
     """(results per goal, fastest run per goal and batch size, fits) for a table of ``batch_size, lr, goal, steps``."""
     best = best_runs(table)
     with warnings.catch_warnings():  # a bound is said in the table ("bounded by the data")
@@ -136,7 +136,7 @@ def _format(results: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def _plot(best: pd.DataFrame, fits: dict, path: str) -> None:
+def _plot(best: pd.DataFrame, fits: dict[Any, TradeoffFit | None], path: str) -> None:
     """Steps against examples per goal, with each fitted (2.11) hyperbola and ★ at B = B_crit (Fig 7)."""
     try:
         import matplotlib
@@ -194,7 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         results, best, fits = fit_table(_read(args.file))
     except InputError as err:
-        return int(err.code)
+        return err.code if isinstance(err.code, int) else 2  # _fail raises InputError(2)
     if args.json:
         records = [{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()}
                    for r in results.to_dict(orient="records")]

@@ -46,14 +46,17 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from gns_utils._lazy import LazyModule
 
 # imported on first use: ``import gns_utils`` stays light (benchmarks/import_time.py)
-pd = LazyModule("pandas")
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+else:
+    pd = LazyModule("pandas")
 optimize, signal, stats = LazyModule("scipy.optimize"), LazyModule("scipy.signal"), LazyModule("scipy.stats")
 
 __all__ = [
@@ -117,7 +120,8 @@ def ema(values: np.ndarray, smoothing: float) -> np.ndarray:
         return x.copy()
     m = signal.lfilter([1.0 - a], [1.0, -a], x)
     t = np.arange(1, x.size + 1)
-    return m / (1.0 - a**t)
+    smoothed: np.ndarray = m / (1.0 - a**t)
+    return smoothed
 
 
 def local_linear(steps: Sequence[float] | np.ndarray, values: Sequence[float] | np.ndarray,
@@ -509,7 +513,8 @@ def _clean_points(batch_sizes: Any, steps: Any) -> tuple[np.ndarray, np.ndarray]
 
 def _model_log_steps(theta: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``log S = log S_min + log(1 + B_crit/B)`` with ``theta = (log S_min, log B_crit)``."""
-    return theta[0] + np.logaddexp(0.0, theta[1] - np.log(b))
+    log_steps: np.ndarray = theta[0] + np.logaddexp(0.0, theta[1] - np.log(b))
+    return log_steps
 
 
 def _jacobian(theta: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -525,10 +530,10 @@ def _least_squares(b: np.ndarray, s: np.ndarray, starts: Sequence[float] | None 
     """
     log_b, log_s = np.log(b), np.log(s)
     lo, hi = log_b.min() - 20.0, log_b.max() + 20.0
-    if starts is None:
-        starts = np.linspace(log_b.min() - 1.0, log_b.max() + 1.0, 5)
-    best, best_cost = None, np.inf
-    for lbc in np.clip(starts, lo, hi):
+    start_values = np.linspace(log_b.min() - 1.0, log_b.max() + 1.0, 5) if starts is None else np.asarray(starts)
+    best: np.ndarray | None = None
+    best_cost = np.inf
+    for lbc in np.clip(start_values, lo, hi):
         ls0 = np.mean(log_s - np.logaddexp(0.0, lbc - log_b))
         res = optimize.least_squares(
             lambda th: _model_log_steps(th, b) - log_s,
@@ -540,6 +545,8 @@ def _least_squares(b: np.ndarray, s: np.ndarray, starts: Sequence[float] | None 
         )
         if res.cost < best_cost:
             best, best_cost = res.x, res.cost
+    if best is None:
+        raise ValueError("the least-squares fit of eq. 2.11 gave no finite cost from any starting point")
     return best
 
 

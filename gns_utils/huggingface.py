@@ -105,7 +105,7 @@ class NoiseScaleCallback(TrainerCallback, ExportableState):
         trainer.callback_handler.callbacks.insert(0, self)
         return self
 
-    def _count(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+    def _count(self, module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         if not module.training:
             return
         ids = kwargs.get("input_ids", args[0] if args else None)
@@ -134,10 +134,15 @@ class NoiseScaleCallback(TrainerCallback, ExportableState):
                               "holds no noise-scale state (saved by an older version, or without this callback): "
                               "the moving averages start anew", RuntimeWarning, stacklevel=2)
 
+    def _active_monitor(self) -> GradientNoiseMonitor:
+        if self.monitor is None:
+            raise RuntimeError("NoiseScaleCallback got a training step before on_train_begin")
+        return self.monitor
+
     def _micro_batch(self) -> None:
         if self._units is None:
             raise RuntimeError("NoiseScaleCallback saw a backward without a training forward of the model")
-        self.monitor.after_micro_batch(self._units)
+        self._active_monitor().after_micro_batch(self._units)
         self._units = None
 
     def on_substep_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -145,7 +150,7 @@ class NoiseScaleCallback(TrainerCallback, ExportableState):
 
     def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self._micro_batch()  # the step's last micro-batch (already clipped: the hooks measured before)
-        estimate = self.monitor.after_step()
+        estimate = self._active_monitor().after_step()
         if estimate is not None:
             self.ema.update(estimate)
 
@@ -158,7 +163,8 @@ class NoiseScaleCallback(TrainerCallback, ExportableState):
             out["b_simple_stderr"] = self.ema.uncertainty().stderr
         return {self.prefix + k: float(v) for k, v in out.items()}
 
-    def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None,
+               **kwargs: Any) -> None:
         values = self.values()
         if logs is None or not values or "loss" not in logs:  # training logs only
             return

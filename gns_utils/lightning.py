@@ -73,14 +73,19 @@ class NoiseScaleCallback(Callback):
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
         self._batch_units = float(self.units(batch))
 
+    def _active_monitor(self) -> GradientNoiseMonitor:
+        if self.monitor is None:
+            raise RuntimeError("NoiseScaleCallback got a training step before on_fit_start")
+        return self.monitor
+
     def on_after_backward(self, trainer: Any, pl_module: Any) -> None:
         scaler = getattr(trainer.precision_plugin, "scaler", None)
         scale = float(scaler.get_scale()) if scaler is not None and scaler.is_enabled() else 1.0
         # Lightning divides each micro-batch's loss by accumulate_grad_batches
-        self.monitor.after_micro_batch(self._batch_units, loss_scale=scale / trainer.accumulate_grad_batches)
+        self._active_monitor().after_micro_batch(self._batch_units, loss_scale=scale / trainer.accumulate_grad_batches)
 
     def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
-        estimate = self.monitor.after_step()
+        estimate = self._active_monitor().after_step()
         if estimate is None:
             return
         self.ema.update(estimate)

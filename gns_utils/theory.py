@@ -147,7 +147,8 @@ def fit_optimal_lr(
     log_b, log_lr = np.log(b), np.log(lr)
 
     def residuals(theta: np.ndarray) -> np.ndarray:
-        return theta[0] - np.logaddexp(0.0, theta[1] - log_b) - log_lr
+        r: np.ndarray = theta[0] - np.logaddexp(0.0, theta[1] - log_b) - log_lr
+        return r
 
     best = None
     for log_bn in np.linspace(log_b.min() - 1.0, log_b.max() + 1.0, 5):
@@ -155,6 +156,8 @@ def fit_optimal_lr(
         res = optimize.least_squares(residuals, x0, bounds=([-np.inf, log_b.min() - 20], [np.inf, log_b.max() + 20]))
         if best is None or res.cost < best.cost:
             best = res
+    if best is None:  # pragma: no cover - the loop above runs 5 times
+        raise RuntimeError("no least-squares fit of eq. 2.6 was run")
     return float(np.exp(best.x[0])), float(np.exp(best.x[1]))
 
 
@@ -239,7 +242,8 @@ def lr_grid(
         raise ValueError(f"spacing must be > 1, got {spacing!r}")
     centre = np.asarray(lr_grid_centre(batch_size, eps_star, b_star, alpha), dtype=float)
     factors = float(spacing) ** (np.arange(int(n)) - (int(n) - 1) / 2.0)
-    return centre[..., None] * factors
+    grid: np.ndarray = centre[..., None] * factors
+    return grid
 
 
 def training_average(

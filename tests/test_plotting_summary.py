@@ -210,8 +210,15 @@ def test_summary_table_and_r2_report():
     assert mnist1d["ratio"] == pytest.approx(2.0) and mnist1d["b_crit_kind"] == "value"
     assert table.set_index("task").loc["bounded", "b_crit_kind"] == "lower_bound"
     report = r2_report(table)
-    assert set(report) == {"ours_fit", "ours_identity", "paper_fit", "paper_identity", "all_fit", "all_identity"}
-    assert np.isnan(report["ours_fit"])  # only 2 measured values: the bound is left out
+    groups = ("ours", "paper", "all", "paper_in_our_span")  # no "traces": the table has none
+    assert set(report) == {f"{g}_{stat}" for g in groups for stat in ("fit", "identity", "median_log10", "n")}
+    assert np.isnan(report["ours_fit"]) and report["ours_n"] == 2  # only 2 measured values: the bound is left out
+    ours = table[(table["source"] == "measured") & (table["b_crit_kind"] == "value")]
+    assert report["ours_median_log10"] == pytest.approx(
+        np.median(np.abs(np.log10(ours["b_simple"] / ours["b_crit"]))))
+    in_span = table[(table["source"] == "paper") & table["b_crit_kind"].isin(["value", "range"])
+                                      & table["b_crit"].between(ours["b_crit"].min(), ours["b_crit"].max())]
+    assert report["paper_in_our_span_n"] == len(in_span)
     paper_points = paper_table().query("b_crit_kind != 'lower_bound'")
     assert report["paper_fit"] == pytest.approx(r_squared_fit(paper_points["b_simple"], paper_points["b_crit"]))
     assert 0.6 < report["paper_fit"] < 0.9  # the post: B_simple explains ~80% of the variance

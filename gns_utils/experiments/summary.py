@@ -62,7 +62,10 @@ __all__ = [
     "load_task_summaries",
     "paper_table",
     "profile_tasks",
+    "median_abs_log10_ratio",
     "r2_report",
+    "trace_goal_report",
+    "trace_table",
     "r_squared_fit",
     "r_squared_identity",
     "summary_table",
@@ -278,7 +281,48 @@ def _paper_rows(paper: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def summary_table(measured: pd.DataFrame, paper: pd.DataFrame | None = None, start: bool = False) -> pd.DataFrame:
+def trace_table(results: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per third-party workload (AdaptDL / Pollux traces, :mod:`gns_utils.experiments.traces`) for Fig. 4.
+
+    Each workload is represented by its hardest resolved goal (a fitted B_crit whose s.e. is below
+    :data:`UNRESOLVED_REL_SE` × the value), against ``B_simple`` read where the smallest-batch run reaches that
+    goal; a workload with none is drawn at its hardest goal as a bound (``lower_bound``: B_crit beyond its
+    largest batch size) or as unresolved. ``source`` is "traces"; every row is pooled.
+
+    Args:
+        results: :func:`gns_utils.experiments.traces.trace_results` output (default: computed from the
+            shipped traces).
+    """
+    if results is None:
+        from gns_utils.experiments.traces import trace_results
+
+        results = trace_results()
+    rows = []
+    for workload, group in results.groupby("workload", sort=False):
+        group = group.sort_values("target_index")
+        fitted = group[(group["bound"] == "none") & is_resolved(group["b_crit"], group["b_crit_stderr"])]
+        if len(fitted):
+            row, kind = fitted.iloc[-1], "value"
+        else:
+            row = group.iloc[-1]
+            kind = {"lower": "lower_bound", "upper": "upper_bound"}.get(row["bound"], "unresolved")
+            if row["bound"] == "none" or not np.isfinite(row["b_crit"]):
+                kind = "unresolved" if np.isfinite(row["b_crit"]) else "not_measured"
+        rows.append({"task": row["display_name"], "units": row["units"], "b_crit": float(row["b_crit"]),
+                     "b_crit_stderr": float(row["b_crit_stderr"]) if kind == "value" else np.nan,
+                     "b_simple": float(row["noise_scale"]), "source": "traces", "b_crit_kind": kind,
+                     "b_simple_low": float(row["noise_scale_low"]), "b_simple_high": float(row["noise_scale_high"]),
+                     "pooled": True})
+    out = pd.DataFrame(rows)
+    for name in TABLE_COLUMNS:
+        if name not in out.columns:
+            out[name] = np.nan
+    out["ratio"] = out["b_simple"] / out["b_crit"]
+    return out[list(TABLE_COLUMNS)]
+
+
+def summary_table(measured: pd.DataFrame, paper: pd.DataFrame | None = None, start: bool = False,
+                  traces: pd.DataFrame | None = None) -> pd.DataFrame:
     """Measured and paper tasks in one tidy frame (the data of Fig. 4).
 
     Args:
@@ -287,17 +331,21 @@ def summary_table(measured: pd.DataFrame, paper: pd.DataFrame | None = None, sta
         start: if True, the core columns (``b_crit``, ``b_crit_stderr``, ``b_simple``,
             ``b_crit_kind`` and the range ends) hold the start-of-training values
             (``*_start``), so :func:`r2_report` and the Fig. 4 plot use them unchanged.
+        traces: :func:`trace_table` rows to add (third-party workloads; left out when ``start``).
 
     Returns:
         Columns :data:`TABLE_COLUMNS`: ``task, units, b_crit, b_crit_stderr, b_simple,
-        ratio`` (``b_simple/b_crit``), ``source`` ("measured" | "paper"), then the kind
+        ratio`` (``b_simple/b_crit``), ``source`` ("measured" | "paper" | "traces"), then the kind
         of each ``B_crit`` ("value" | "lower_bound" | "upper_bound" | "range" |
         "not_measured" | "unresolved", measured bounds from ``b_crit_bound``, unresolved where the
         s.e. is ≥ :data:`UNRESOLVED_REL_SE` × the value), range ends, the start-of-training values and
         ``pooled`` (False for the :data:`NOT_POOLED` variants). Measured rows first.
     """
     paper = paper_table() if paper is None else paper
-    table = pd.concat([_measured_rows(measured), _paper_rows(paper)], ignore_index=True)
+    parts = [_measured_rows(measured), _paper_rows(paper)]
+    if traces is not None and not start and len(traces):
+        parts.append(traces)
+    table = pd.concat(parts, ignore_index=True)
     for name in TABLE_COLUMNS:
         if name not in table.columns:
             table[name] = np.nan
@@ -310,8 +358,15 @@ def summary_table(measured: pd.DataFrame, paper: pd.DataFrame | None = None, sta
     return table[list(TABLE_COLUMNS)].reset_index(drop=True)
 
 
+def median_abs_log10_ratio(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> float:
+    """The median of |log10(x / y)| over positive pairs (NaN when there are none): how far ``B_simple`` typically
+    is from ``B_crit``, in decades."""
+    lx, ly = _log_pairs(x, y)
+    return float(np.median(np.abs(lx - ly))) if lx.size else float("nan")
+
+
 def r2_report(table: pd.DataFrame) -> dict[str, float]:
-    """R² of ``B_crit`` against ``B_simple`` (log10) for our tasks, the paper's, and all.
+    """R² of ``B_crit`` against ``B_simple`` (log10) for our tasks, the paper's, the third-party traces' and all.
 
     Only pooled rows whose ``b_crit_kind`` is "value" or "range" count (ranges at their
     geometric mean); bounds, unresolved values and the :data:`NOT_POOLED` variants are left out.
@@ -320,23 +375,43 @@ def r2_report(table: pd.DataFrame) -> dict[str, float]:
         table: :func:`summary_table` output.
 
     Returns:
-        ``{"ours_fit", "ours_identity", "paper_fit", "paper_identity", "all_fit",
-        "all_identity"}``: ``*_fit`` from :func:`r_squared_fit`, ``*_identity`` from
-        :func:`r_squared_identity`; NaN where fewer than 3 points remain.
+        For each group ``ours``, ``paper``, ``traces`` (when the table has them), ``all`` and
+        ``paper_in_our_span`` (the paper's tasks whose B_crit lies within the range of ours: the like-for-like
+        comparison): ``<group>_fit`` (:func:`r_squared_fit`), ``<group>_identity``
+        (:func:`r_squared_identity`), ``<group>_median_log10`` (:func:`median_abs_log10_ratio`) and
+        ``<group>_n``; NaN where fewer than 3 points remain.
     """
     points = table[table["b_crit_kind"].isin(_POINT_KINDS)]
     if "pooled" in points:
         points = points[points["pooled"].fillna(True).astype(bool)]
-    subsets = {
-        "ours": points[points["source"] == "measured"],
-        "paper": points[points["source"] == "paper"],
-        "all": points,
-    }
+    ours = points[points["source"] == "measured"]
+    paper = points[points["source"] == "paper"]
+    subsets = {"ours": ours, "paper": paper}
+    if (table["source"] == "traces").any():
+        subsets["traces"] = points[points["source"] == "traces"]
+    subsets["all"] = points
+    if len(ours):
+        low, high = ours["b_crit"].min(), ours["b_crit"].max()
+        subsets["paper_in_our_span"] = paper[(paper["b_crit"] >= low) & (paper["b_crit"] <= high)]
     report: dict[str, float] = {}
     for name, rows in subsets.items():
         report[f"{name}_fit"] = r_squared_fit(rows["b_simple"], rows["b_crit"])
         report[f"{name}_identity"] = r_squared_identity(rows["b_simple"], rows["b_crit"])
+        report[f"{name}_median_log10"] = median_abs_log10_ratio(rows["b_simple"], rows["b_crit"])
+        report[f"{name}_n"] = float(len(_log_pairs(rows["b_simple"], rows["b_crit"])[0]))
     return report
+
+
+def trace_goal_report(results: pd.DataFrame) -> dict[str, float]:
+    """The third-party traces goal by goal: R² (free fit, y = x) and median |log10 ratio| of every resolved goal's
+    B_crit against ``B_simple`` where the smallest-batch run reaches it (:func:`gns_utils.experiments.traces.trace_results`
+    rows; bounds and unresolved fits left out), with the counts."""
+    ok = results[(results["bound"] == "none") & is_resolved(results["b_crit"], results["b_crit_stderr"])]
+    return {"fit": r_squared_fit(ok["noise_scale"], ok["b_crit"]),
+            "identity": r_squared_identity(ok["noise_scale"], ok["b_crit"]),
+            "median_log10": median_abs_log10_ratio(ok["noise_scale"], ok["b_crit"]),
+            "n_points": float(len(ok)), "n_workloads": float(ok["workload"].nunique()),
+            "n_left_out": float(len(results) - len(ok))}
 
 
 # --------------------------------------------------------------------------- matched points

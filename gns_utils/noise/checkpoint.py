@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence, Union
+from typing import Any, Callable, Mapping, Sequence, Union, cast
 
 import numpy as np
 import torch
@@ -75,7 +75,7 @@ def _group_estimates(gram: np.ndarray, units: np.ndarray) -> tuple[float, float]
     return pooled_sq - trace_sigma / total, trace_sigma
 
 
-def _preconditioner_list(preconditioner: Preconditioner, names: list[str], params: list[torch.Tensor]
+def _preconditioner_list(preconditioner: Preconditioner, names: Sequence[str], params: Sequence[torch.Tensor]
                          ) -> list[torch.Tensor]:
     """The preconditioner as one tensor per trainable parameter, checked against their shapes."""
     if isinstance(preconditioner, Mapping):
@@ -90,7 +90,7 @@ def _preconditioner_list(preconditioner: Preconditioner, names: list[str], param
     out = []
     for name, p, f in zip(names, params, factors):
         f = torch.as_tensor(f, device=p.device).detach()
-        if torch.broadcast_shapes(f.shape, p.shape) != p.shape:
+        if torch.broadcast_shapes(f.shape, p.shape) != p.shape:  # type: ignore[no-untyped-call]  # untyped in torch
             raise ValueError(f"preconditioner for {name!r} has shape {tuple(f.shape)}; parameter is {tuple(p.shape)}")
         if not bool(torch.isfinite(f).all()):
             raise ValueError(f"preconditioner for {name!r} is not finite")
@@ -171,7 +171,7 @@ def checkpoint_noise_scale(
     if units is None:
         unit_counts = np.array([_default_units(b) for b in batches], dtype=float)
     elif np.ndim(units) == 0:
-        unit_counts = np.full(k, float(units))
+        unit_counts = np.full(k, float(cast(float, units)))  # a 0-d number (np.ndim(units) == 0)
     else:
         unit_counts = np.asarray(units, dtype=float).ravel()
         if unit_counts.size != k:
@@ -199,23 +199,23 @@ def checkpoint_noise_scale(
             if factors is not None:
                 g = g * factors[i]
             per_param[i].append(g.reshape(-1))
-    gram = torch.zeros(k, k, dtype=torch.float64)
+    gram_t = torch.zeros(k, k, dtype=torch.float64)
     for rows in per_param:
         stacked = torch.stack(rows).to(torch.float64)
-        gram += (stacked @ stacked.T).cpu()
+        gram_t += (stacked @ stacked.T).cpu()
         rows.clear()
-    gram = gram.numpy()
+    gram = gram_t.numpy()
 
     g2, trace_sigma = _group_estimates(gram, unit_counts)
     b_simple = trace_sigma / g2 if g2 > 0 else math.nan
     stderr = math.nan
     if k >= 3 and math.isfinite(b_simple):
-        leave_out = []
+        leave_out_list = []
         for j in range(k):
             keep = np.arange(k) != j
             g2_j, trace_j = _group_estimates(gram[np.ix_(keep, keep)], unit_counts[keep])
-            leave_out.append(trace_j / g2_j if g2_j > 0 else math.nan)
-        leave_out = np.array(leave_out)
+            leave_out_list.append(trace_j / g2_j if g2_j > 0 else math.nan)
+        leave_out = np.array(leave_out_list)
         if np.all(np.isfinite(leave_out)):
             stderr = math.sqrt((k - 1) / k * float(np.sum((leave_out - leave_out.mean()) ** 2)))
     return CheckpointNoiseScale(b_simple=b_simple, stderr=stderr, g2=g2, trace_sigma=trace_sigma, k=k,

@@ -11,12 +11,15 @@ registers that hook and speaks the same two calls as the other monitors
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
 
 from gns_utils.noise.estimate import NoiseEstimate, two_batch_estimates
+
+if TYPE_CHECKING:  # pragma: no cover
+    from torch._C._distributed_c10d import GradBucket  # dist.GradBucket, not re-exported to type checkers
 
 
 class DataParallelNoiseMonitor:
@@ -89,7 +92,8 @@ class DataParallelNoiseMonitor:
         self._synced = False  # an unmeasured step's all-reduce ran
 
     @staticmethod
-    def _hook(state, bucket):  # no annotations: DDP checks them, and they are strings under postponed evaluation
+    def _hook(state, bucket):  # a type comment, no annotations: DDP checks them, and they are strings here
+        # type: (DataParallelNoiseMonitor, GradBucket) -> torch.futures.Future[torch.Tensor]
         """Measure ``|bucket|^2`` before and after DDP's averaging all-reduce (a ``dist.GradBucket``)."""
         buffer = bucket.buffer()
         measure = state._step % state.every == 0
@@ -101,7 +105,7 @@ class DataParallelNoiseMonitor:
             state._synced = True
             return future.then(lambda fut: fut.value()[0])
 
-        def measured(fut: torch.futures.Future) -> torch.Tensor:
+        def measured(fut: torch.futures.Future[list[torch.Tensor]]) -> torch.Tensor:
             reduced = fut.value()[0]
             state._global_sq.append(torch.linalg.vector_norm(reduced).double().square())
             return reduced
@@ -146,7 +150,7 @@ class DataParallelNoiseMonitor:
         if any(s is not None for s in scales):
             if not all(s is not None for s in scales):
                 raise ValueError("loss_scale was passed for some micro-batches of the step but not others")
-            scale = float(sum(scales))
+            scale = float(sum(s for s in scales if s is not None))
         else:
             scale = 1.0
         device = local[0].device

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -172,13 +172,13 @@ class NoiseScaleEMA:
     _STATE = ("decay", "adaptive", "max_history", "_decay_product", "count", "n_negative_g2", "n_skipped", "_m_g2",
               "_m_trace", "_n_updates")
 
-    def state_dict(self) -> dict:
+    def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue the series: plain numbers and lists (``weights_only``-loadable)."""
         state = {name.lstrip("_"): getattr(self, name) for name in self._STATE}
         state["rows"] = {k: list(v) for k, v in self._rows.items()}
         return state
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue the series saved by :meth:`state_dict` (the settings come from the state)."""
         missing = [name for name in (*(n.lstrip("_") for n in self._STATE), "rows") if name not in state]
         if missing:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Sequence, cast
 
 import numpy as np
 import torch
@@ -78,7 +78,8 @@ def _hvp_fn(model: nn.Module, loss_fn: LossFn, params: ParamDict, consts: ParamD
     def mean_loss(p: ParamDict) -> torch.Tensor:
         return loss_fn(functional_call(model, (p, consts), (inputs,)), targets)
 
-    _, vjp_fn = vjp(grad(mean_loss), params)
+    # vjp's return type includes has_aux=True's 3-tuple; without has_aux it is (output, vjp_fn)
+    _, vjp_fn = cast(tuple[ParamDict, Callable[[ParamDict], tuple[ParamDict]]], vjp(grad(mean_loss), params))
     batched = vmap(vjp_fn)
     return lambda v: batched(v)[0]
 
@@ -90,22 +91,26 @@ def _dot_per_example(a: ParamDict, b: ParamDict) -> torch.Tensor:
     pairwise, so float32 rows lose ~1e-7 relative) and the per-parameter results added in float64;
     converting whole per-example gradients to float64 first cost as much as the rest of the estimate.
     """
-    total = None
+    total: torch.Tensor | None = None
     for k in a:
         rows = a[k].reshape(a[k].shape[0], -1)
         d = torch.einsum("ij,ij->i", rows, b[k].reshape(b[k].shape[0], -1).to(rows.dtype)).to(torch.float64)
         total = d if total is None else total + d
+    if total is None:
+        raise ValueError("no tensors to take products of")
     return total
 
 
 def _sum_quadratic_forms(hvp: Callable[[ParamDict], ParamDict], vectors: ParamDict, chunk_size: int) -> torch.Tensor:
     """``Σ_j v_jᵀ H v_j`` over the rows of ``vectors``, ``chunk_size`` rows per product (float64)."""
-    total = None
+    total: torch.Tensor | None = None
     rows = next(iter(vectors.values())).shape[0]
     for lo in range(0, rows, chunk_size):
         chunk = {k: v[lo:lo + chunk_size] for k, v in vectors.items()}
         s = _dot_per_example(chunk, hvp(chunk)).sum()
         total = s if total is None else total + s
+    if total is None:
+        raise ValueError("no vectors to take quadratic forms of")
     return total
 
 
@@ -188,7 +193,7 @@ def hessian_noise_scale(
         raise ValueError("pass hessian_inputs and hessian_targets together")
     if directions is not None and (isinstance(directions, bool) or not isinstance(directions, int) or directions < 1):
         raise ValueError(f"directions must be None or an integer >= 1, got {directions!r}")
-    if hessian_inputs is None:
+    if hessian_inputs is None or hessian_targets is None:  # both None (checked above)
         hessian_inputs, hessian_targets = inputs, targets
     _check_functional(model)
     for name, module in model.named_modules():
@@ -199,7 +204,8 @@ def hessian_noise_scale(
     hvp = _hvp_fn(model, loss_fn, params, consts, hessian_inputs, hessian_targets)
 
     mean_grad = {k: torch.zeros_like(v) for k, v in params.items()}
-    for x, y in zip(inputs.split(chunk_size), targets.split(chunk_size)):
+    chunks = zip(inputs.split(chunk_size), targets.split(chunk_size))  # type: ignore[no-untyped-call]  # torch: untyped
+    for x, y in chunks:
         for k, g in grad_fn(params, consts, x, y).items():
             mean_grad[k] += g.sum(0)
     mean_grad = {k: v / n for k, v in mean_grad.items()}
@@ -210,7 +216,8 @@ def hessian_noise_scale(
     sum_dd = torch.zeros((), dtype=torch.float64, device=inputs.device)
     sum_dhd = torch.zeros((), dtype=torch.float64, device=inputs.device)
     lo = 0
-    for x, y in zip(inputs.split(chunk_size), targets.split(chunk_size)):
+    chunks = zip(inputs.split(chunk_size), targets.split(chunk_size))  # type: ignore[no-untyped-call]  # torch: untyped
+    for x, y in chunks:
         dev = {k: g - mean_grad[k] for k, g in grad_fn(params, consts, x, y).items()}
         sum_dd += _dot_per_example(dev, dev).sum()
         if directions is None:

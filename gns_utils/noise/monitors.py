@@ -78,6 +78,9 @@ def suspended_monitors() -> Iterator[None]:
 class _StepMonitor:
     """What the step-wise monitors share: their counters, hook removal, argument and plausibility checks."""
 
+    params: list[torch.Tensor]  # the monitored parameters (set by the subclass)
+    _grad_versions: list[tuple[int, int] | None] | None  # see _record_gradients; None after a reset
+
     def __init__(self) -> None:
         self.n_steps = 0
         self.n_skipped = 0
@@ -122,7 +125,7 @@ class _StepMonitor:
 
     def _gradients_changed(self) -> bool:
         """Whether the ``.grad`` tensors were replaced or changed in place since the last backward."""
-        recorded = getattr(self, "_grad_versions", None)
+        recorded: list[tuple[int, int] | None] | None = getattr(self, "_grad_versions", None)
         if recorded is None:
             return False
         return recorded != [(id(p.grad), p.grad._version) if p.grad is not None else None for p in self.params]
@@ -228,13 +231,16 @@ class GradientNoiseMonitor(_StepMonitor):
         n_too_few: steps with fewer than 2 micro-batches (no estimate).
     """
 
+    _cross: torch.Tensor | float  # set in reset()
+    _stale: torch.Tensor | bool
+
     def __init__(self, params: nn.Module | Iterable[torch.Tensor], big_norm: str = "grad",
                  allow_batchnorm: bool = False) -> None:
         model = params if isinstance(params, nn.Module) else None
         self._batchnorms = [] if model is None or allow_batchnorm else [
             (name or type(m).__name__, m) for name, m in model.named_modules()
             if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        self.params = [p for p in (model.parameters() if model is not None else params) if p.requires_grad]
+        self.params = [p for p in (params.parameters() if isinstance(params, nn.Module) else params) if p.requires_grad]
         if not self.params:
             raise ValueError("GradientNoiseMonitor needs at least one parameter with requires_grad=True")
         if big_norm not in ("grad", "hooks"):
@@ -243,7 +249,8 @@ class GradientNoiseMonitor(_StepMonitor):
         super().__init__()
         self._pending: list[torch.Tensor | None] = [None] * len(self.params)
         self._repeated = False
-        self._handles = [p.register_hook(self._make_hook(i)) for i, p in enumerate(self.params)]
+        self._handles = [p.register_hook(self._make_hook(i))  # type: ignore[no-untyped-call]  # untyped in torch
+                         for i, p in enumerate(self.params)]
         self.reset()
 
     def _make_hook(self, index: int) -> Callable[[torch.Tensor], None]:
@@ -267,10 +274,10 @@ class GradientNoiseMonitor(_StepMonitor):
     def reset(self) -> None:
         """Forget the current step's micro-batches (e.g. after an unrelated backward)."""
         self._grad_versions = None
-        self._cross: torch.Tensor | float = 0.0  # big_norm="hooks": the cross terms, a tensor once one arrives
+        self._cross = 0.0  # big_norm="hooks": the cross terms, a tensor once one arrives
         self._pending = [None] * len(self.params)
         self._repeated = False
-        self._stale: torch.Tensor | bool = False
+        self._stale = False
         self._micro_sq: list[torch.Tensor] = []
         self._units: list[float] = []
         self._scales: list[float | None] = []
@@ -379,7 +386,8 @@ def _loss_scales(units: np.ndarray, scales: list[float | None]) -> np.ndarray:
     if any(given):
         raise ValueError("loss_scale was passed for some micro-batches of the step but not others; "
                          "pass it always or never")
-    return units / units.sum()
+    shares: np.ndarray = units / units.sum()
+    return shares
 
 
 class PerExampleNormMonitor(_StepMonitor):
@@ -470,7 +478,7 @@ class PerExampleNormMonitor(_StepMonitor):
         finally:
             self._capturing = False
 
-    def _forward_hook(self, module: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+    def _forward_hook(self, module: nn.Linear, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
         if not (self._capturing and output.requires_grad) or self._suspended:
             return
         if module in self._ran:
@@ -495,10 +503,11 @@ class PerExampleNormMonitor(_StepMonitor):
             aa = torch.linalg.vector_norm(a, dim=1).square_() if weight else a.new_zeros(n)
             if bias:
                 aa.add_(1.0)
-            output.register_hook(lambda delta: record(lambda: delta.detach().to(aa.dtype).square().sum(1) * aa))
+            output.register_hook(  # type: ignore[no-untyped-call]  # Tensor.register_hook is untyped in torch
+                lambda delta: record(lambda: delta.detach().to(aa.dtype).square().sum(1) * aa))
             return
         a = a.reshape(n, -1, a.shape[-1])
-        output.register_hook(lambda delta: record(
+        output.register_hook(lambda delta: record(  # type: ignore[no-untyped-call]  # untyped in torch
             lambda: _linear_sq_norms(delta.detach().to(a.dtype).reshape(n, -1, delta.shape[-1]), a, weight, bias)))
 
     def after_micro_batch(self, units: float, loss_scale: float | None = None) -> None:

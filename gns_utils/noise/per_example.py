@@ -27,7 +27,8 @@ __all__ = ["per_example_estimate"]
 def _row_norms(t: torch.Tensor) -> torch.Tensor:
     """Euclidean norms of the rows of ``t`` (1-D result) — reducing over rows runs in parallel."""
     rows = t.reshape(t.shape[0], -1) if t.dim() >= 2 else t.reshape(1, -1)
-    return torch.linalg.vector_norm(rows, dim=1, dtype=_accumulation_dtype(rows))
+    norms: torch.Tensor = torch.linalg.vector_norm(rows, dim=1, dtype=_accumulation_dtype(rows))
+    return norms
 
 
 def _accumulation_dtype(t: torch.Tensor) -> torch.dtype:
@@ -91,10 +92,12 @@ def _per_example_grad_fn(model: nn.Module, loss_fn: LossFn) -> Callable[..., Par
 
 def _sq_norms_per_example(grads: ParamDict) -> torch.Tensor:
     """``|g_i|^2`` for each example of a chunk, float64, shape ``[c]``."""
-    total = None
+    total: torch.Tensor | None = None
     for g in grads.values():
         sq = torch.linalg.vector_norm(g.reshape(g.shape[0], -1), dim=1).to(torch.float64).square()
         total = sq if total is None else total + sq
+    if total is None:
+        raise ValueError("no per-example gradients to take norms of")
     return total
 
 
@@ -189,7 +192,8 @@ def _func_sums(model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor, targets:
     grad_fn = _per_example_grad_fn(model, loss_fn)
     sum_sq = torch.zeros((), dtype=torch.float64, device=inputs.device)
     sum_grad = {k: torch.zeros_like(v) for k, v in params.items()}
-    for x, y in zip(inputs.split(chunk_size), targets.split(chunk_size)):
+    chunks = zip(inputs.split(chunk_size), targets.split(chunk_size))  # type: ignore[no-untyped-call]  # torch: untyped
+    for x, y in chunks:
         grads = grad_fn(params, consts, x, y)
         sum_sq += _sq_norms_per_example(grads).sum()
         for k, g in grads.items():
@@ -245,7 +249,10 @@ def _conv_patches(conv: nn.Conv2d, a: torch.Tensor) -> torch.Tensor:
     Built from strided windows (``F.unfold`` is far slower on CPU); that memory layout
     copies about 3× faster than ``[n, P, C·kh·kw]``.
     """
-    (ph, pw), (kh, kw), (dh, dw), (sh, sw) = _conv_padding(conv), conv.kernel_size, conv.dilation, conv.stride
+    padding = _conv_padding(conv)
+    if padding is None:
+        raise ValueError("Conv2d with groups > 1, a non-zero padding mode or asymmetric 'same' padding has no patches")
+    (ph, pw), (kh, kw), (dh, dw), (sh, sw) = padding, conv.kernel_size, conv.dilation, conv.stride
     padded = torch.nn.functional.pad(a, (pw, pw, ph, ph))
     windows = padded.unfold(2, dh * (kh - 1) + 1, sh).unfold(3, dw * (kw - 1) + 1, sw)[..., ::dh, ::dw]
     n, c, out_h, out_w = windows.shape[:4]
@@ -278,9 +285,9 @@ def _layerwise_sums(model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor, tar
     parameters' (so parameter hooks, e.g. a :class:`GradientNoiseMonitor`, do not fire);
     the weight gradients are assembled here from ``δ`` and the layers' inputs.
     """
-    captured: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}
+    captured: dict[nn.Linear | nn.Conv2d, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def forward_hook(module: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+    def forward_hook(module: nn.Linear | nn.Conv2d, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
         if module in captured:
             raise ValueError(f"{type(module).__name__} ran twice in one forward; use method='func'")
         captured[module] = (args[0].detach(), output)
@@ -303,8 +310,8 @@ def _layerwise_sums(model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor, tar
         # frozen weights or biases are left out of both sums, as the batch gradient leaves them out
         train_weight = module.weight.requires_grad
         weight_grad = torch.zeros_like(module.weight).reshape(module.weight.shape[0], -1) if train_weight else None
-        train_bias = module.bias is not None and module.bias.requires_grad
-        bias_grad = torch.zeros_like(module.bias) if train_bias else None
+        bias = module.bias
+        bias_grad = torch.zeros_like(bias) if bias is not None and bias.requires_grad else None
         for lo in range(0, n, chunk_size):
             d, x = _layer_operands(module, a[lo:lo + chunk_size], delta[lo:lo + chunk_size])
             sq = torch.zeros(len(d), dtype=torch.float64, device=d.device)
