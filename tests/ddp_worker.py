@@ -3,6 +3,11 @@
 Writes ``<out>/rank<r>.json`` with, per case, the estimate of :class:`DataParallelNoiseMonitor`
 (``ddp``) and, on rank 0, the single-process estimate of the same per-rank batches treated as the
 micro-batches of one step (``reference``, :class:`GradientNoiseMonitor` with DDP's equal weights).
+
+Teardown (``--teardown``): ``barrier`` (default) waits for every rank, drops the DDP models and their
+hooks, then destroys the process group; ``plain`` destroys it at once, the order that let a rank that
+finished first close its connections while the other was still working
+(``benchmarks/ddp_teardown.py`` launches both many times and counts the failures).
 """
 
 import contextlib
@@ -37,7 +42,7 @@ def _data(n, rank):
     return x, x.sum(1, keepdim=True) + torch.randn(n, 1, generator=gen, dtype=torch.float64)
 
 
-def main(out: Path) -> None:
+def main(out: Path, teardown: str = "barrier") -> None:
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     results = {}
@@ -77,8 +82,11 @@ def main(out: Path) -> None:
         if step == 1:
             results["every_grad"] = [float(p.grad.square().sum()) for p in model.parameters()]
     (out / f"rank{rank}.json").write_text(json.dumps(results))
+    if teardown == "barrier":
+        dist.barrier()  # no rank closes its connections while another still works
+        del model, monitor  # the DDP reducer and its communication hook go before the group they use
     dist.destroy_process_group()
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), *(arg.removeprefix("--teardown=") for arg in sys.argv[2:3]))

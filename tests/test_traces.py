@@ -249,3 +249,30 @@ def test_the_trace_table_puts_each_workload_on_fig4_at_its_hardest_resolved_goal
     assert report["all_n"] == report["ours_n"] + report["paper_n"] + report["traces_n"]
     goals = trace_goal_report(results)
     assert goals["n_points"] + goals["n_left_out"] == len(results) and goals["n_workloads"] >= 4
+
+
+def test_fig4_names_each_trace_workload_in_the_legend_with_its_own_marker():
+    import matplotlib.pyplot as plt
+
+    from gns_utils.experiments import plotting
+    from gns_utils.experiments.summary import summary_table, trace_table
+    from gns_utils.experiments.traces import trace_results
+
+    results = trace_results()
+    table = summary_table(pd.DataFrame(dict(task=["x"], units=["images"], b_crit=[50.0], b_simple=[70.0])),
+                          traces=trace_table(results))
+    fig, ax = plt.subplots(figsize=(6, 6))
+    plotting.plot_bcrit_vs_bsimple(ax, table)
+    legend = [t.get_text().strip() for t in ax.get_legend().get_texts()]
+    names = list(pd.unique(results["display_name"]))
+    assert all(name in legend for name in names)
+    assert not set(names) & {t.get_text() for t in ax.texts}  # named in the legend, not beside the points
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(6, 6))
+    points = pd.DataFrame(dict(task=["x", "x"], units=["images"] * 2, goal_index=[0, 1], b_simple_local_median=[10.0, 20.0],
+                               b_crit=[12.0, 30.0], b_crit_stderr=[1.0, 2.0]))
+    plotting.plot_bcrit_vs_bsimple_by_goal(ax, points, traces=results)
+    labels = ax.get_legend_handles_labels()[1]
+    fitted = results[(results["bound"] == "none") & (results["b_crit_stderr"] < 0.5 * results["b_crit"])]
+    assert sum("AdaptDL" in label for label in labels) == fitted["workload"].nunique() >= 4
+    plt.close(fig)

@@ -113,12 +113,13 @@ def b_crit_vs_b_simple(table: pd.DataFrame, path: str | Path, title: str, start:
 
 
 def b_crit_vs_b_simple_by_goal(points: pd.DataFrame, paper: pd.DataFrame, path: str | Path, title: str,
-                               x: str = "b_simple_local_median") -> Figure:
+                               x: str = "b_simple_local_median", traces: pd.DataFrame | None = None) -> Figure:
     """Fig 4 per goal: each task's B_crit(goal) against a noise scale matched to that goal (a trajectory);
-    ``x`` names the predictor (a :data:`gns_utils.experiments.summary.GOAL_PREDICTORS` column)."""
+    ``x`` names the predictor (a :data:`gns_utils.experiments.summary.GOAL_PREDICTORS` column); ``traces``: the
+    third-party workloads goal by goal (:func:`gns_utils.experiments.traces.trace_results`)."""
     plotting.set_style()
-    fig, ax = plt.subplots(figsize=(7.5, 6.5))
-    plotting.plot_bcrit_vs_bsimple_by_goal(ax, points, paper, x=x)
+    fig, ax = plt.subplots(figsize=(10.0, 6.5))
+    plotting.plot_bcrit_vs_bsimple_by_goal(ax, points, paper, x=x, traces=traces)
     ax.set_xlabel(GOAL_PREDICTORS.get(x, x), fontsize="small")
     ax.set_title(title)
     plotting.save_figure(fig, path)

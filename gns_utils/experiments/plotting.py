@@ -48,7 +48,12 @@ __all__ = [
 ]
 
 SEQUENTIAL_CMAP = "viridis"  # ordered hues (batch size, goal)
-SOURCE_COLOURS = {"measured": "C0", "paper": "C1"}
+#: Colours of the points that are not ours: the paper's Table 1 (grey) and third-party traces (black); ours take
+#: :func:`task_colour`.
+SOURCE_COLOURS = {"measured": "C0", "paper": "grey", "traces": "black"}
+#: Markers of the third-party traces (AdaptDL / Pollux) in Fig. 4, one per workload in order of appearance
+#: (black, hollow, named in the legend).
+TRACE_MARKERS = ("D", "P", "X", "*", "h", "p", "v", "<")
 UNIT_MARKERS = {"images": "o", "tokens": "s", "frames": "^"}
 AXIS_LABELS = {
     "step": "optimizer steps $S$",
@@ -494,12 +499,16 @@ def plot_bcrit_vs_bsimple(ax: Axes, tasks: pd.DataFrame, start: bool = False) ->
     rows = tasks[pd.to_numeric(tasks[cols["x"]], errors="coerce").gt(0)
                  & pd.to_numeric(tasks[cols["y"]], errors="coerce").gt(0)]
     ours: dict[str, tuple[Any, str]] = {}
-    paper_labels = []
+    paper_labels: list[tuple[str, float, float]] = []
+    trace_markers: dict[str, str] = {}
     for k, (_, row) in enumerate(rows.iterrows()):
         marker = UNIT_MARKERS.get(row["units"], "D")
         if row["source"] == "measured":
             colour = task_colour(str(row["task"]), k)
             ours[str(row["task"])] = (colour, marker)
+        elif row["source"] == "traces":
+            colour = SOURCE_COLOURS["traces"]
+            marker = trace_markers.setdefault(str(row["task"]), TRACE_MARKERS[len(trace_markers) % len(TRACE_MARKERS)])
         else:
             colour = SOURCE_COLOURS.get(row["source"], "C2")
             paper_labels.append((str(row["task"]), float(row[cols["x"]]), float(row[cols["y"]])))
@@ -522,58 +531,85 @@ def plot_bcrit_vs_bsimple(ax: Axes, tasks: pd.DataFrame, start: bool = False) ->
     if paper_labels:
         handles.append(plt.Line2D([], [], ls="", marker="o", color=SOURCE_COLOURS["paper"], markerfacecolor="none",
                                   label="paper (Table 1), named beside each point"))
+    if trace_markers:
+        handles.append(plt.Line2D([], [], ls="", label="AdaptDL / Pollux traces (third party; B_simple where\n"
+                                  "the goal is reached, rates by AdaptDL's scaling rule):"))
+        handles += [plt.Line2D([], [], ls="", marker=marker, color=SOURCE_COLOURS["traces"], markerfacecolor="none",
+                               label=f"  {name}") for name, marker in trace_markers.items()]
+    own = rows[rows["source"] != "traces"]
     handles += [plt.Line2D([], [], ls="", marker=UNIT_MARKERS.get(units, "D"), color="black",
                            markerfacecolor="none", label=f"batch in {units}")
-                for units in pd.unique(rows["units"].dropna())]
+                for units in pd.unique(own["units"].dropna())]
     if (rows[cols["kind"]] == "unresolved").any():
         handles.append(plt.Line2D([], [], ls="", marker="o", color="grey", markerfacecolor="none",
                                   label="ours, unresolved (s.e. ≥ half the value)"))
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize="x-small", borderaxespad=0)
-    place_labels(ax, paper_labels)
+    obstacles = list(zip(rows[cols["x"]].astype(float), rows[cols["y"]].astype(float)))
+    place_labels(ax, paper_labels, obstacles=obstacles)
     return ax
 
 
-def place_labels(ax: Axes, labels: Sequence[tuple[str, float, float]], fontsize: str = "x-small") -> list[Any]:
-    """Name points without overlap: each label goes to the first of eight positions around its point whose
-    box meets no label placed before it and no marker (greedy, in the order given).
+def place_labels(ax: Axes, labels: Sequence[tuple[str, float, float]], fontsize: str = "x-small",
+                 obstacles: Sequence[tuple[float, float]] = ()) -> list[Any]:
+    """Name points without overlap: each label goes to the first position around its point, nearest first (8
+    directions at 3 distances), whose box lies inside the axes and meets no label placed before it, no labelled
+    point and none of the ``obstacles`` (other drawn points, data coordinates); greedy, in the order given. Where
+    every position clashes, the one overlapping least, joined to its point by a leader line.
 
     Args:
         ax: the axes (its limits and scales set).
         labels: ``(text, x, y)`` in data coordinates.
+        fontsize: the labels' font size.
+        obstacles: further points (data coordinates) no label may cover.
 
     Returns:
         The text artists.
     """
     fig = ax.figure
     renderer = fig.canvas.get_renderer()
-    offsets = [(6, 4, "left", "bottom"), (6, -4, "left", "top"), (-6, 4, "right", "bottom"),
-               (-6, -4, "right", "top"), (0, 9, "center", "bottom"), (0, -9, "center", "top"),
-               (12, 0, "left", "center"), (-12, 0, "right", "center")]
-    points = ax.transData.transform([(x, y) for _, x, y in labels]) if labels else np.zeros((0, 2))
+    directions = [(1, 0.6, "left", "bottom"), (1, -0.6, "left", "top"), (-1, 0.6, "right", "bottom"),
+                  (-1, -0.6, "right", "top"), (0, 1.5, "center", "bottom"), (0, -1.5, "center", "top"),
+                  (2, 0, "left", "center"), (-2, 0, "right", "center")]
+    offsets = [(dx * r, dy * r, ha, va) for r in (6.0, 16.0, 28.0) for dx, dy, ha, va in directions]
+    frame = ax.get_window_extent(renderer)
+    spots = [(x, y) for _, x, y in labels] + [tuple(p) for p in obstacles]
+    points = ax.transData.transform(spots) if spots else np.zeros((0, 2))
     placed: list[Any] = []
     texts = []
+
+    def overlap(box: Any) -> float:
+        area = 0.0
+        for other in placed:
+            w = min(box.x1, other.x1) - max(box.x0, other.x0)
+            h = min(box.y1, other.y1) - max(box.y0, other.y0)
+            area += max(w, 0.0) * max(h, 0.0)
+        area += 50.0 * sum(box.contains(px, py) for px, py in points)
+        outside = max(frame.x0 - box.x0, 0) + max(box.x1 - frame.x1, 0) + max(frame.y0 - box.y0, 0) + max(
+            box.y1 - frame.y1, 0)
+        return area + 100.0 * outside
+
     for text, x, y in labels:
-        best = None
+        best, best_cost, best_offset = None, np.inf, offsets[0]
         for dx, dy, ha, va in offsets:
             artist = ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points", ha=ha, va=va,
                                  fontsize=fontsize, color="black")
-            box = artist.get_window_extent(renderer).expanded(1.05, 1.1)
-            clash = any(box.overlaps(other) for other in placed) or any(
-                box.contains(px, py) for px, py in points)
-            if not clash:
-                best = artist
-                break
+            cost = overlap(artist.get_window_extent(renderer).expanded(1.05, 1.1))
             artist.remove()
-        if best is None:  # every position clashes: the first, with a leader line
-            best = ax.annotate(text, (x, y), xytext=(14, 14), textcoords="offset points", fontsize=fontsize,
-                               arrowprops=dict(arrowstyle="-", color="grey", lw=0.6))
+            if cost < best_cost:
+                best_cost, best_offset = cost, (dx, dy, ha, va)
+            if cost == 0:
+                break
+        dx, dy, ha, va = best_offset
+        leader = dict(arrowprops=dict(arrowstyle="-", color="grey", lw=0.6)) if abs(dx) + abs(dy) > 20 else {}
+        best = ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points", ha=ha, va=va,
+                           fontsize=fontsize, color="black", **leader)
         placed.append(best.get_window_extent(renderer))
         texts.append(best)
     return texts
 
 
 def plot_bcrit_vs_bsimple_by_goal(ax: Axes, points: pd.DataFrame, paper: pd.DataFrame | None = None,
-                                  x: str = "b_simple_local_median") -> Axes:
+                                  x: str = "b_simple_local_median", traces: pd.DataFrame | None = None) -> Axes:
     """``B_crit(goal)`` against the noise scale matched to that goal: each task a trajectory (Fig. 4, per goal).
 
     Args:
@@ -582,6 +618,9 @@ def plot_bcrit_vs_bsimple_by_goal(ax: Axes, points: pd.DataFrame, paper: pd.Data
         paper: optional :func:`~gns_utils.experiments.summary.summary_table` rows of the paper, drawn hollow
             (their averaged values) for orientation.
         x: the predictor column.
+        traces: optional :func:`gns_utils.experiments.traces.trace_results` rows (third-party workloads): each
+            workload's resolved goals as a black trajectory against ``noise_scale``, one marker per workload
+            (:data:`TRACE_MARKERS`), named in the legend.
 
     Returns:
         ``ax``.
@@ -605,12 +644,24 @@ def plot_bcrit_vs_bsimple_by_goal(ax: Axes, points: pd.DataFrame, paper: pd.Data
         se = group["b_crit_stderr"].fillna(0).clip(upper=0.9 * group["b_crit"])
         ax.errorbar(group[x], group["b_crit"], yerr=[se, group["b_crit_stderr"].fillna(0)], fmt="none",
                     ecolor=colours[task], capsize=2, lw=0.8)
-    rows = paper[(paper["b_simple"] > 0) & (paper["b_crit"] > 0)] if paper is not None else ok.iloc[:0]
+    rows = (paper[(paper["b_simple"] > 0) & (paper["b_crit"] > 0)] if paper is not None
+            else pd.DataFrame(columns=["b_simple", "b_crit", "units"]))
     for row in rows.itertuples():
         ax.scatter([row.b_simple], [row.b_crit], marker=UNIT_MARKERS.get(row.units, "D"), facecolor="none",
                    edgecolor="grey", s=40)
+    fitted = traces.iloc[:0] if traces is None else traces[
+        (traces["bound"] == "none") & (traces["noise_scale"] > 0)
+        & is_resolved(traces["b_crit"], traces["b_crit_stderr"])]
+    for k, (_, group) in enumerate(fitted.groupby("workload", sort=False)):
+        group = group.sort_values("target_index")
+        ax.plot(group["noise_scale"], group["b_crit"], color=SOURCE_COLOURS["traces"], lw=0.8, ls=":",
+                marker=TRACE_MARKERS[k % len(TRACE_MARKERS)], ms=5, markerfacecolor="none",
+                label=f"{group['display_name'].iloc[0]} (AdaptDL / Pollux trace)")
+        ax.errorbar(group["noise_scale"], group["b_crit"], yerr=group["b_crit_stderr"], fmt="none",
+                    ecolor=SOURCE_COLOURS["traces"], capsize=2, lw=0.6)
     values = np.concatenate([ok[x].to_numpy(float), ok["b_crit"].to_numpy(float),
-                             rows["b_simple"].to_numpy(float), rows["b_crit"].to_numpy(float)])
+                             rows["b_simple"].to_numpy(float), rows["b_crit"].to_numpy(float),
+                             fitted["noise_scale"].to_numpy(float), fitted["b_crit"].to_numpy(float)])
     values = values if values.size else np.array([1.0])
     lo, hi = min(1.0, float(values.min()) / 3), max(1e5, float(values.max()) * 3)
     ax.plot([lo, hi], [lo, hi], color="grey", ls="--", lw=1.0, label="$y = x$")
@@ -623,6 +674,6 @@ def plot_bcrit_vs_bsimple_by_goal(ax: Axes, points: pd.DataFrame, paper: pd.Data
     ax.set_ylabel(r"$B_\mathrm{crit}$ of the goal")
     if len(unresolved):
         ax.scatter([], [], facecolor="none", edgecolor="grey", s=30, label="unresolved (s.e. ≥ half the value)")
-    ax.legend(loc="upper left", fontsize="x-small", title="last goal: outlined; grey: paper (Table 1, averaged)",
-              title_fontsize="x-small")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize="x-small", borderaxespad=0,
+              title="last goal: outlined; grey: paper (Table 1, averaged)", title_fontsize="x-small")
     return ax

@@ -64,6 +64,7 @@ __all__ = [
     "profile_tasks",
     "median_abs_log10_ratio",
     "r2_report",
+    "span_markdown",
     "trace_goal_report",
     "trace_table",
     "r_squared_fit",
@@ -613,14 +614,36 @@ def _range(values: Sequence[float]) -> str:
     return f"{min(values):.2f}–{max(values):.2f}" if values else "–"
 
 
+#: The groups of :func:`r2_report` in the verdict's span table: key → name.
+SPAN_GROUPS = {"ours": "ours (independent tasks)", "paper": "paper (Table 1)",
+               "paper_in_our_span": "paper, tasks within our B_crit range", "traces": "AdaptDL / Pollux traces",
+               "all": "all together"}
+
+
+def span_markdown(r2: dict[str, Any]) -> str:
+    """Fig. 4's statistics over the span, one row per group of :func:`r2_report` (:data:`SPAN_GROUPS`): points, R²
+    of a free fit and of y = x, and the median |log10(B_simple / B_crit)| (decades)."""
+    def cell(value: Any, digits: int = 2) -> str:
+        return "–" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
+
+    lines = ["| points | n | R², free fit | R², y = x | median abs. log10(B_simple / B_crit) |", "|---|---|---|---|---|"]
+    for key, name in SPAN_GROUPS.items():
+        if f"{key}_n" in r2 and r2[f"{key}_n"] is not None:
+            lines.append(f"| {name} | {int(r2[f'{key}_n'])} | {cell(r2.get(f'{key}_fit'))} | "
+                         f"{cell(r2.get(f'{key}_identity'))} | {cell(r2.get(f'{key}_median_log10'))} |")
+    return "\n".join(lines)
+
+
 def verdict_markdown(table: pd.DataFrame, r2: dict[str, float], by_goal: dict[str, dict[str, float]],
                      slopes: pd.DataFrame, calibration: dict[str, float],
-                     predictor: str = "b_simple_local_median") -> str:
+                     predictor: str = "b_simple_local_median", traces: dict[str, float] | None = None) -> str:
     """The summary notebook's verdict, in words, computed from the statistics of this module.
 
     Per task: the range of ``predictor / B_crit`` over its resolved goals, how many differ from 1 beyond
     their 95 % interval, and the within-task slope of log B_crit on log predictor (± s.e.); then the pooled
-    statistics per goal and per task, the unresolved goals left out, and the calibration task's recovery.
+    statistics per goal and per task, the unresolved goals left out, and the calibration task's recovery; with
+    ``traces`` (:func:`trace_goal_report`), the third-party workloads goal by goal; and Fig. 4's statistics over
+    the span (:func:`span_markdown`).
     """
     lines = ["| task | goals | B_simple / B_crit | above 1 / below 1 beyond error | slope of log B_crit on "
              "log B_simple ± s.e. |", "|---|---|---|---|---|"]
@@ -652,6 +675,15 @@ def verdict_markdown(table: pd.DataFrame, r2: dict[str, float], by_goal: dict[st
         f"**Whole runs** (Table 1's convention, {len(pooled)} independent tasks): R² of y = x {r2['ours_identity']:.2f} "
         f"(free fit {r2['ours_fit']:.2f}); the paper's tasks {r2['paper_identity']:.2f} ({r2['paper_fit']:.2f}).",
     ]
+    if traces and traces.get("n_points"):
+        text += ["", f"**Third-party traces** (AdaptDL / Pollux, learning rates by AdaptDL's scaling rule, not tuned per "
+                 f"batch size): {int(traces['n_points'])} resolved goals of {int(traces['n_workloads'])} workloads "
+                 f"({int(traces['n_left_out'])} goals left out as bounds or unresolved); B_simple where the goal is "
+                 f"reached against B_crit: R² of y = x {traces['identity']:.2f} (free fit {traces['fit']:.2f}), median "
+                 f"|log10(B_simple / B_crit)| {traces['median_log10']:.2f}."]
+    if "ours_n" in r2:
+        text += ["", "**Fig. 4 over the span** (one point per task; bounds and unresolved values left out):", "",
+                 span_markdown(r2)]
     if calibration.get("n_points"):
         covered = calibration.get("n_exact_covered")
         text += ["", f"**Calibration** (noisy linear regression, exact answer known): measured / exact B_crit "
@@ -691,6 +723,8 @@ def write_summary(
     by_goal: dict[str, dict[str, float]] | None = None,
     calibration: dict[str, float] | None = None,
     slopes: pd.DataFrame | None = None,
+    traces: pd.DataFrame | None = None,
+    trace_goals: dict[str, float] | None = None,
 ) -> Path:
     """Write the cross-task summary (``tasks``, ``r2``, ``missing``, ``profile``) atomically.
 
@@ -704,6 +738,8 @@ def write_summary(
         by_goal: :func:`goal_report` output (written as ``r2_by_goal``).
         calibration: :func:`calibration_report` output (written as ``calibration``).
         slopes: :func:`task_slopes` output (written as ``task_slopes``).
+        traces: :func:`gns_utils.experiments.traces.trace_results` output (written as ``trace_points``).
+        trace_goals: :func:`trace_goal_report` output (written as ``trace_goals``).
 
     Returns:
         The path written.
@@ -720,4 +756,8 @@ def write_summary(
         data["task_slopes"] = json.loads(slopes.to_json(orient="records"))
     if calibration is not None:
         data["calibration"] = {k: _finite(v) for k, v in calibration.items()}
+    if traces is not None:
+        data["trace_points"] = json.loads(traces.to_json(orient="records"))
+    if trace_goals is not None:
+        data["trace_goals"] = {k: _finite(v) for k, v in trace_goals.items()}
     return Path(write_json_if_changed(path, data))

@@ -30,7 +30,7 @@ from gns_utils.experiments.pipeline import width_study_verdict
 from gns_utils.experiments.profiles import DYNAMICS_DIR, NOTEBOOK_DOMAINS, WIDTHS_SUFFIX, display_name
 from gns_utils.experiments.compute import compute_table, sweep_runs
 from gns_utils.experiments.store import load_metrics, load_run_summaries, load_run_summary, run_dir
-from gns_utils.experiments.summary import ratio_interval, slope_groups, verdict_markdown
+from gns_utils.experiments.summary import is_resolved, ratio_interval, slope_groups, span_markdown, verdict_markdown
 from gns_utils.experiments.sweep import runs_table
 from gns_utils.theory import fit_optimal_lr
 
@@ -122,12 +122,10 @@ def print_tables(root) -> None:
     if summary_path.exists():
         data = json.loads(summary_path.read_text())
         r2 = data["r2"]
-        print("\nR² of log10 B_crit on log10 B_simple, whole runs (Table 1's convention; `99_summary`):\n")
-        print("| tasks | free linear fit | y = x |")
-        print("|---|---|---|")
-        for key, name in (("ours", "ours (independent tasks)"), ("paper", "paper (Table 1)"), ("all", "both")):
-            fit, ident = r2.get(f"{key}_fit"), r2.get(f"{key}_identity")
-            print(f"| {name} | {'–' if fit is None else f'{fit:.2f}'} | {'–' if ident is None else f'{ident:.2f}'} |")
+        print("\nR² of log10 B_crit on log10 B_simple, one point per task (Table 1's convention; `99_summary`):\n")
+        print(span_markdown(r2))
+        if data.get("trace_points"):
+            print("\n" + trace_markdown(pd.DataFrame(data["trace_points"])))
         if "task_slopes" in data:
             print("\nGoal by goal, B_simple summed where each goal is reached against B_crit(goal) (`99_summary`):\n")
             print(summary_verdict(data))
@@ -145,11 +143,37 @@ def print_tables(root) -> None:
     print(f"\nEvery other number derived from these files: [`results/{KEY_NUMBERS}`](results/{KEY_NUMBERS}).")
 
 
+def trace_markdown(points: pd.DataFrame) -> str:
+    """The third-party workloads of Fig. 4 (``trace_points`` of ``summary.json``), one row each, with their caveats:
+    B_crit at the hardest resolved goal (or the bound), B_simple where the smallest batch size's run reaches it."""
+    lines = ["Third-party traces on Fig. 4 (AdaptDL / Pollux, OSDI 2021; `gns_utils/experiments/adaptdl_traces/`). Their "
+             "learning rates follow AdaptDL's scaling rule from a rate tuned at the smallest batch size, not a tuned "
+             "grid, and the schedules decay; Adam workloads' statistics are in Adam's preconditioned metric.\n",
+             "| workload | optimizer, rate rule | batch sizes | goals resolved | B_crit, hardest resolved goal ± s.e. "
+             "| B_simple there | B_simple / B_crit |", "|---|---|---|---|---|---|---|"]
+    for workload, group in points.groupby("workload", sort=False):
+        group = group.sort_values("target_index")
+        ok = group[(group["bound"] == "none") & is_resolved(group["b_crit"], group["b_crit_stderr"])]
+        row = ok.iloc[-1] if len(ok) else group.iloc[-1]
+        pre = ", preconditioned" if row["preconditioned"] else ""
+        if len(ok):
+            value = f"{row['b_crit']:,.0f} ± {row['b_crit_stderr']:,.0f}"
+            ratio = f"{row['noise_scale'] / row['b_crit']:.2f}"
+        else:
+            value = f"≥ {row['b_crit']:,.0f} (bound)" if row["bound"] == "lower" else "unresolved"
+            ratio = "–"
+        lines.append(f"| {row['display_name']} | {row['optimizer']}{pre}, {row['lr_rule']} | "
+                     f"{int(row['batch_size_min']):,}–{int(row['batch_size_max']):,} {row['units']} | "
+                     f"{len(ok)} of {len(group)} | {value} | {row['noise_scale']:,.0f} | {ratio} |")
+    return "\n".join(lines)
+
+
 def summary_verdict(data: dict) -> str:
     """:func:`gns_utils.experiments.summary.verdict_markdown` from a written ``summary.json``."""
     table = pd.DataFrame(data["tasks"])
     slopes = pd.DataFrame(data["task_slopes"])
-    return verdict_markdown(table, data["r2"], data["r2_by_goal"], slopes, data.get("calibration") or {})
+    return verdict_markdown(table, data["r2"], data["r2_by_goal"], slopes, data.get("calibration") or {},
+                            traces=data.get("trace_goals"))
 
 
 def key_numbers_markdown(root) -> str:
