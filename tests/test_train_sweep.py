@@ -369,3 +369,22 @@ def test_a_repeat_trains_only_up_to_the_last_goal_its_rate_was_selected_for(prob
     assert summary["config"]["goals"] == [0.3]
     with pytest.raises(ConfigError, match="not one of the experiment's goals"):
         sweep_module.run_selected(cfg, [(16, 0.2, 0.25)], tmp_path, problem=problem, progress=False)
+
+
+def test_pooled_b_simple_is_the_median_over_runs_that_reached_the_last_goal(tmp_path):
+    from gns_utils.experiments.pipeline import pooled_b_simple
+
+    cfg = make_experiment(BASE)
+    rows = []
+    for run_id, seed, value, last in (("a", 0, 10.0, 50.0), ("b", 1, 30.0, 60.0), ("c", 1, 20.0, 70.0),
+                                      ("d", 0, 1000.0, np.nan)):  # d never reached the last goal: left out
+        folder = run_dir(tmp_path, "tiny", run_id)
+        folder.mkdir(parents=True)
+        pd.DataFrame({"step": [0, 10, 20, 40], "b_simple_ema": [np.nan, value, value, value]}).to_csv(
+            folder / "metrics.csv", index=False)
+        for goal, steps in ((0.3, 5.0), (0.15, last)):
+            rows.append({"run_id": run_id, "seed": seed, "batch_units": 16, "goal": goal, "steps": steps})
+    pooled = pooled_b_simple(pd.DataFrame(rows), tmp_path, cfg)
+    # a constant noise scale averages to itself (App. D); seed 0 has 10, seed 1 the median of 30 and 20
+    assert pooled == pytest.approx({"b_simple_pooled": 20.0, "b_simple_pooled_seed_min": 10.0,
+                                    "b_simple_pooled_seed_max": 25.0, "b_simple_pooled_n_runs": 3})

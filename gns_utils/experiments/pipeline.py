@@ -51,6 +51,7 @@ from gns_utils.experiments.profiles import DEFAULT_WIDTHS, WIDTHS_SUFFIX
 from gns_utils.experiments.report import matched_noise_scales, reference_run, summarize_task
 from gns_utils.experiments.store import load_metrics, read_metrics, run_dir, task_dir
 from gns_utils.experiments.sweep import run_or_load, run_selected, run_sweep, runs_table
+from gns_utils.theory import training_average
 
 
 @dataclass
@@ -137,9 +138,9 @@ def run_experiment(cfg: ExperimentConfig, results_dir: str | Path, progress: boo
     noise = metrics[metrics["run_id"] == ref_id].reset_index(drop=True)
     b_noise_file = run_dir(results_dir, cfg.task, ref_id) / "b_noise.csv"
     b_noise = pd.read_csv(b_noise_file) if b_noise_file.exists() else pd.DataFrame()
-    summary = summarize_task(cfg, table, by_goal, noise, b_noise, results_dir, matched=matched,
-                             extra={"b_crit_seeds": seeds.to_dict(orient="records")}, matched_parts=matched_parts,
-                             write=record)
+    extra = {"b_crit_seeds": seeds.to_dict(orient="records"), **pooled_b_simple(table, results_dir, cfg)}
+    summary = summarize_task(cfg, table, by_goal, noise, b_noise, results_dir, matched=matched, extra=extra,
+                             matched_parts=matched_parts, write=record)
     return TaskResult(cfg, summary, table, best, by_goal, fits, curves, noise, b_noise, matched,
                       task_dir(results_dir, cfg.task) / "figures", seeds)
 
@@ -166,6 +167,41 @@ def local_steps(table: pd.DataFrame, results_dir: str | Path, cfg: ExperimentCon
         by_goal = dict(zip(goals.tolist(), steps.tolist()))
         out.loc[rows.index, "steps"] = rows["goal"].map(by_goal).to_numpy(float)
     return out
+
+
+def pooled_b_simple(table: pd.DataFrame, results_dir: str | Path, cfg: ExperimentConfig) -> dict[str, Any]:
+    """B_simple averaged over training (App. D), pooled over every run of the sweep and its repeats that reached
+    the last goal: a whole-run noise scale that does not hang on one run's draw.
+
+    One run's App. D average (the task's ``b_simple``, from the reference run) moves with its trajectory: between
+    seeds of the same (B, ε) by a factor 2 at the median on the A2C task (``benchmarks/rl_b_simple_stability.py``),
+    and so between machines whose float rounding differs. The median over many runs moves far less.
+
+    Returns:
+        ``b_simple_pooled`` (the median over those runs), ``b_simple_pooled_seed_min`` and ``_seed_max`` (the
+        least and greatest of the per-seed medians: the draw-to-draw range), ``b_simple_pooled_n_runs``.
+    """
+    last = float(cfg.goals[-1])
+    reached = table[(table["goal"] == last) & np.isfinite(table["steps"].to_numpy(float))]
+    values, seeds = [], []
+    for row in reached.drop_duplicates("run_id").itertuples():
+        path = run_dir(results_dir, cfg.task, row.run_id) / "metrics.csv"
+        if not path.exists():
+            continue
+        log = pd.read_csv(path, usecols=["step", "b_simple_ema"]).dropna()
+        log = log[log["step"] > 0]
+        if len(log) >= 2:
+            value = float(training_average(log["step"].to_numpy(float), log["b_simple_ema"].to_numpy(float),
+                                           float(row.batch_units)))
+            if np.isfinite(value) and value > 0:
+                values.append(value)
+                seeds.append(int(row.seed))
+    if not values:
+        return {"b_simple_pooled": None, "b_simple_pooled_seed_min": None, "b_simple_pooled_seed_max": None,
+                "b_simple_pooled_n_runs": 0}
+    per_seed = pd.Series(values).groupby(seeds).median()
+    return {"b_simple_pooled": float(np.median(values)), "b_simple_pooled_seed_min": float(per_seed.min()),
+            "b_simple_pooled_seed_max": float(per_seed.max()), "b_simple_pooled_n_runs": len(values)}
 
 
 def selected_points(table: pd.DataFrame) -> list[tuple[int, float, float]]:

@@ -106,8 +106,8 @@ def tables(root) -> str:
 def print_tables(root) -> None:
     """Print the README's block: the task table, R², the verdict and the last reproduction, as markdown."""
     print("| task | B in | B_crit, last goal ± s.e. (seeds) | B_crit, first goal | B_simple (App. D average) "
-          "| B_simple / B_crit | notebook |")
-    print("|---|---|---|---|---|---|---|")
+          "| B_simple / B_crit | B_simple pooled over runs (per-seed range) | notebook |")
+    print("|---|---|---|---|---|---|---|---|")
     for path in sorted(root.glob("*/summary.json")):
         s = json.loads(path.read_text())
         if s.get("profile") is None or "domain" not in s:
@@ -117,7 +117,7 @@ def print_tables(root) -> None:
         seeds = 1 + len(s.get("config", {}).get("seeds", []))
         print(f"| {display_name(s['task'])} | {s['units']} | {_fmt(s.get('b_crit'), s.get('b_crit_bound'))}{err} ({seeds}) "
               f"| {_fmt(s.get('b_crit_start'), s.get('b_crit_start_bound'))} | {_fmt(s.get('b_simple'))} "
-              f"| {'–' if ratio is None else f'{ratio:.2f}'} | `{NOTEBOOK[s['domain']]}` |")
+              f"| {'–' if ratio is None else f'{ratio:.2f}'} | {_pooled(s)} | `{NOTEBOOK[s['domain']]}` |")
     summary_path = root / "summary.json"
     if summary_path.exists():
         data = json.loads(summary_path.read_text())
@@ -166,6 +166,16 @@ def trace_markdown(points: pd.DataFrame) -> str:
                      f"{int(row['batch_size_min']):,}–{int(row['batch_size_max']):,} {row['units']} | "
                      f"{len(ok)} of {len(group)} | {value} | {row['noise_scale']:,.0f} | {ratio} |")
     return "\n".join(lines)
+
+
+def _pooled(s: dict) -> str:
+    """A task's B_simple pooled over its runs (:func:`gns_utils.experiments.pipeline.pooled_b_simple`) with the
+    range of its per-seed medians."""
+    if not s.get("b_simple_pooled"):
+        return "–"
+    low, high = s.get("b_simple_pooled_seed_min"), s.get("b_simple_pooled_seed_max")
+    span = f" ({_fmt(low)}–{_fmt(high)})" if low and high and high > low * 1.0005 else ""
+    return f"{_fmt(s['b_simple_pooled'])}{span}"
 
 
 def summary_verdict(data: dict) -> str:
