@@ -3,6 +3,7 @@ the README's tables are exactly what `python -m gns_utils.experiments.tables` pr
 edits), and the run was a reproduction (every run trained anew) compared with the reference before it."""
 
 import json
+import re
 
 import pytest
 
@@ -126,3 +127,13 @@ def test_noise_dynamics_results_are_complete_and_quoted_by_the_key_numbers():
     assert f"{first['run']} ×{first['rise_in_window']:.2f}" in text
     last = adaptive["comparison"][-1]
     assert f"{last['step_saving']:.2f}× in steps and {last['examples_saving']:.2f}× in examples" in text
+
+
+def test_readme_prose_stays_within_1800_words():
+    """The front page stays readable: its prose, without code blocks, tables and the generated blocks."""
+    text = repo_path("README.md").read_text()
+    for pattern in (r"```.*?```", r"<!-- results:start -->.*?<!-- results:end -->",
+                    r"<!-- headline:start -->.*?<!-- headline:end -->"):
+        text = re.sub(pattern, "", text, flags=re.S)
+    prose = [line for line in text.splitlines() if not line.lstrip().startswith("|")]
+    assert len(" ".join(prose).split()) <= 1800
