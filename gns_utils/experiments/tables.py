@@ -30,7 +30,7 @@ from gns_utils.experiments.pipeline import width_study_verdict
 from gns_utils.experiments.profiles import DYNAMICS_DIR, NOTEBOOK_DOMAINS, WIDTHS_SUFFIX, display_name
 from gns_utils.experiments.compute import compute_table, sweep_runs
 from gns_utils.experiments.store import load_metrics, load_run_summaries, load_run_summary, run_dir
-from gns_utils.experiments.summary import is_resolved, ratio_interval, slope_groups, span_markdown, verdict_markdown
+from gns_utils.experiments.summary import is_resolved, ratio_interval, slope_groups, verdict_markdown
 from gns_utils.experiments.sweep import runs_table
 from gns_utils.theory import fit_optimal_lr
 
@@ -121,9 +121,6 @@ def print_tables(root) -> None:
     summary_path = root / "summary.json"
     if summary_path.exists():
         data = json.loads(summary_path.read_text())
-        r2 = data["r2"]
-        print("\nR² of log10 B_crit on log10 B_simple, one point per task (Table 1's convention; `99_summary`):\n")
-        print(span_markdown(r2))
         if data.get("trace_points"):
             print("\n" + trace_markdown(pd.DataFrame(data["trace_points"])))
         if "task_slopes" in data:
