@@ -15,6 +15,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import gc
 import statistics
 import time
 
@@ -65,6 +66,9 @@ def main() -> None:
             t = statistics.median(times[name])
             print(f"  DDP + DataParallelNoiseMonitor measuring {name}: {t * 1e3:.2f} ms, ratio {t / plain:.3f} "
                   "(target <= 1.02)")
+    dist.barrier()  # an orderly teardown: every rank done, the DDP models and hooks freed, then the group
+    models.clear()
+    gc.collect()
     dist.destroy_process_group()
 
 

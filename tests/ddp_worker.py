@@ -4,13 +4,16 @@ Writes ``<out>/rank<r>.json`` with, per case, the estimate of :class:`DataParall
 (``ddp``) and, on rank 0, the single-process estimate of the same per-rank batches treated as the
 micro-batches of one step (``reference``, :class:`GradientNoiseMonitor` with DDP's equal weights).
 
-Teardown (``--teardown``): ``barrier`` (default) waits for every rank, drops the DDP models and their
-hooks, then destroys the process group; ``plain`` destroys it at once, the order that let a rank that
-finished first close its connections while the other was still working
-(``benchmarks/ddp_teardown.py`` launches both many times and counts the failures).
+Teardown (``--teardown``): ``collect`` (default) waits for every rank, drops the DDP models and their
+hooks and collects them (a DDP model sits in reference cycles, so ``del`` alone does not free it), then
+destroys the process group; ``barrier`` does the same without the collection, ``plain`` destroys the group
+at once. A DDP model still alive when the interpreter exits, after its group was destroyed, can end the
+process with "terminate called without an active exception" (SIGABRT) after its work is done
+(``benchmarks/ddp_teardown.py`` launches each teardown many times and counts the failures).
 """
 
 import contextlib
+import gc
 import json
 import sys
 from pathlib import Path
@@ -42,7 +45,7 @@ def _data(n, rank):
     return x, x.sum(1, keepdim=True) + torch.randn(n, 1, generator=gen, dtype=torch.float64)
 
 
-def main(out: Path, teardown: str = "barrier") -> None:
+def main(out: Path, teardown: str = "collect") -> None:
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     results = {}
@@ -82,9 +85,11 @@ def main(out: Path, teardown: str = "barrier") -> None:
         if step == 1:
             results["every_grad"] = [float(p.grad.square().sum()) for p in model.parameters()]
     (out / f"rank{rank}.json").write_text(json.dumps(results))
-    if teardown == "barrier":
+    if teardown in ("barrier", "collect"):
         dist.barrier()  # no rank closes its connections while another still works
-        del model, monitor  # the DDP reducer and its communication hook go before the group they use
+        del model, monitor  # the DDP reducers and their communication hooks go before the group they use
+        if teardown == "collect":
+            gc.collect()  # a DDP model sits in reference cycles: only a collection frees it now
     dist.destroy_process_group()
 
 

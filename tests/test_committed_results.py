@@ -13,7 +13,8 @@ from gns_utils.experiments.profiles import presets
 from gns_utils.experiments.summary import GOAL_PREDICTORS
 
 RESULTS = repo_path("results")
-R2_KEYS = {"ours_fit", "ours_identity", "paper_fit", "paper_identity", "all_fit", "all_identity"}
+R2_KEYS = {f"{group}_{stat}" for group in ("ours", "paper", "traces", "all", "paper_in_our_span")
+           for stat in ("fit", "identity", "median_log10", "n")}
 TASK_FIELDS = {"task", "domain", "dataset", "model", "optimizer", "units", "b_crit", "b_crit_stderr",
                "b_crit_start", "b_simple", "b_simple_start", "b_noise", "goals", "profile", "provenance"}
 
@@ -31,13 +32,14 @@ def _cpu_tasks() -> list[str]:
     return [p["task"] for domain in ("image", "language", "autoencoder", "rl") for p in presets(domain, "cpu")]
 
 
-def test_cross_task_summary_has_every_cpu_task_and_six_r2_values():
+def test_cross_task_summary_has_every_cpu_task_and_the_r2_of_every_group():
     data = json.loads((RESULTS / "summary.json").read_text())
     assert set(data["r2"]) == R2_KEYS and all(isinstance(v, float) for v in data["r2"].values())
     measured = {t["task"] for t in data["tasks"] if t["source"] == "measured"}
     assert measured == set(_cpu_tasks()) and len(measured) >= 5
-    assert {t["source"] for t in data["tasks"]} == {"measured", "paper"}
+    assert {t["source"] for t in data["tasks"]} == {"measured", "paper", "traces"}
     assert data["missing"] == []
+    assert data["trace_goals"]["n_workloads"] >= 4 and len(data["trace_points"]) >= 4
 
 
 @pytest.mark.parametrize("task", _cpu_tasks())
