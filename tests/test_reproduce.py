@@ -174,3 +174,19 @@ def test_exhaustive_baseline_passes_only_the_parameters_a_notebook_declares(monk
     assert "exhaustive" not in calls["99_summary"]
     reproduce.run_notebook("01_image_classification", "smoke", str(tmp_path))
     assert "exhaustive" not in calls["01_image_classification"]
+
+
+def test_b_simple_is_judged_pooled_over_runs_where_both_sides_have_it(tmp_path):
+    """One run's B_simple moves with its trajectory; the value pooled over every run is what must agree."""
+    ref = {**_task_summary(14.0, 7.0, 34.0), "b_simple_pooled": 40.0}
+    write_json_atomic(tmp_path / "ref" / "t" / "summary.json", ref)
+    write_json_atomic(tmp_path / "new" / "t" / "summary.json", {**_task_summary(14.0, 7.0, 100.0), "b_simple_pooled": 44.0})
+    result = reproduce.compare(tmp_path / "ref", tmp_path / "new", ["t"])
+    row = result["tasks"][0]
+    assert result["agrees"] and row["b_simple_judged"] == "b_simple_pooled" and row["b_simple_factor"] == 1.1
+    write_json_atomic(tmp_path / "new" / "t" / "summary.json", {**_task_summary(14.0, 7.0, 34.0), "b_simple_pooled": 80.0})
+    assert not reproduce.compare(tmp_path / "ref", tmp_path / "new", ["t"])["agrees"]
+    write_json_atomic(tmp_path / "new" / "t" / "summary.json", _task_summary(14.0, 7.0, 100.0))  # no pooled value
+    row = reproduce.compare(tmp_path / "ref", tmp_path / "new", ["t"])["tasks"][0]
+    assert row["b_simple_judged"] == "b_simple" and not row["agrees"]
+    assert "pooled over runs" in reproduce.comparison_markdown(reproduce.compare(tmp_path / "ref", tmp_path / "new", ["t"]), "h")

@@ -222,8 +222,9 @@ def compare(reference_dir: Path, results_dir: Path, tasks: list[str]) -> dict[st
     Returns:
         ``{"tasks": [...], "r2": {...}, "agrees": bool, "identical": bool, "criteria": str}``;
         per task ``b_crit``, ``b_crit_stderr``, ``b_simple``, ``ratio`` new and reference,
-        ``b_crit_z`` (difference in combined standard errors), ``b_simple_factor`` and
-        ``agrees`` (None when the reference has no such task).
+        ``b_crit_z`` (difference in combined standard errors), ``b_simple_factor`` (new / reference, of the
+        B_simple pooled over runs where both summaries have it, else of the reference run's: ``b_simple_judged``)
+        and ``agrees`` (None when the reference has no such task).
     """
     rows = []
     for task in tasks:
@@ -244,8 +245,11 @@ def compare(reference_dir: Path, results_dir: Path, tasks: list[str]) -> dict[st
             continue
         row["b_crit_z"] = _z(row["b_crit"], row["b_crit_stderr"], row["b_crit_reference"],
                              row["b_crit_stderr_reference"])
-        row["b_simple_factor"] = (row["b_simple"] / row["b_simple_reference"]
-                                  if row["b_simple"] and row["b_simple_reference"] else None)
+        # the B_simple pooled over runs where both sides have it: one run's value moves with its trajectory
+        judged = "b_simple_pooled" if new.get("b_simple_pooled") and ref.get("b_simple_pooled") else "b_simple"
+        row["b_simple_judged"] = judged
+        row["b_simple_pooled"], row["b_simple_pooled_reference"] = new.get("b_simple_pooled"), ref.get("b_simple_pooled")
+        row["b_simple_factor"] = (new[judged] / ref[judged] if new.get(judged) and ref.get(judged) else None)
         row["identical"] = all(_close(row[k], row[f"{k}_reference"]) for k in ("b_crit", "b_crit_stderr", "b_simple"))
         if row["b_crit_z"] is None:  # a bound (no s.e.) must match exactly
             b_crit_agrees = _close(row["b_crit"], row["b_crit_reference"])
@@ -265,7 +269,7 @@ def compare(reference_dir: Path, results_dir: Path, tasks: list[str]) -> dict[st
         "agrees": bool(compared) and all(r["agrees"] for r in compared),
         "identical": bool(compared) and all(r.get("identical") for r in compared),
         "criteria": (f"B_crit within {AGREE_STDERRS:g} combined standard errors of the reference, and B_simple "
-                     f"within a factor {AGREE_FACTOR:g}"),
+                     f"(pooled over runs where both have it) within a factor {AGREE_FACTOR:g}"),
     }
 
 
@@ -287,17 +291,19 @@ def comparison_markdown(comparison: dict[str, Any], header: str) -> str:
     """The comparison as a markdown report with a plain verdict."""
     lines = [f"# Reproduction against the committed reference\n\n{header}\n",
              "| task (units) | B_crit new ± s.e. | B_crit reference ± s.e. | difference (s.e.) "
-             "| B_simple new | B_simple reference | B_simple / B_crit new, reference | agrees |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| B_simple new | B_simple reference | B_simple pooled over runs new, reference "
+             "| B_simple / B_crit new, reference | agrees |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in comparison["tasks"]:
         if "b_crit" not in r:
-            lines.append(f"| {r['task']} | – | – | – | – | – | – | no ({r['note']}) |")
+            lines.append(f"| {r['task']} | – | – | – | – | – | – | – | no ({r['note']}) |")
             continue
         z = "–" if r.get("b_crit_z") is None else f"{r['b_crit_z']:+.2f}"
         verdict = {True: "yes", False: "**no**", None: r.get("note", "–")}[r["agrees"]]
         lines.append(f"| {r['task']} ({r['units']}) | {_fmt(r['b_crit'])} ± {_fmt(r['b_crit_stderr'])} "
                      f"| {_fmt(r['b_crit_reference'])} ± {_fmt(r['b_crit_stderr_reference'])} | {z} "
                      f"| {_fmt(r['b_simple'], ',.1f')} | {_fmt(r['b_simple_reference'], ',.1f')} "
+                     f"| {_fmt(r.get('b_simple_pooled'), ',.1f')}, {_fmt(r.get('b_simple_pooled_reference'), ',.1f')} "
                      f"| {_fmt(r['ratio'], '.2f')}, {_fmt(r['ratio_reference'], '.2f')} | {verdict} |")
     if comparison["r2"]:
         lines += ["", "| R² (log10 B_crit on log10 B_simple) | new | reference |", "|---|---|---|"]
