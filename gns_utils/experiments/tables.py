@@ -137,6 +137,19 @@ def print_tables(root) -> None:
               f"{data['n_runs'] - data['n_runs_from_before']} of its {data['n_runs']} runs anew in {minutes:.1f} min "
               f"({_notebook_times(root)}); against the results committed before it, it {verdict} "
               "(`results/reproduction.md`).")
+    replication = root / "replication.json"
+    if replication.exists():
+        data = json.loads(replication.read_text())
+        rows = [r for r in data["tasks"] if r.get("agrees") is not None]
+        agreeing = [display_name(r["task"]) for r in rows if r["agrees"]]
+        differing = [f"{display_name(r['task'])} (B_crit {r['b_crit_z']:+.1f} s.e., pooled B_simple ×{r['b_simple_factor']:.2f})"
+                     if r.get("b_crit_z") is not None and r.get("b_simple_factor") else display_name(r["task"])
+                     for r in rows if not r["agrees"]]
+        seeds = sorted({s for r in rows for s in r.get("seeds", [])})
+        print(f"\nThe last replication (`make replicate`: seeds {', '.join(map(str, seeds))}; notebooks "
+              f"{', '.join(sorted(data.get('notebooks', [])))}) {'agrees' if data['agrees'] else 'does NOT agree'} with "
+              f"these results on {len(agreeing)} of {len(rows)} tasks ({data['criteria']})"
+              + (f"; it differs on {', '.join(differing)}" if differing else "") + " (`results/replication.md`).")
     print(f"\nEvery other number derived from these files: [`results/{KEY_NUMBERS}`](results/{KEY_NUMBERS}).")
 
 
