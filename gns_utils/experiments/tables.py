@@ -147,8 +147,8 @@ def print_tables(root) -> None:
                      for r in rows if not r["agrees"]]
         seeds = sorted({s for r in rows for s in r.get("seeds", [])})
         print(f"\nThe last replication (`make replicate`: seeds {', '.join(map(str, seeds))}; notebooks "
-              f"{', '.join(sorted(data.get('notebooks', [])))}) {'agrees' if data['agrees'] else 'does NOT agree'} with "
-              f"these results on {len(agreeing)} of {len(rows)} tasks ({data['criteria']})"
+              f"{', '.join(sorted(data.get('notebooks', [])))}) agrees with these results on {len(agreeing)} of "
+              f"{len(rows)} tasks ({data['criteria']})"
               + (f"; it differs on {', '.join(differing)}" if differing else "") + " (`results/replication.md`).")
     print(f"\nEvery other number derived from these files: [`results/{KEY_NUMBERS}`](results/{KEY_NUMBERS}).")
 
