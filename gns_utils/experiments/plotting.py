@@ -32,7 +32,7 @@ from matplotlib.figure import Figure
 
 from gns_utils.critical_batch import TradeoffFit
 from gns_utils.experiments.profiles import DISPLAY_NAMES, display_name
-from gns_utils.experiments.summary import is_resolved, resolved_goals
+from gns_utils.experiments.summary import is_resolved, resolved_goals, resolved_trace_goals
 from gns_utils.theory import fit_optimal_lr, optimal_lr
 
 __all__ = [
@@ -650,8 +650,7 @@ def plot_bcrit_vs_bsimple_by_goal(ax: Axes, points: pd.DataFrame, paper: pd.Data
         ax.scatter([row.b_simple], [row.b_crit], marker=UNIT_MARKERS.get(row.units, "D"), facecolor="none",
                    edgecolor="grey", s=40)
     fitted = traces.iloc[:0] if traces is None else traces[
-        (traces["bound"] == "none") & (traces["noise_scale"] > 0)
-        & is_resolved(traces["b_crit"], traces["b_crit_stderr"])]
+        resolved_trace_goals(traces) & (traces["noise_scale"] > 0).to_numpy()]
     for k, (_, group) in enumerate(fitted.groupby("workload", sort=False)):
         group = group.sort_values("target_index")
         ax.plot(group["noise_scale"], group["b_crit"], color=SOURCE_COLOURS["traces"], lw=0.8, ls=":",

@@ -64,6 +64,7 @@ __all__ = [
     "profile_tasks",
     "median_abs_log10_ratio",
     "r2_report",
+    "resolved_trace_goals",
     "span_markdown",
     "trace_goal_report",
     "trace_table",
@@ -282,6 +283,12 @@ def _paper_rows(paper: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def resolved_trace_goals(results: pd.DataFrame) -> np.ndarray:
+    """Which rows of :func:`gns_utils.experiments.traces.trace_results` hold a fitted, resolved B_crit (not a bound,
+    s.e. below :data:`UNRESOLVED_REL_SE` × the value): the one rule behind the traces' table, statistics and figures."""
+    return ((results["bound"] == "none").to_numpy() & is_resolved(results["b_crit"], results["b_crit_stderr"]))
+
+
 def trace_table(results: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per third-party workload (AdaptDL / Pollux traces, :mod:`gns_utils.experiments.traces`) for Fig. 4.
 
@@ -301,7 +308,7 @@ def trace_table(results: pd.DataFrame | None = None) -> pd.DataFrame:
     rows = []
     for workload, group in results.groupby("workload", sort=False):
         group = group.sort_values("target_index")
-        fitted = group[(group["bound"] == "none") & is_resolved(group["b_crit"], group["b_crit_stderr"])]
+        fitted = group[resolved_trace_goals(group)]
         if len(fitted):
             row, kind = fitted.iloc[-1], "value"
         else:
@@ -407,7 +414,7 @@ def trace_goal_report(results: pd.DataFrame) -> dict[str, float]:
     """The third-party traces goal by goal: R² (free fit, y = x) and median |log10 ratio| of every resolved goal's
     B_crit against ``B_simple`` where the smallest-batch run reaches it (:func:`gns_utils.experiments.traces.trace_results`
     rows; bounds and unresolved fits left out), with the counts."""
-    ok = results[(results["bound"] == "none") & is_resolved(results["b_crit"], results["b_crit_stderr"])]
+    ok = results[resolved_trace_goals(results)]
     return {"fit": r_squared_fit(ok["noise_scale"], ok["b_crit"]),
             "identity": r_squared_identity(ok["noise_scale"], ok["b_crit"]),
             "median_log10": median_abs_log10_ratio(ok["noise_scale"], ok["b_crit"]),

@@ -30,7 +30,7 @@ from gns_utils.experiments.pipeline import width_study_verdict
 from gns_utils.experiments.profiles import DYNAMICS_DIR, NOTEBOOK_DOMAINS, WIDTHS_SUFFIX, display_name
 from gns_utils.experiments.compute import compute_table, sweep_runs
 from gns_utils.experiments.store import load_metrics, load_run_summaries, load_run_summary, run_dir
-from gns_utils.experiments.summary import is_resolved, ratio_interval, slope_groups, verdict_markdown
+from gns_utils.experiments.summary import ratio_interval, resolved_trace_goals, slope_groups, verdict_markdown
 from gns_utils.experiments.sweep import runs_table
 from gns_utils.theory import fit_optimal_lr
 
@@ -163,7 +163,7 @@ def trace_markdown(points: pd.DataFrame) -> str:
              "| B_simple there | B_simple / B_crit |", "|---|---|---|---|---|---|---|"]
     for workload, group in points.groupby("workload", sort=False):
         group = group.sort_values("target_index")
-        ok = group[(group["bound"] == "none") & is_resolved(group["b_crit"], group["b_crit_stderr"])]
+        ok = group[resolved_trace_goals(group)]
         row = ok.iloc[-1] if len(ok) else group.iloc[-1]
         pre = ", preconditioned" if row["preconditioned"] else ""
         if len(ok):
