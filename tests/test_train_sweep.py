@@ -371,6 +371,50 @@ def test_a_repeat_trains_only_up_to_the_last_goal_its_rate_was_selected_for(prob
         sweep_module.run_selected(cfg, [(16, 0.2, 0.25)], tmp_path, problem=problem, progress=False)
 
 
+def test_grid_repeats_train_the_main_sweeps_rates_at_every_batch_size(problem, tmp_path):
+    from gns_utils.experiments.pipeline import main_rates
+
+    main = run_sweep(make_experiment(BASE), tmp_path, problem=problem, progress=False)
+    rates = main_rates(main)
+    assert sorted(rates) == [4, 16, 64] and all(len(r) >= 2 for r in rates.values())
+    repeat = run_sweep(make_experiment({**BASE, "seed": 1}), tmp_path, problem=problem, progress=False, record=False,
+                       rates=rates)
+    assert main_rates(repeat) == rates  # the same rates, none predicted or widened anew
+    assert set(repeat["seed"]) == {1}
+    only = run_sweep(make_experiment({**BASE, "seed": 1}), tmp_path, problem=problem, progress=False, record=False,
+                     rates={16: rates[16]})
+    assert main_rates(only) == {16: rates[16]} and not only["trained"].any()  # reused from the store
+
+
+def test_refined_lrs_are_the_midpoints_around_each_goals_fastest_rate():
+    def summary(lr, steps):
+        return {"config": {"lr": lr}, "steps_to_goal": {"0.3": steps[0], "0.15": steps[1]}}
+
+    runs = [summary(0.1, (30, 200)), summary(0.2, (20, 150)), summary(0.4, (10, None))]
+    spacing = 2 ** 0.5  # 0.4 wins the easy goal, 0.2 the hard one
+    expected = sorted({sweep_module.portable_lr(x) for x in (0.2 / spacing, 0.2 * spacing, 0.4 / spacing, 0.4 * spacing)})
+    assert sweep_module.refined_lrs(runs, (0.3, 0.15), spacing) == expected
+    cfg = make_experiment({**BASE, "lr_grid_spacing": 4.0, "lr_refine": 2})
+    assert sweep_module.refine_spacings(cfg) == pytest.approx([2.0, 2 ** 0.5])
+    with pytest.raises(ConfigError, match="lr_refine"):
+        make_experiment({**BASE, "lr_refine": -1})
+
+
+def test_a_refined_sweep_adds_the_midpoints_and_keeps_the_grid(problem, tmp_path):
+    from gns_utils.experiments.pipeline import main_rates
+
+    plain = main_rates(run_sweep(make_experiment(BASE), tmp_path, problem=problem, progress=False))
+    refined = main_rates(run_sweep(make_experiment({**BASE, "lr_refine": 1}), tmp_path, problem=problem,
+                                   progress=False))
+    step = math.log(BASE.get("lr_grid_spacing", 2.0))
+    first = min(plain)
+    assert set(plain[first]) < set(refined[first])  # the grid's runs reused from the store, midpoints added
+    for batch, lrs in refined.items():  # later grids may centre elsewhere: the best rates found moved
+        gaps = np.diff(np.log(lrs))
+        assert np.isclose(gaps.min(), step / 2, rtol=1e-3), f"no midpoint at B={batch}: {lrs}"
+        assert all(np.isclose(g, step / 2, rtol=1e-3) or np.isclose(g, step, rtol=1e-3) for g in gaps)
+
+
 def test_pooled_b_simple_is_the_median_over_runs_that_reached_the_last_goal(tmp_path):
     from gns_utils.experiments.pipeline import pooled_b_simple
 

@@ -127,11 +127,17 @@ class ExperimentConfig(_RunFields):
         lr_grid_size: learning rates per batch size.
         lr_grid_spacing: factor between neighbouring rates.
         max_widen: extra rates tried per side when the best rate is on the grid's edge.
+        lr_refine: rounds of refinement once the grid is settled: each round trains the geometric
+            midpoints between every rate that is fastest for some goal and its neighbours at the current
+            spacing, then halves the spacing (in log ε). A discrete grid misses the optimum rate by up
+            to half a spacing and so overstates S(B) most where the optimum sits against the divergence
+            edge (large B for SGD), which biases B_crit low; 0 (default) = the grid as it is.
         seeds: extra seeds at which the sweep is repeated (``seed`` is the main sweep's; empty = no
             repeats). ``log S`` is averaged over the seeds at each rate before the fastest rate is
             chosen, and per-seed fits give B_crit its seed-aware error bar
             (:func:`gns_utils.critical_batch.seed_aware_b_crit`).
-        seed_rates: what the repeats train: ``grid`` (the whole sweep again) or ``selected`` (at each
+        seed_rates: what the repeats train: ``grid`` (the rates the main sweep trained at every batch size,
+            none predicted or widened anew) or ``selected`` (at each
             batch size, only the rates the main sweep found fastest for some goal, each trained up to the
             hardest goal it was fastest for: a few short runs per batch size instead of a grid).
         budget_examples: examples a run may use before it stops (``budget_exhausted``).
@@ -186,6 +192,7 @@ class ExperimentConfig(_RunFields):
     lr_grid_size: int = 3
     lr_grid_spacing: float = 2.0
     max_widen: int = 2
+    lr_refine: int = 0
     seeds: tuple[int, ...] = ()
     seed_rates: str = "grid"
 
@@ -269,6 +276,8 @@ def _check_experiment(cfg: ExperimentConfig) -> None:
             problems.append(f"{name} must be > 0, got {getattr(cfg, name)}")
     if cfg.lr_grid_size < 1 or cfg.lr_grid_spacing <= 1:
         problems.append("lr_grid_size must be >= 1 and lr_grid_spacing > 1")
+    if cfg.lr_refine < 0:
+        problems.append(f"lr_refine must be >= 0, got {cfg.lr_refine}")
     if cfg.budget_examples < max(cfg.batch_sizes, default=1):
         problems.append(f"budget_examples ({cfg.budget_examples}) is smaller than the largest batch size")
     if cfg.n_micro < 2:

@@ -4,8 +4,8 @@
 
 1. load the data once (:func:`gns_utils.experiments.problems.make_problem`);
 2. run or resume the batch-size × learning-rate sweep (:func:`gns_utils.experiments.sweep.run_sweep`),
-   and its repeats at ``cfg.seeds`` (the whole grid, or only the rates that matter, each up to the last goal
-   it matters for: ``cfg.seed_rates``);
+   and its repeats at ``cfg.seeds`` (the main sweep's rates at every batch size, or only the rates that
+   matter, each up to the last goal it matters for: ``cfg.seed_rates``);
 3. read every run's steps to each goal from its logged curve with the centred local-linear smoothing
    (:func:`gns_utils.critical_batch.steps_to_target`, ``method="local"``), average ``log S`` over the
    seeds at each rate and keep the best rate (:func:`gns_utils.critical_batch.expected_steps`), and fit
@@ -102,8 +102,9 @@ def run_experiment(cfg: ExperimentConfig, results_dir: str | Path, progress: boo
     repeats = []
     for seed in cfg.seeds:
         other = dataclasses.replace(cfg, seed=seed, seeds=())
-        if cfg.seed_rates == "grid":
-            repeat = run_sweep(other, results_dir, problem=problem, progress=progress, record=False)
+        if cfg.seed_rates == "grid":  # the main sweep's rates at every batch size, so each is averaged over every seed
+            repeat = run_sweep(other, results_dir, problem=problem, progress=progress, record=False,
+                               rates=main_rates(main))
         else:
             repeat = run_selected(other, selected_points(main), results_dir, problem=problem, progress=progress)
         repeats.append(local_steps(repeat, results_dir, cfg))
@@ -202,6 +203,15 @@ def pooled_b_simple(table: pd.DataFrame, results_dir: str | Path, cfg: Experimen
     per_seed = pd.Series(values).groupby(seeds).median()
     return {"b_simple_pooled": float(np.median(values)), "b_simple_pooled_seed_min": float(per_seed.min()),
             "b_simple_pooled_seed_max": float(per_seed.max()), "b_simple_pooled_n_runs": len(values)}
+
+
+def main_rates(table: pd.DataFrame) -> dict[int, list[float]]:
+    """The rates the main sweep trained at each batch size (in examples): what the repeats of
+    ``seed_rates="grid"`` train, so that :func:`gns_utils.critical_batch.expected_steps` finds every rate
+    trained at every seed (a repeat that predicted and widened its own grid would share few rates with the
+    main sweep, and where no rate is shared the choice falls back to the fastest single run of any seed)."""
+    return {int(b): sorted(float(lr) for lr in lrs)
+            for b, lrs in table.groupby("batch_examples")["lr"].unique().items()}
 
 
 def selected_points(table: pd.DataFrame) -> list[tuple[int, float, float]]:

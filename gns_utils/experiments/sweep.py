@@ -33,6 +33,7 @@ task allows it), or as Ray actors (``executor="ray"``, :mod:`gns_utils.experimen
 from __future__ import annotations
 
 import traceback
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -355,7 +356,7 @@ def stored_curve(results_dir: str | Path, summary: dict) -> Curve:
 
 
 def run_sweep(cfg: ExperimentConfig, results_dir: str | Path, problem: Any = None, progress: bool = True,
-              record: bool = True) -> pd.DataFrame:
+              record: bool = True, rates: Mapping[int, Sequence[float]] | None = None) -> pd.DataFrame:
     """Run (or resume) the whole sweep of an experiment; return the run table.
 
     Args:
@@ -364,6 +365,10 @@ def run_sweep(cfg: ExperimentConfig, results_dir: str | Path, problem: Any = Non
         problem: the loaded problem (built from ``cfg`` when None).
         progress: tqdm bars for the sweep and each run.
         record: write ``<results_dir>/<task>/experiment.json`` (False for the repeats at other seeds).
+        rates: the rates to train at each batch size (in examples), as they are: no grid is predicted and
+            none widened. The repeats of ``seed_rates="grid"`` pass the main sweep's rates, so that every
+            seed trains the same rates and :func:`gns_utils.critical_batch.expected_steps` averages each of
+            them over every seed. Batch sizes missing from ``rates`` are skipped.
 
     Returns:
         :func:`runs_table` of the runs this sweep used; its ``trained`` column says which
@@ -378,13 +383,19 @@ def run_sweep(cfg: ExperimentConfig, results_dir: str | Path, problem: Any = Non
     summaries: list[dict] = []
     trained: list[bool] = []
     found: dict[int, float] = {}
-    bar = tqdm(total=len(cfg.batch_sizes) * cfg.lr_grid_size, desc=f"sweep {cfg.task} seed {cfg.seed}", disable=not progress)
-    for batch_size in cfg.batch_sizes:
-        lrs = sorted(initial_lrs(cfg, batch_size, predicted_lr(cfg, batch_size, found)))
+    sizes = [b for b in cfg.batch_sizes if rates is None or b in rates]
+    bar = tqdm(total=sum(len(rates[b]) for b in sizes) if rates is not None else len(sizes) * cfg.lr_grid_size,
+               desc=f"sweep {cfg.task} seed {cfg.seed}", disable=not progress)
+    for batch_size in sizes:
+        if rates is not None:
+            lrs = sorted({portable_lr(lr) for lr in rates[batch_size]})
+        else:
+            lrs = sorted(initial_lrs(cfg, batch_size, predicted_lr(cfg, batch_size, found)))
         done: dict[float, dict] = {}
         fresh: dict[float, bool] = {}
         widened = {"low": 0, "high": 0}
-        while True:
+
+        def train(lrs: list[float]) -> None:  # each rate not in ``done``: from the store, or trained as one group
             group = []
             for lr in (lr for lr in lrs if lr not in done):
                 run_cfg = cfg.run(batch_size, lr)
@@ -400,16 +411,23 @@ def run_sweep(cfg: ExperimentConfig, results_dir: str | Path, problem: Any = Non
                                                               cfg.exhaustive, cfg.stop_margin, progress,
                                                               outpaced=cfg.stop_outpaced)):
                     done[run_cfg.lr], fresh[run_cfg.lr] = summary, True
+
+        while True:
+            train(lrs)
             for summary in done.values():
                 _check_goals_not_met_at_start(summary)
             sides = [side for side in sides_to_widen(list(done.values()), cfg.goals) if widened[side] < cfg.max_widen]
-            if not sides:
+            if not sides or rates is not None:
                 break
             for side in sides:
                 widened[side] += 1
             lrs = sorted(set(done) | {portable_lr(min(done) / cfg.lr_grid_spacing if side == "low"
                                                   else max(done) * cfg.lr_grid_spacing) for side in sides})
             bar.total += len(sides)
+        for spacing in refine_spacings(cfg) if rates is None else []:
+            extra = [lr for lr in refined_lrs(list(done.values()), cfg.goals, spacing) if lr not in done]
+            bar.total += len(extra)
+            train(extra)
         bar.update(len(done))
         summaries.extend(done.values())
         trained.extend(fresh[lr] for lr in done)
@@ -437,6 +455,18 @@ def _check_goals_not_met_at_start(summary: dict) -> None:
         raise ConfigError(
             f"goals {trivial} of task {summary['config']['task']} are already met before training "
             f"(initial {summary['config']['metric']}: {summary.get('initial_metric')}); choose goals below it")
+
+
+def refine_spacings(cfg: ExperimentConfig) -> list[float]:
+    """The spacing of each refinement round (``cfg.lr_refine`` of them): √spacing, then its square root…"""
+    return [cfg.lr_grid_spacing ** (0.5 ** (k + 1)) for k in range(cfg.lr_refine)]
+
+
+def refined_lrs(summaries: list[dict], goals: tuple[float, ...], spacing: float) -> list[float]:
+    """The rates one refinement round adds: ``ε/spacing`` and ``ε·spacing`` around every rate ε that is the
+    fastest for some goal (each rounded by :func:`portable_lr`), sorted."""
+    winners = {lr for lr in (_fastest_lr(summaries, goal) for goal in goals) if lr is not None}
+    return sorted({portable_lr(lr * f) for lr in winners for f in (1.0 / spacing, spacing)})
 
 
 def sides_to_widen(summaries: list[dict], goals: tuple[float, ...]) -> list[str]:
