@@ -65,6 +65,11 @@ def test_domain_notebook_at_smoke_size(name, results):
         goals = json.loads((results / "smoke_noisy_linear" / "summary.json").read_text())["goals"]
         assert all(g["b_crit_predicted"] > 0 and g["b_crit_exact"] > 0 for g in goals)
         assert all(_resolved_or_none(g["b_noise"]) and "b_noise" in g for g in goals)  # measured at each goal
+        runs = [json.loads((r / "summary.json").read_text())["config"] for r in (results / "smoke_noisy_linear" / "runs").iterdir()]
+        rates = {}  # sweep runs (not the B_noise re-run): every seed trained the main seed's rates, refined ones included
+        for cfg in (c for c in runs if not c["b_noise_examples"]):
+            rates.setdefault(cfg["seed"], set()).add((cfg["batch_size"], cfg["lr"]))
+        assert len(rates) == 2 and rates[0] == rates[1] and len(rates[0]) > 2 * 3  # 2 rates × 3 batch sizes + midpoints
     if name.startswith("04"):  # the reference run measured B_simple from segments and from shuffled frames
         goals = json.loads((results / "smoke_cartpole_a2c" / "summary.json").read_text())["goals"]
         assert all("b_simple_checkpoint" in g and _resolved_or_none(g["b_simple_checkpoint"]) for g in goals)

@@ -238,3 +238,16 @@ def test_write_summary_round_trip(tmp_path):
     data = json.loads(path.read_text())
     assert data["profile"] == "smoke" and data["missing"] == ["lm"] and len(data["tasks"]) == len(table)
     assert data["r2"]["ours_fit"] is None and data["r2"]["paper_fit"] == pytest.approx(r2_report(table)["paper_fit"])
+
+
+def test_readme_table_gives_b_crit_in_sequences_and_segments_beside_tokens_and_frames():
+    from gns_utils.experiments.tables import _in_examples
+
+    lm = {"domain": "language", "b_crit": 8400.0, "reference_run": {"batch_units": 10240.0, "batch_examples": 512}}
+    assert _in_examples(lm) == "; 420 sequences"  # 20 tokens per sequence
+    rl = {"domain": "rl", "b_crit": 99.0, "b_crit_bound": "upper",
+          "reference_run": {"batch_units": 640.0, "batch_examples": 128}}
+    assert _in_examples(rl) == "; < 20 segments"  # 5 frames per segment, the bound kept
+    assert _in_examples({"domain": "image", "b_crit": 260.0,
+                         "reference_run": {"batch_units": 256.0, "batch_examples": 256}}) == ""
+    assert _in_examples({"domain": "language", "b_crit": None, "reference_run": {}}) == ""

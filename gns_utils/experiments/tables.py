@@ -95,6 +95,21 @@ def headline(root) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: What one example of a batch is, where a task counts B in smaller units.
+EXAMPLE_NAMES = {"language": "sequences", "rl": "segments"}
+
+
+def _in_examples(summary: dict) -> str:
+    """``"; 420 sequences"``: the last goal's B_crit in independent examples (sequences of a language model,
+    rollout segments of an actor-critic), where the task counts B in smaller units (tokens, frames); else ``""``."""
+    ref = summary.get("reference_run") or {}
+    name = EXAMPLE_NAMES.get(summary.get("domain", ""))
+    if not (name and summary.get("b_crit") and ref.get("batch_units") and ref.get("batch_examples")):
+        return ""
+    per_example = float(ref["batch_units"]) / float(ref["batch_examples"])
+    return f"; {_fmt(summary['b_crit'] / per_example, summary.get('b_crit_bound'))} {name}"
+
+
 def tables(root) -> str:
     """:func:`print_tables` as a string (what goes between the README's markers)."""
     out = io.StringIO()
@@ -115,7 +130,8 @@ def print_tables(root) -> None:
         ratio = s["b_simple"] / s["b_crit"] if s.get("b_simple") and s.get("b_crit") else None
         err = f" ± {s['b_crit_stderr']:,.0f}" if s.get("b_crit_stderr") else ""
         seeds = 1 + len(s.get("config", {}).get("seeds", []))
-        print(f"| {display_name(s['task'])} | {s['units']} | {_fmt(s.get('b_crit'), s.get('b_crit_bound'))}{err} ({seeds}) "
+        print(f"| {display_name(s['task'])} | {s['units']} | {_fmt(s.get('b_crit'), s.get('b_crit_bound'))}{err} ({seeds})"
+              f"{_in_examples(s)} "
               f"| {_fmt(s.get('b_crit_start'), s.get('b_crit_start_bound'))} | {_fmt(s.get('b_simple'))} "
               f"| {'–' if ratio is None else f'{ratio:.2f}'} | {_pooled(s)} | `{NOTEBOOK[s['domain']]}` |")
     summary_path = root / "summary.json"
