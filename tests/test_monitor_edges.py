@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -50,7 +51,7 @@ def test_after_step_with_nothing_recorded_warns_once(kind):
         assert monitor.after_step() is None  # once
 
 
-def _steps(monitor, model, x, y, sizes, loss_scale, n_steps=60):
+def _steps(monitor, model, x, y, sizes, loss_scale, n_steps=220):
     """Steps at fixed weights: micro-batches of ``sizes`` examples, each loss divided by len(sizes)."""
     g = torch.Generator().manual_seed(1)
     for _ in range(n_steps):
@@ -77,6 +78,30 @@ def test_a_weighting_the_monitor_does_not_know_warns_and_the_right_one_does_not(
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         _steps(monitor, model, x, y, (2, 62), loss_scale=True)
+
+
+def _stream(monitor, values):
+    from types import SimpleNamespace
+
+    for v in values:
+        monitor._check_plausible(SimpleNamespace(g2=float(v)))
+
+
+@pytest.mark.parametrize("law", ["normal", "chi2"])
+def test_zero_mean_skewed_estimates_of_a_long_run_do_not_warn(law):
+    # near a noise floor |G|^2 ≈ 0 and its estimates are skewed: a correct run must not be told it is wrong
+    rng = np.random.default_rng(7)
+    for _ in range(5):
+        values = rng.standard_normal(20_000) if law == "normal" else rng.chisquare(1, 20_000) - 1.0
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            _stream(GradientNoiseMonitor(_model()), values)
+
+
+def test_a_persistent_negative_bias_warns():
+    rng = np.random.default_rng(8)
+    with pytest.warns(RuntimeWarning, match="in each of the last 4 blocks"):
+        _stream(GradientNoiseMonitor(_model()), rng.standard_normal(2_000) - 1.0)
 
 
 def test_ema_update_with_none_says_what_to_do():
