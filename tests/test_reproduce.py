@@ -190,3 +190,16 @@ def test_b_simple_is_judged_pooled_over_runs_where_both_sides_have_it(tmp_path):
     row = reproduce.compare(tmp_path / "ref", tmp_path / "new", ["t"])["tasks"][0]
     assert row["b_simple_judged"] == "b_simple" and not row["agrees"]
     assert "pooled over runs" in reproduce.comparison_markdown(reproduce.compare(tmp_path / "ref", tmp_path / "new", ["t"]), "h")
+
+
+def test_a_replication_completed_notebook_by_notebook_compares_the_tasks_of_earlier_calls(tmp_path):
+    from gns_utils.experiments.profiles import task_names
+
+    lm = task_names("language", "smoke")
+    for task in ["smoke_image", *lm]:
+        write_json_atomic(tmp_path / "replication" / task / "summary.json", _task_summary(14.0, 7.0, 34.0))
+    earlier = reproduce.earlier_tasks(tmp_path / "replication", tmp_path / "results", "smoke",
+                                      ["01_image_classification"])
+    assert earlier == [("02_language_model", t) for t in lm]  # the image task is this call's own
+    # reproducing into the reference's own folder: the other summaries are the reference itself, never compared
+    assert reproduce.earlier_tasks(tmp_path / "results", tmp_path / "results", "smoke", ["01_image_classification"]) == []

@@ -329,6 +329,21 @@ def comparison_markdown(comparison: dict[str, Any], header: str) -> str:
     return "\n".join(lines + ["", f"**Verdict.** {verdict}", ""])
 
 
+def earlier_tasks(results_dir: Path, reference_dir: Path, profile: str, domain: list[str]) -> list[tuple[str, str]]:
+    """``(notebook, task)`` of the profile's tasks this call did not train whose summaries another call left in
+    ``results_dir``, when that folder is not the reference's (a replication completed notebook by notebook);
+    none when the two folders are one (there, such summaries are the reference itself)."""
+    if results_dir.resolve() == reference_dir.resolve():
+        return []
+    return [(n, t) for n in NOTEBOOKS if n != SUMMARY_NOTEBOOK and n not in domain
+            for t in task_names(NOTEBOOK_DOMAINS[n], profile) if (results_dir / t / "summary.json").exists()]
+
+
+def _summary_commit(results_dir: Path, task: str) -> str:
+    commit = ((read_json(results_dir / task / "summary.json") or {}).get("provenance") or {}).get("git_commit")
+    return f"`{commit[:12]}`" if commit else "unknown"
+
+
 def _runs_before(results_dir: Path, tasks: list[str], started: str) -> tuple[int, int]:
     """(runs in the task folders, runs among them stamped before ``started``: replayed, not trained)."""
     total = before = 0
@@ -397,16 +412,22 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     tasks = [t for n in domain for t in task_names(NOTEBOOK_DOMAINS[n], args.profile)]
     measured = [t for t in tasks if (results / t / "summary.json").exists()]
-    comparison = compare(results / STATE_DIR / "reference", results, measured)
+    earlier = earlier_tasks(results, repo_path(reference_dir), args.profile, domain)
+    comparison = compare(results / STATE_DIR / "reference", results, measured + [t for _, t in earlier])
     n_runs, n_before = _runs_before(results, tasks, state["started"])
     comparison.update(profile=args.profile, notebooks=notebooks, started=state["started"],
+                      earlier_notebooks=sorted({n for n, _ in earlier}),
                       git_commit=state["git_commit"], total_wall_time_s=log["total_wall_time_s"],
                       n_runs=n_runs, n_runs_from_before=n_before, provenance=provenance())
     header = (f"Profile `{args.profile}`{' (exhaustive baseline)' if args.exhaustive else ''}, started {state['started']} at commit "
               f"`{(state['git_commit'] or 'unknown')[:12]}`; {n_runs} runs, {n_runs - n_before} of them trained by this "
               f"reproduction ({n_before} from before it started); {log['total_wall_time_s'] / 60:.1f} min in all "
               f"({log['total_cpu_time_s'] / 60:.1f} CPU-min). "
-              f"Main seed {args.seed}. Reference: the task summaries of the `{reference_dir}/` at that commit.")
+              f"Main seed {args.seed}. Reference: the task summaries of the `{reference_dir}/` at that commit."
+              + (f" The tasks of {', '.join(sorted({n for n, _ in earlier}))} were not trained by this call: their "
+                 f"summaries in `{args.results_dir}/` come from an earlier one at the same seeds (commit "
+                 f"{', '.join(sorted({_summary_commit(results, t) for _, t in earlier}))}) and are compared as they "
+                 "stand." if earlier else ""))
     report = comparison_markdown(comparison, header)
     write_json_atomic(results / "reproduction.json", comparison)
     (results / "reproduction.md").write_text(report)

@@ -162,8 +162,11 @@ def print_tables(root) -> None:
                      if r.get("b_crit_z") is not None and r.get("b_simple_factor") else display_name(r["task"])
                      for r in rows if not r["agrees"]]
         seeds = sorted({s for r in rows for s in r.get("seeds", [])})
+        earlier = data.get("earlier_notebooks") or []
         print(f"\nThe last replication (`make replicate`: seeds {', '.join(map(str, seeds))}; notebooks "
-              f"{', '.join(sorted(data.get('notebooks', [])))}) agrees with these results on {len(agreeing)} of "
+              f"{', '.join(sorted(data.get('notebooks', [])))}"
+              + (f", with {', '.join(earlier)} from an earlier call into the same folder" if earlier else "")
+              + f") agrees with these results on {len(agreeing)} of "
               f"{len(rows)} tasks ({data['criteria']})"
               + (f"; it differs on {', '.join(differing)}" if differing else "") + " (`results/replication.md`).")
     print(f"\nEvery other number derived from these files: [`results/{KEY_NUMBERS}`](results/{KEY_NUMBERS}).")
