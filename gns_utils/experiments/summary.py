@@ -667,7 +667,7 @@ def verdict_markdown(table: pd.DataFrame, r2: dict[str, float], by_goal: dict[st
     text = [
         "\n".join(lines), "",
         f"**Goal by goal** ({g['n_points']} resolved goals of {g['n_tasks']} independent tasks; "
-        f"{g['n_unresolved']} goals left out as unresolved, s.e. ≥ {UNRESOLVED_REL_SE:g} × the value): "
+        f"{g['n_unresolved']} goal{'' if g['n_unresolved'] == 1 else 's'} left out as unresolved, s.e. ≥ {UNRESOLVED_REL_SE:g} × the value): "
         f"B_simple / B_crit spans {_range([g['ratio_min'], g['ratio_max']])} (median {g['ratio_median']:.2f}, "
         f"median |log10| {g['median_abs_log10_ratio']:.2f}); {g['n_differ_from_one']} of the {g['n_points']} ratios "
         f"differ from 1 beyond their 95 % interval. R² of y = x {g['identity']:.2f} (free fit {g['fit']:.2f}); "

@@ -146,8 +146,13 @@ def print_tables(root) -> None:
     if comparison.exists():
         data = json.loads(comparison.read_text())
         minutes = data["total_wall_time_s"] / 60
+        rows = [r for r in data["tasks"] if r.get("agrees") is not None]
+        same = [r for r in rows if r.get("identical")]
+        off = [display_name(r["task"]) for r in rows if not r["agrees"]]
         verdict = ("is identical to float rounding" if data["identical"] else "agrees" if data["agrees"]
-                   else "does NOT agree")
+                   else f"does NOT agree on {', '.join(off)}")
+        if not data["identical"] and same:
+            verdict += f" ({len(same)} of its {len(rows)} tasks identical to float rounding)"
         kind = data.get("kind", "determinism check")
         print(f"\nThe last `make reproduce` (profile {data['profile']}, a {kind}) trained "
               f"{data['n_runs'] - data['n_runs_from_before']} of its {data['n_runs']} runs anew in {minutes:.1f} min "
