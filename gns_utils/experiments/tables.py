@@ -164,7 +164,9 @@ def print_tables(root) -> None:
         rows = [r for r in data["tasks"] if r.get("agrees") is not None]
         agreeing = [display_name(r["task"]) for r in rows if r["agrees"]]
         differing = [f"{display_name(r['task'])} (B_crit {r['b_crit_z']:+.1f} s.e., pooled B_simple ×{r['b_simple_factor']:.2f})"
-                     if r.get("b_crit_z") is not None and r.get("b_simple_factor") else display_name(r["task"])
+                     if r.get("b_crit_z") is not None and r.get("b_simple_factor")
+                     else f"{display_name(r['task'])} (the replication fitted no B_crit at its hardest goal)"
+                     if r.get("b_crit") is None else display_name(r["task"])
                      for r in rows if not r["agrees"]]
         seeds = sorted({s for r in rows for s in r.get("seeds", [])})
         earlier = data.get("earlier_notebooks") or []
