@@ -268,6 +268,18 @@ def _train_group_on_ray(problem: Any, cfgs: list[RunConfig], results_dir: str | 
     if use_stacked(problem, cfgs[0], cuda=gpus > 0):
         return _train_stacked_group_on_ray(ray, gpus, problem, cfgs, results_dir, goals, rivals, exhaustive, margin,
                                            outpaced)
+    # one actor per run, one CPU each: a group larger than the cluster would wait forever for its last actors,
+    # so it trains in turns of at most that many, each later turn racing the finished runs' stored curves
+    capacity = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    if len(cfgs) > capacity:
+        summaries: list[dict] = []
+        for k in range(0, len(cfgs), capacity):
+            done = _train_group_on_ray(problem, cfgs[k:k + capacity], results_dir, goals, rivals, exhaustive, margin,
+                                       outpaced)
+            summaries += done
+            rivals = rivals + [stored_curve(results_dir, s) for s in done]
+        return summaries
+
     def fail(member: RayMember, err: BaseException) -> None:
         member.summary = _record_failure(problem, member.cfg, results_dir, err)
         member.curve.status = "failed"
