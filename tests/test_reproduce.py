@@ -91,6 +91,24 @@ def test_a_bound_agrees_only_when_equal(tmp_path):
     assert not reproduce.compare(tmp_path / "ref", tmp_path / "new", ["t"])["agrees"]
 
 
+def test_a_hardest_goal_fitted_on_one_side_only_is_compared_at_the_hardest_common_goal(tmp_path):
+    def goal(g, b_crit, se, bound="none"):
+        return {"goal": g, "b_crit": b_crit, "b_crit_stderr": se, "bound": bound}
+
+    config = {"goals": [50.0, 100.0, 200.0]}
+    ref = {**_task_summary(130.0, 40.0, 30.0), "b_crit_goal": 200.0, "config": config,
+           "goals": [goal(50.0, 80.0, 20.0), goal(100.0, 100.0, 30.0), goal(200.0, 130.0, 40.0)]}
+    new = {**_task_summary(110.0, 35.0, 31.0), "b_crit_goal": 100.0, "config": config,
+           "goals": [goal(50.0, 70.0, 20.0), goal(100.0, 110.0, 35.0), goal(200.0, None, None, "insufficient")]}
+    write_json_atomic(tmp_path / "ref" / "t" / "summary.json", ref)
+    write_json_atomic(tmp_path / "new" / "t" / "summary.json", new)
+    row = reproduce.compare(tmp_path / "ref", tmp_path / "new", ["t"])["tasks"][0]
+    assert (row["b_crit"], row["b_crit_reference"], row["b_crit_goal_reference"]) == (110.0, 100.0, 100.0)
+    assert row["b_crit_z"] == pytest.approx(10.0 / (35.0 ** 2 + 30.0 ** 2) ** 0.5)
+    assert "the hardest that both fitted" in reproduce.comparison_markdown(
+        reproduce.compare(tmp_path / "ref", tmp_path / "new", ["t"]), "h")
+
+
 @pytest.mark.parametrize("new_seed, kind", [(0, "determinism check"), (1000, "replication")])
 def test_a_comparison_at_other_seeds_is_a_replication(tmp_path, new_seed, kind):
     def summary(seed):

@@ -95,3 +95,14 @@ def test_growth_factors_that_divide_by_a_bound_say_so():
     assert _growth({"b_crit": 100.0, "b_crit_start": 10.0, "b_crit_start_bound": "upper"}) == "≥ ×10"
     assert _growth({"b_crit": 100.0, "b_crit_start": 10.0, "b_crit_bound": "upper"}) == "≤ ×10"
     assert _growth({"b_crit": 100.0, "b_crit_start": 10.0, "b_crit_start_bound": "upper", "b_crit_bound": "upper"}) == "×?"
+
+
+def test_the_task_level_b_crit_is_the_hardest_goal_fitted():
+    import pandas as pd
+
+    from gns_utils.experiments.report import hardest_fitted_goal
+
+    by_goal = pd.DataFrame({"goal": [50.0, 100.0, 200.0], "b_crit": [80.0, 110.0, float("nan")],
+                            "bound": ["none", "upper", "insufficient"]})
+    assert hardest_fitted_goal(by_goal)["goal"] == 100.0
+    assert hardest_fitted_goal(by_goal.iloc[[2]])["goal"] == 200.0  # nothing fitted: the hardest goal, flagged

@@ -63,6 +63,16 @@ def reference_run(best: pd.DataFrame, b_crit: float) -> pd.Series:
     return candidates.iloc[int(np.argmin(np.abs(log_b - target)))]
 
 
+def hardest_fitted_goal(by_goal: pd.DataFrame) -> pd.Series:
+    """The row of ``by_goal`` that gives a task its B_crit: the hardest goal the sweep could fit.
+
+    A goal reached at too few batch sizes (bound ``"insufficient"``) says nothing about B_crit; taking it would
+    blank the task's value though easier goals were fitted. When no goal was fitted, the hardest one.
+    """
+    fitted = by_goal[by_goal["bound"] != "insufficient"]
+    return (fitted if len(fitted) else by_goal).iloc[-1]
+
+
 def summarize_task(cfg: ExperimentConfig, table: pd.DataFrame, by_goal: pd.DataFrame, reference: pd.DataFrame,
                    b_noise: pd.DataFrame, results_dir: str | Path, matched: pd.DataFrame | None = None,
                    extra: dict[str, Any] | None = None,
@@ -89,7 +99,7 @@ def summarize_task(cfg: ExperimentConfig, table: pd.DataFrame, by_goal: pd.DataF
     """
     if reference.empty:
         raise ValueError(f"task {cfg.task}: the reference run has no metrics")
-    last, first = by_goal.iloc[-1], by_goal.iloc[0]
+    last, first = hardest_fitted_goal(by_goal), by_goal.iloc[0]
     batch_units = float(reference["batch_units"].iloc[0])
     b_simple, b_simple_start = b_simple_over_training(reference, batch_units, cfg.metric, float(cfg.goals[0]))
     runs = table.drop_duplicates("run_id")

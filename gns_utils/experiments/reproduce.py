@@ -235,8 +235,10 @@ def compare(reference_dir: Path, results_dir: Path, tasks: list[str]) -> dict[st
             continue
         row: dict[str, Any] = {"task": task, "units": new.get("units"), "seeds": _seeds(new),
                                "seeds_reference": _seeds(ref) if ref else None}
-        for key in ("b_crit", "b_crit_stderr", "b_simple"):
+        for key in ("b_crit", "b_crit_stderr", "b_simple", "b_crit_goal"):
             row[key], row[f"{key}_reference"] = new.get(key), (ref or {}).get(key)
+        if ref is not None:
+            _at_common_goal(row, new, ref)
         for side in ("", "_reference"):
             b_crit, b_simple = row[f"b_crit{side}"], row[f"b_simple{side}"]
             row[f"ratio{side}"] = b_simple / b_crit if b_crit and b_simple else None
@@ -273,6 +275,30 @@ def compare(reference_dir: Path, results_dir: Path, tasks: list[str]) -> dict[st
     }
 
 
+def _fitted_goals(summary: dict[str, Any]) -> dict[float, dict[str, Any]]:
+    """A summary's per-goal rows whose goal the sweep could fit (not ``"insufficient"``), by goal."""
+    return {float(g["goal"]): g for g in summary.get("goals", []) if g.get("bound") != "insufficient"}
+
+
+def _at_common_goal(row: dict[str, Any], new: dict[str, Any], ref: dict[str, Any]) -> None:
+    """Compare B_crit at one goal: when the two summaries' task-level B_crit come from different goals (one side
+    reached its hardest goal at too few batch sizes to fit it), both sides' values are taken at the hardest goal
+    that both fitted, so like is compared with like."""
+    if _close(row["b_crit_goal"], row["b_crit_goal_reference"]):
+        return
+    new_goals, ref_goals = _fitted_goals(new), _fitted_goals(ref)
+    order = [float(g) for g in new.get("config", {}).get("goals", [])] or list(new_goals)
+    common = [g for g in order if g in new_goals and g in ref_goals]
+    if not common:
+        return
+    goal = common[-1]
+    for side, goals in (("", new_goals), ("_reference", ref_goals)):
+        row[f"b_crit{side}"] = goals[goal].get("b_crit")
+        row[f"b_crit_stderr{side}"] = goals[goal].get("b_crit_stderr")
+        row[f"b_crit_goal{side}"] = goal
+    row["note"] = f"compared at the goal {goal:g}, the hardest that both fitted"
+
+
 def _seeds(summary: dict[str, Any]) -> list[int]:
     """The seeds a task summary's sweeps trained (its main seed and its repeats)."""
     config = summary.get("config", {})
@@ -300,6 +326,8 @@ def comparison_markdown(comparison: dict[str, Any], header: str) -> str:
             continue
         z = "–" if r.get("b_crit_z") is None else f"{r['b_crit_z']:+.2f}"
         verdict = {True: "yes", False: "**no**", None: r.get("note", "–")}[r["agrees"]]
+        if r["agrees"] is not None and r.get("note"):
+            verdict += f" ({r['note']})"
         lines.append(f"| {r['task']} ({r['units']}) | {_fmt(r['b_crit'])} ± {_fmt(r['b_crit_stderr'])} "
                      f"| {_fmt(r['b_crit_reference'])} ± {_fmt(r['b_crit_stderr_reference'])} | {z} "
                      f"| {_fmt(r['b_simple'], ',.1f')} | {_fmt(r['b_simple_reference'], ',.1f')} "
