@@ -221,3 +221,18 @@ def test_a_replication_completed_notebook_by_notebook_compares_the_tasks_of_earl
     assert earlier == [("02_language_model", t) for t in lm]  # the image task is this call's own
     # reproducing into the reference's own folder: the other summaries are the reference itself, never compared
     assert reproduce.earlier_tasks(tmp_path / "results", tmp_path / "results", "smoke", ["01_image_classification"]) == []
+
+
+def test_recompare_judges_a_finished_reproduction_again_and_keeps_its_header(tmp_path):
+    write_json_atomic(tmp_path / "ref" / "t" / "summary.json", _task_summary(14.0, 7.0, 34.0))
+    write_json_atomic(tmp_path / "new" / "t" / "summary.json", _task_summary(15.0, 7.0, 34.0))
+    assert reproduce.recompare(tmp_path / "new", tmp_path / "ref") == 1  # nothing finished there yet
+    record = {**reproduce.compare(tmp_path / "ref", tmp_path / "new", ["t"]), "n_runs": 7, "profile": "cpu"}
+    write_json_atomic(tmp_path / "new" / "reproduction.json", record)
+    (tmp_path / "new" / "reproduction.md").write_text(reproduce.comparison_markdown(record, "Profile `cpu`, 7 runs."))
+    write_json_atomic(tmp_path / "new" / "t" / "summary.json", _task_summary(60.0, 7.0, 34.0))  # summary redone
+    assert reproduce.recompare(tmp_path / "new", tmp_path / "ref") == 0
+    again = json.loads((tmp_path / "new" / "reproduction.json").read_text())
+    assert again["n_runs"] == 7 and not again["agrees"] and again["tasks"][0]["b_crit"] == 60.0
+    text = (tmp_path / "new" / "reproduction.md").read_text()
+    assert "Profile `cpu`, 7 runs." in text and "redone from the same task summaries" in text and "DOES NOT AGREE" in text

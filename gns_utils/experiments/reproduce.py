@@ -382,6 +382,35 @@ def _runs_before(results_dir: Path, tasks: list[str], started: str) -> tuple[int
     return total, before
 
 
+def recompare(results_dir: Path, reference_dir: Path) -> int:
+    """Judge a finished reproduction again, from the task summaries now in ``results_dir``, against those in
+    ``reference_dir``; the record's metadata (profile, commit, runs, time) and header are kept, and a line says
+    when the comparison was redone and at which commit.
+
+    Returns:
+        0, or 1 when ``results_dir`` holds no finished reproduction (no ``reproduction.json``).
+    """
+    record = read_json(results_dir / "reproduction.json")
+    if record is None:
+        print(f"[reproduce] {results_dir} holds no finished reproduction (no reproduction.json) to compare again",
+              file=sys.stderr)
+        return 1
+    tasks = [r["task"] for r in record["tasks"]]
+    comparison = compare(reference_dir, results_dir, tasks)
+    kept = {k: v for k, v in record.items() if k not in comparison}
+    commit = provenance().get("git_commit") or "unknown"
+    comparison.update(kept, recompared_at_commit=commit)
+    old = (results_dir / "reproduction.md").read_text().split("\n\n")
+    header = next((block for block in old if block.startswith("Profile `")), "")
+    header += (f" The comparison was redone from the same task summaries at commit `{commit[:12]}` "
+               "(`python -m gns_utils.experiments.reproduce --recompare`).")
+    report = comparison_markdown(comparison, header)
+    write_json_atomic(results_dir / "reproduction.json", comparison)
+    (results_dir / "reproduction.md").write_text(report)
+    print(report, flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", default="cpu", choices=PROFILES)
@@ -395,7 +424,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="the committed results compared with (relative to the repository; default: --results-dir)")
     parser.add_argument("--exhaustive", action="store_true",
                         help="the baseline: every rate trained to the end, the goal metric on a fixed subset")
+    parser.add_argument("--recompare", action="store_true",
+                        help="train nothing: judge the finished reproduction in --results-dir against --reference-dir "
+                             "again from its task summaries (after the comparison itself changed); its record's "
+                             "header is kept")
     args = parser.parse_args(argv)
+    if args.recompare:
+        return recompare(repo_path(args.results_dir), repo_path(args.reference_dir or args.results_dir))
 
     notebooks = [n for n in NOTEBOOKS if n in (args.only or NOTEBOOKS)]
     results = repo_path(args.results_dir)
