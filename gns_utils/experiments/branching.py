@@ -48,10 +48,10 @@ import pandas as pd
 from gns_utils.critical_batch import fit_tradeoff, steps_to_target
 from gns_utils.experiments.synthetic import simulate_sgd_losses
 from gns_utils.experiments.train import eval_schedule
-from gns_utils.theory import noisy_linear_constant_lr_b_crit, noisy_linear_stable_lr
+from gns_utils.theory import noisy_linear_constant_lr_b_crit, noisy_linear_noise_scales, noisy_linear_stable_lr
 
 __all__ = ["best_rate_steps", "calibration_branching", "calibration_checkpoints", "mean_curve_steps",
-           "tolerance_cbs", "tolerance_cbs_from_b_crit"]
+           "read_local_b_crit", "tolerance_cbs", "tolerance_cbs_from_b_crit"]
 
 
 def tolerance_cbs(batch_sizes: Any, examples: Any, tolerance: float) -> float:
@@ -102,18 +102,19 @@ def mean_curve_steps(schedule: Any, losses: Any, target: float) -> np.ndarray:
 
     Args:
         schedule: the logged steps, ``[T]``.
-        losses: ``[replicates, rates, T]`` (``inf`` once a replicate diverged).
+        losses: ``[replicates, rates, T]`` (``inf`` once a replicate diverged; NaN after the continuations of a
+            rate stopped, every replicate at the same point).
         target: the loss to reach.
 
     Returns:
         ``[rates]``: the crossing of the mean curve read by the centred local-linear smoothing
         (:func:`gns_utils.critical_batch.steps_to_target`, ``method="local"``); NaN where the mean never reaches
-        the target within the schedule, or where any replicate diverged (the expected loss is then unbounded).
+        the target within the logged steps, or where any replicate diverged (the expected loss is then unbounded).
     """
     loss = np.asarray(losses, float)
     out = np.full(loss.shape[1], np.nan)
     for k in range(loss.shape[1]):
-        if not np.isfinite(loss[:, k]).all():
+        if np.isinf(loss[:, k]).any():
             continue
         out[k] = steps_to_target(schedule, loss[:, k].mean(axis=0), [target], direction="below", method="local")[0]
     return out
@@ -204,7 +205,8 @@ def calibration_branching(eigenvalues: Any, u0: Any, noise_var: float, checkpoin
         One row per checkpoint: ``checkpoint_loss, target, b_crit_exact, b_crit`` (measured),
         ``b_crit_stderr`` (bootstrap standard deviation), ``ci_low, ci_high, covered`` (the interval holds the
         exact value), ``s_min`` (measured, steps), ``tolerance_cbs_exact, tolerance_cbs`` (measured) and
-        ``tolerance_cbs_from_fit`` (:func:`tolerance_cbs_from_b_crit` of the measured B_crit).
+        ``tolerance_cbs_from_fit`` (:func:`tolerance_cbs_from_b_crit` of the measured B_crit), ``e_min``, and the
+        exact ``b_simple`` and ``b_noise`` (2.8, 2.9) at the checkpoint (:func:`gns_utils.theory.noisy_linear_noise_scales`).
 
     Raises:
         ValueError: ``fraction`` outside (0, 1), fewer than 3 batch sizes or fewer than 2 replicates.
@@ -230,27 +232,70 @@ def calibration_branching(eigenvalues: Any, u0: Any, noise_var: float, checkpoin
             runs.append((schedule, rates, simulate_sgd_losses(lam, u_c, noise_var, int(batch), rates, replicates,
                                                               schedule, rng)))
 
-        def read(pick: np.ndarray | None) -> np.ndarray:
-            steps = np.full(b.size, np.nan)
-            for j, (schedule, rates, losses) in enumerate(runs):
-                chosen = losses if pick is None else losses[pick]
-                steps[j] = best_rate_steps(rates, mean_curve_steps(schedule, chosen, target))
-            return steps
-
-        steps = read(None)
-        b_crit = _fit(b, steps)
-        boot = np.array([_fit(b, read(rng.integers(0, replicates, replicates))) for _ in range(n_boot)])
-        boot = boot[np.isfinite(boot)]
-        tail = 50.0 * (1.0 - confidence)
-        low, high = (np.percentile(boot, [tail, 100.0 - tail]) if boot.size >= 10 else (np.nan, np.nan))
+        read = read_local_b_crit(b, runs, target, replicates, rng, tolerance, n_boot, confidence)
         b_exact = float(exact.b_crit[0])
+        scales = noisy_linear_noise_scales(lam, u_c, noise_var)
         rows.append({
-            "checkpoint_loss": loss_c, "target": target, "b_crit_exact": b_exact, "b_crit": b_crit,
-            "b_crit_stderr": float(np.std(boot, ddof=1)) if boot.size >= 10 else np.nan,
-            "ci_low": float(low), "ci_high": float(high), "covered": bool(low <= b_exact <= high),
-            "s_min": float(np.nanmin(steps)) if np.isfinite(steps).any() else np.nan,
+            "checkpoint_loss": loss_c, "target": target, "b_crit_exact": b_exact,
+            **{k: v for k, v in read.items() if k != "steps"},
+            "covered": bool(read["ci_low"] <= b_exact <= read["ci_high"]),
             "tolerance_cbs_exact": tolerance_cbs(b, b * tuned.steps[0], tolerance),
-            "tolerance_cbs": tolerance_cbs(b, b * steps, tolerance),
-            "tolerance_cbs_from_fit": tolerance_cbs_from_b_crit(b_crit, float(b[0]), tolerance),
+            "b_simple": float(scales.b_simple), "b_noise": float(scales.b_noise),
         })
     return pd.DataFrame(rows)
+
+
+def read_local_b_crit(batch_sizes: Any, runs: list[tuple[Any, Any, Any]], target: float, replicates: int,
+                      rng: np.random.Generator, tolerance: float = 0.2, n_boot: int = 200,
+                      confidence: float = 0.95) -> dict[str, Any]:
+    """The local critical batch size from one checkpoint's continuations.
+
+    Args:
+        batch_sizes: the ladder, ascending.
+        runs: per batch size ``(schedule [T], rates [R], losses [replicates, R, T])``.
+        target: the loss the continuations must reach.
+        replicates: continuations per (B, ε).
+        rng: draws the bootstrap resamples.
+        tolerance: τ of the tolerance rule.
+        n_boot: bootstrap resamples (replicates drawn with replacement at every batch size, the whole reading
+            repeated on each).
+        confidence: of the percentile interval.
+
+    Returns:
+        ``b_crit`` (the (2.11) fit to S(B), NaN when it is only a bound), ``b_crit_stderr`` (bootstrap standard
+        deviation), ``ci_low, ci_high``, ``s_min`` (fewest steps), ``e_min`` (fewest examples), ``steps``
+        (S(B), NaN where the target was not reached), ``n_rate_edge`` (batch sizes whose fastest rate is at an
+        end of a grid of several: S(B) there is an upper bound), ``tolerance_cbs`` (:func:`tolerance_cbs` of E(B)) and
+        ``tolerance_cbs_from_fit`` (:func:`tolerance_cbs_from_b_crit` of the fitted B_crit).
+    """
+    b = np.asarray(batch_sizes, float)
+
+    edges = 0
+
+    def read(pick: np.ndarray | None) -> np.ndarray:
+        nonlocal edges
+        steps = np.full(b.size, np.nan)
+        for j, (schedule, rates, losses) in enumerate(runs):
+            chosen = np.asarray(losses, float) if pick is None else np.asarray(losses, float)[pick]
+            by_rate = mean_curve_steps(schedule, chosen, target)
+            steps[j] = best_rate_steps(rates, by_rate)
+            if pick is None and len(rates) > 1 and np.isfinite(by_rate).any():
+                edges += int(np.nanargmin(by_rate) in (0, len(rates) - 1))
+        return steps
+
+    steps = read(None)
+    b_crit = _fit(b, steps)
+    boot = np.array([_fit(b, read(rng.integers(0, replicates, replicates))) for _ in range(n_boot)])
+    boot = boot[np.isfinite(boot)]
+    tail = 50.0 * (1.0 - confidence)
+    low, high = (np.percentile(boot, [tail, 100.0 - tail]) if boot.size >= 10 else (np.nan, np.nan))
+    reached = np.isfinite(steps)
+    return {
+        "b_crit": b_crit, "b_crit_stderr": float(np.std(boot, ddof=1)) if boot.size >= 10 else np.nan,
+        "ci_low": float(low), "ci_high": float(high),
+        "s_min": float(np.nanmin(steps)) if reached.any() else np.nan,
+        "e_min": float(np.nanmin(b * steps)) if reached.any() else np.nan,
+        "steps": steps, "n_rate_edge": edges,
+        "tolerance_cbs": tolerance_cbs(b, b * steps, tolerance),
+        "tolerance_cbs_from_fit": tolerance_cbs_from_b_crit(b_crit, float(b[0]), tolerance),
+    }

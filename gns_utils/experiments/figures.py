@@ -17,6 +17,9 @@ shows it). Symbols as in the paper: ``B`` batch size, ``S`` steps, ``E = B·S`` 
 * :func:`b_crit_vs_b_simple_by_goal`  Fig 4 per goal: B_crit(goal) against B_simple where it is reached.
 * :func:`temperature`           Fig 15: B_simple over training when the temperature is cut (App. C).
 * :func:`adaptive_batch`        Fig 16: adaptive-batch runs on the fixed-batch Pareto fronts (App. D).
+* :func:`local_critical_batch`  notebook 06: the local B_crit by branching beside the sweep's and the noise scales.
+* :func:`local_critical_batch_calibration`  the same on noisy linear regression, against the exact answer.
+* :func:`local_cbs_sensitivity` the local B_crit against Δ and the tolerance CBS against τ.
 """
 
 from __future__ import annotations
@@ -24,17 +27,20 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
 from gns_utils.experiments import plotting
+from gns_utils.experiments.branching_runs import BranchResult
 from gns_utils.experiments.dynamics import AdaptiveResult, TemperatureResult
 from gns_utils.experiments.pipeline import TaskResult
 from gns_utils.experiments.profiles import display_name
 from gns_utils.experiments.report import matched_by_goal
 from gns_utils.experiments.summary import GOAL_PREDICTORS
 
-__all__ = ["adaptive_batch", "temperature", "b_crit_by_goal", "b_crit_vs_b_simple", "b_crit_vs_b_simple_by_goal", "noise_over_training", "optimal_lr", "pareto_fronts",
+__all__ = ["adaptive_batch", "local_cbs_sensitivity", "local_critical_batch", "local_critical_batch_calibration",
+           "temperature", "b_crit_by_goal", "b_crit_vs_b_simple", "b_crit_vs_b_simple_by_goal", "noise_over_training", "optimal_lr", "pareto_fronts",
            "training_curves", "width_study"]
 
 
@@ -171,4 +177,125 @@ def adaptive_batch(result: AdaptiveResult, sweep: TaskResult) -> Figure:
     axes[1].legend(fontsize=8)
     fig.suptitle(f"{result.task}: batch size grown with B_simple (r = {result.r:.0f}) against fixed batch sizes")
     plotting.save_figure(fig, Path(result.folder).parent / "figures" / f"adaptive_{result.task}")
+    return fig
+
+
+_LOCAL_STYLE = {  # one colour per quantity, the same in every figure of notebook 06
+    "sweep": dict(color="C0", marker="o", label=r"sweep $B_\mathrm{crit}$(goal) (2.11 over whole runs)"),
+    "local": dict(color="C3", marker="s", label=r"local $B_\mathrm{crit}$ by branching (2.11 fit, rate grid)"),
+    "law": dict(color="C3", marker="s", mfc="none", label=r"local $B_\mathrm{crit}$, rate law's rate only"),
+    "tolerance": dict(color="C1", marker="^", label=r"local CBS, tolerance rule (Merrill et al.)"),
+    "b_simple": dict(color="C2", marker="D", label=r"$B_\mathrm{simple}$ at the goal (2.9)"),
+    "b_noise": dict(color="C4", marker="X", label=r"$B_\mathrm{noise}$ at the goal (2.8)"),
+    "exact": dict(color="black", marker="o", label=r"exact local $B_\mathrm{crit}$ (closed form)"),
+}
+
+
+def _errorbar(ax, x, y, low=None, high=None, se=None, shift=1.0, **style) -> None:
+    """Points with error bars on log axes: ``low``–``high`` or ``y ± se`` (clipped above 0); NaN skipped."""
+    x, y = np.asarray(x, float) * shift, np.asarray(y, float)
+    ok = np.isfinite(y) & (y > 0)
+    if se is not None:
+        se = np.asarray(se, float)
+        low, high = y - np.where(np.isfinite(se), se, 0), y + np.where(np.isfinite(se), se, 0)
+    if low is not None:
+        low, high = np.asarray(low, float), np.asarray(high, float)
+        lo = np.where(np.isfinite(low), np.clip(y - low, 0, None), 0)
+        hi = np.where(np.isfinite(high), np.clip(high - y, 0, None), 0)
+        lo = np.minimum(lo, 0.95 * y)  # a log axis cannot reach 0
+        yerr = np.vstack([lo[ok], hi[ok]])
+    else:
+        yerr = None
+    ax.errorbar(x[ok], y[ok], yerr=yerr, capsize=3, ls="none", ms=7, **style)
+
+
+def local_critical_batch(result: BranchResult) -> Figure:
+    """The local B_crit by branching at each checkpoint, beside the sweep's B_crit(goal) and B_simple, B_noise
+    measured on the reference run where it reached each goal; the goal axis runs in training order."""
+    plotting.set_style()
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    sweep = result.sweep_goals[result.sweep_goals["bound"] == "none"]
+    _errorbar(ax, sweep["goal"], sweep["b_crit"], sweep["ci_low"], sweep["ci_high"], **_LOCAL_STYLE["sweep"])
+    c = result.comparison
+    _errorbar(ax, c["goal"], c["local_b_crit"], c["local_ci_low"], c["local_ci_high"], shift=0.985,
+              **_LOCAL_STYLE["local"])
+    _errorbar(ax, c["goal"], c["local_b_crit_law"], shift=0.97, **_LOCAL_STYLE["law"])
+    _errorbar(ax, c["goal"], c["tolerance_cbs"], shift=1.015, **_LOCAL_STYLE["tolerance"])
+    goals = result.sweep_goals
+    if "b_simple_checkpoint" in goals:
+        _errorbar(ax, goals["goal"], goals["b_simple_checkpoint"], se=goals.get("b_simple_checkpoint_stderr"),
+                  shift=1.03, **_LOCAL_STYLE["b_simple"])
+    if "b_noise" in goals:
+        _errorbar(ax, goals["goal"], goals["b_noise"], se=goals.get("b_noise_stderr"), shift=1.045,
+                  **_LOCAL_STYLE["b_noise"])
+    ax.set_yscale("log")
+    if goals["goal"].is_monotonic_decreasing:
+        ax.invert_xaxis()
+    ax.set_xlabel(f"goal (training {result.metric}); checkpoints at "
+                  + ", ".join(f"{g:g}" for g in c["goal"]))
+    ax.set_ylabel(f"batch size ({result.units})")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    fig.suptitle(f"{display_name(result.task)}: local and sweep critical batch sizes, Δ = "
+                 f"{result.settings['fraction']:g} × loss")
+    plotting.save_figure(fig, result.figure_dir / f"local_b_crit_{result.task}")
+    return fig
+
+
+def local_critical_batch_calibration(frame: pd.DataFrame, figure_dir: str | Path) -> Figure:
+    """Noisy linear regression: the local B_crit by branching against its exact value at each checkpoint, with
+    the exact B_simple and B_noise there; x is the checkpoint's loss above the noise floor (log)."""
+    plotting.set_style()
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    floor = float(frame["floor"].iloc[0])
+    x = frame["checkpoint_loss"] - floor
+    _errorbar(ax, x, frame["b_crit_exact"], **_LOCAL_STYLE["exact"])
+    _errorbar(ax, x, frame["b_crit"], frame["ci_low"], frame["ci_high"], shift=0.96, **_LOCAL_STYLE["local"])
+    _errorbar(ax, x, frame["tolerance_cbs"], shift=1.04, **_LOCAL_STYLE["tolerance"])
+    _errorbar(ax, x, frame["b_simple"], shift=1.0, **{**_LOCAL_STYLE["b_simple"], "label": r"exact $B_\mathrm{simple}$ (2.9)"})
+    _errorbar(ax, x, frame["b_noise"], shift=1.0, **{**_LOCAL_STYLE["b_noise"], "label": r"exact $B_\mathrm{noise}$ (2.8)"})
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.invert_xaxis()
+    ax.set_xlabel(f"checkpoint: population loss above its floor {floor:g}")
+    ax.set_ylabel("batch size (examples)")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    fig.suptitle(f"{display_name('noisy_linear_regression')}: local B_crit measured against exact")
+    plotting.save_figure(fig, Path(figure_dir) / "local_b_crit_calibration")
+    return fig
+
+
+def local_cbs_sensitivity(result: BranchResult) -> Figure:
+    """At the study checkpoint: the local B_crit against Δ (left) and the tolerance CBS against τ per Δ (right,
+    with τ·B_crit + (1 + τ)·B_0 of the (2.11) fit dotted)."""
+    plotting.set_style()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    study = result.local[np.isclose(result.local["goal"], result.settings["study_goal"])]
+    first = study[np.isclose(study["tolerance"], study["tolerance"].min())]
+    for label, key, shift in (("grid", "local", 1.0), ("law", "law", 1.03)):
+        rows = first[first["rates"] == label]
+        low, high = (rows["ci_low"], rows["ci_high"]) if label == "grid" else (None, None)
+        _errorbar(axes[0], rows["fraction"], rows["b_crit"], low, high, shift=shift, **_LOCAL_STYLE[key])
+        axes[0].plot(rows["fraction"] * shift, rows["b_crit"], color="C3", lw=0.8, ls="-" if label == "grid" else ":")
+    axes[0].set_xscale("log")
+    axes[0].set_yscale("log")
+    axes[0].set_xlabel("Δ / checkpoint loss")
+    axes[0].set_ylabel(f"local B_crit ({result.units})")
+    axes[0].legend(fontsize="small")
+    grid = study[study["rates"] == "grid"]
+    colours = plotting._ordered_colours(sorted(grid["fraction"].unique()))
+    b0 = float(min(result.settings["batch_sizes"]))
+    for frac, rows in grid.groupby("fraction"):
+        rows = rows.sort_values("tolerance")
+        axes[1].plot(rows["tolerance"], rows["tolerance_cbs"], marker="^", color=colours[frac], label=f"Δ = {frac:g} × loss")
+        b_crit = float(rows["b_crit"].iloc[0])
+        if np.isfinite(b_crit):
+            axes[1].plot(rows["tolerance"], rows["tolerance"] * b_crit + (1 + rows["tolerance"]) * b0, ls=":",
+                         color=colours[frac])
+    axes[1].set_xlabel("tolerance τ")
+    axes[1].set_ylabel(f"local CBS, tolerance rule ({result.units})")
+    axes[1].set_yscale("log")
+    axes[1].legend(fontsize="small", title="dotted: τ·B_crit + (1+τ)·B_0", title_fontsize="x-small")
+    fig.suptitle(f"{display_name(result.task)}: how the local critical batch moves with Δ and τ "
+                 f"(checkpoint at goal {result.settings['study_goal']:g})")
+    plotting.save_figure(fig, result.figure_dir / f"local_cbs_sensitivity_{result.task}")
     return fig

@@ -230,10 +230,52 @@ WIDTHS_SUFFIX = "_widths"
 
 #: The domain notebooks and the domain each one runs (99_summary reads their files).
 NOTEBOOK_DOMAINS = {"00_calibration": "synthetic", "01_image_classification": "image", "02_language_model": "language",
-                    "03_autoencoder": "autoencoder", "04_reinforcement_learning": "rl", "05_noise_dynamics": "dynamics"}
+                    "03_autoencoder": "autoencoder", "04_reinforcement_learning": "rl", "05_noise_dynamics": "dynamics",
+                    "06_local_critical_batch": "branching"}
 
 #: The results folder of notebook 05 (under the results root).
 DYNAMICS_DIR = "noise_dynamics"
+
+#: The results folder of notebook 06 (under the results root).
+BRANCHING_DIR = "local_critical_batch"
+
+#: Notebook 06's settings per profile: the calibration task's branching
+#: (:func:`gns_utils.experiments.branching.calibration_branching`) and, per real task, the goals where the
+#: reference run is checkpointed, the ladder of batch sizes, Δ as a fraction of the checkpoint's loss, the
+#: replicates per (B, ε), a continuation's examples at most, the rates as multiples of the rate law's (SGD's
+#: grid reaches below the law: continuations from a checkpoint are fastest below the whole-run optimum); at
+#: ``study_goal`` also the Δ and τ of the sensitivity (:func:`gns_utils.experiments.branching_runs.branch_task`).
+BRANCHING: dict[str, dict[str, Any]] = {
+    "smoke": {
+        "calibration": dict(checkpoints=[0.7, 0.58, 0.53], fraction=0.7, batch_sizes=[8, 32, 128, 512, 2048],
+                            replicates=8, n_boot=40),
+        "tasks": [dict(domain="image", task="smoke_image", goals=[0.5], batch_sizes=[4, 8, 16, 32], fraction=0.1,
+                       replicates=2, max_examples=4000, rate_factors=[0.5, 2 ** -0.5, 1.0], study_goal=0.5,
+                       fractions=[0.05, 0.1], tolerances=[0.2, 0.5])],
+    },
+    "cpu": {
+        "calibration": dict(checkpoints=[0.7, 0.58, 0.53, 0.51], fraction=0.7,
+                            batch_sizes=[2 ** k for k in range(3, 14)], replicates=32, n_boot=200),
+        "tasks": [dict(domain="image", task="fashion_mnist_mlp_sgd", goals=[0.22, 0.15],
+                       batch_sizes=[32, 64, 128, 256, 512, 1024], fraction=0.1, replicates=3, max_examples=600_000,
+                       rate_factors=[0.5, 2 ** -0.5, 1.0], study_goal=0.22, fractions=[0.05, 0.1, 0.2],
+                       tolerances=[0.1, 0.2, 0.5]),
+                  dict(domain="image", task="fashion_mnist_mlp_adam", goals=[0.22, 0.15, 0.13],
+                       batch_sizes=[128, 256, 512, 1024, 2048, 4096, 8192], fraction=0.1, replicates=3,
+                       max_examples=600_000, rate_factors=[2 ** -0.5, 1.0, 2 ** 0.5])],
+    },
+    "paper": {
+        "calibration": dict(checkpoints=[0.7, 0.58, 0.53, 0.51], fraction=0.7,
+                            batch_sizes=[2 ** k for k in range(3, 14)], replicates=64, n_boot=200),
+        "tasks": [dict(domain="image", task="svhn_cnn_sgd", goals=[0.1, 0.05, 0.025],
+                       batch_sizes=[2 ** k for k in range(4, 14)], fraction=0.1, replicates=4,
+                       max_examples=20_000_000, rate_factors=[0.5, 2 ** -0.5, 1.0], study_goal=0.05, fractions=[0.05, 0.1, 0.2],
+                       tolerances=[0.1, 0.2, 0.5]),
+                  dict(domain="image", task="svhn_cnn_adam", goals=[0.1, 0.05, 0.025],
+                       batch_sizes=[2 ** k for k in range(4, 14)], fraction=0.1, replicates=4,
+                       max_examples=20_000_000, rate_factors=[2 ** -0.5, 1.0, 2 ** 0.5])],
+    },
+}
 
 #: Names for readers (tables, verdicts, figure legends); :func:`display_name` falls back to the id.
 DISPLAY_NAMES: dict[str, str] = {
@@ -314,9 +356,38 @@ def dynamics_settings(profile: str, tasks: list[str] | None = None, k: float = 1
     return chosen
 
 
+def branching_settings(profile: str, tasks: list[str] | None = None, replicates: int | None = None,
+                       fraction: float | None = None) -> dict[str, Any]:
+    """Notebook 06's settings at ``profile`` (:data:`BRANCHING`), its real tasks narrowed to ``tasks``, and
+    ``replicates`` / ``fraction`` (Δ over the checkpoint's loss) of the real tasks overridden when given.
+
+    Raises:
+        gns_utils.experiments.config.ConfigError: unknown profile or task, ``replicates < 2`` or ``fraction``
+            outside (0, 1) — before any training.
+    """
+    if profile not in BRANCHING:
+        raise ConfigError(f"unknown profile {profile!r}; choose one of {sorted(BRANCHING)}")
+    if replicates is not None and not (isinstance(replicates, int) and replicates >= 2):
+        raise ConfigError(f"replicates must be an integer >= 2 (the error bar is a bootstrap over them), got {replicates!r}")
+    if fraction is not None and not (isinstance(fraction, (int, float)) and 0 < fraction < 1):
+        raise ConfigError(f"fraction (Δ over the checkpoint's loss) must be in (0, 1), got {fraction!r}")
+    chosen = deepcopy(BRANCHING[profile])
+    names = [t["task"] for t in chosen["tasks"]]
+    if tasks is not None:
+        unknown = sorted(set(tasks) - set(names))
+        if unknown:
+            raise ConfigError(f"unknown tasks {unknown} for notebook 06 at {profile}; choose from {names}")
+        chosen["tasks"] = [t for t in chosen["tasks"] if t["task"] in tasks]
+    for t in chosen["tasks"]:
+        t.update({k: v for k, v in (("replicates", replicates), ("fraction", fraction)) if v is not None})
+    return chosen
+
+
 def task_names(domain: str, profile: str) -> list[str]:
     """The result folders a domain notebook writes at ``profile``: its tasks (and the Fig 8 study's)."""
     if domain == "dynamics":
         return [DYNAMICS_DIR]
+    if domain == "branching":
+        return [BRANCHING_DIR]
     names = [p["task"] for p in presets(domain, profile)]
     return names + [name + WIDTHS_SUFFIX for name in names] if domain == "language" else names
