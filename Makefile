@@ -17,7 +17,7 @@ export HF_HUB_OFFLINE ?= 1
 export MPLBACKEND ?= Agg
 export PYTHONUNBUFFERED := 1
 
-.PHONY: env data test smoke reproduce replicate lab calibration image language autoencoder rl dynamics summary benchmarks
+.PHONY: env data test smoke reproduce replicate lab calibration image language autoencoder rl dynamics local summary benchmarks
 
 # The virtual environment, installed from the exact lock; rebuilt when the lock changes.
 $(STAMP): requirements.lock pyproject.toml
@@ -65,6 +65,8 @@ rl: data
 	$(REPRODUCE) --only 04_reinforcement_learning
 dynamics: data
 	$(REPRODUCE) --only 05_noise_dynamics
+local: data
+	$(REPRODUCE) --only 06_local_critical_batch
 summary: $(STAMP)
 	$(REPRODUCE) --only 99_summary
 

@@ -95,6 +95,27 @@ def test_noise_dynamics_notebook_at_smoke_size(results):
     assert not (results / "noise_dynamics" / "summary.json").exists()  # not a task: 99_summary must not read it
 
 
+def test_local_critical_batch_notebook_at_smoke_size(results):
+    _execute("06_local_critical_batch", results)  # after 01 in this module: it branches from the smoke sweep's run
+    folder = results / "local_critical_batch"
+    summary = json.loads((folder / "local_cbs.json").read_text())
+    assert summary["profile"] == "smoke"
+    calibration = json.loads((folder / "calibration.json").read_text())["local"]
+    assert len(calibration) == 3 and all(row["b_crit_exact"] > 0 and row["floor"] > 0 for row in calibration)
+    # seeded numpy (no torch): the measured local B_crit against the closed form at every checkpoint
+    assert all(0.8 <= row["b_crit"] / row["b_crit_exact"] <= 1.25 for row in calibration), calibration
+    assert summary["calibration"]["covered"] >= 2
+    [task] = summary["tasks"]
+    assert task["task"] == "smoke_image" and task["n_checkpoints"] == 1
+    stored = json.loads((folder / "smoke_image.json").read_text())
+    assert {row["rates"] for row in stored["local"]} == {"grid", "law"}
+    assert {row["fraction"] for row in stored["local"]} == {0.05, 0.1} and {row["tolerance"] for row in stored["local"]} == {0.2, 0.5}
+    assert {row["batch_size"] for row in stored["steps"]} == {4, 8, 16, 32}
+    for name in ("local_b_crit_calibration", "local_b_crit_smoke_image", "local_cbs_sensitivity_smoke_image"):
+        assert (folder / "figures" / f"{name}.png").exists() and (folder / "figures" / f"{name}.pdf").exists()
+    assert not (folder / "summary.json").exists()  # not a task: 99_summary must not read it
+
+
 def test_summary_notebook_reads_files_only(results):
     _execute("99_summary", results)
     summary = json.loads((results / "summary.json").read_text())
@@ -127,7 +148,7 @@ def test_stepping_through_again_changes_no_file_and_draws_inline_without_a_backe
     before = digest()
     assert any(name.endswith("summary.json") for name in before)
     monkeypatch.delenv("MPLBACKEND", raising=False)
-    for name in ("00_calibration", "99_summary"):
+    for name in ("00_calibration", "06_local_critical_batch", "99_summary"):
         executed = json.loads(_execute(name, results).read_text())
         images = [o for c in executed["cells"] if c["cell_type"] == "code" for o in c.get("outputs", [])
                   if "image/png" in o.get("data", {})]

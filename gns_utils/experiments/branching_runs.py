@@ -190,12 +190,15 @@ def branch_task(problem: Any, cfg: ExperimentConfig, best: pd.DataFrame, checkpo
                 batch_sizes: list[int], fraction: float, replicates: int, max_examples: int,
                 rate_factors: tuple[float, ...] = (2 ** -1, 2 ** -0.5, 1.0), study_goal: float | None = None,
                 fractions: tuple[float, ...] = (), tolerances: tuple[float, ...] = (0.2,), max_steps: int = 5000,
-                evals_per_decade: int = 20, n_boot: int = 200, seed: int = 0, progress: bool = True
+                max_widen: int = 2, evals_per_decade: int = 20, n_boot: int = 200, seed: int = 0,
+                progress: bool = True
                 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The local critical batch size at each checkpoint of a real task.
 
     At every checkpoint each batch size of ``batch_sizes`` runs at ``rate_factors`` times the rate law's rate
-    (:func:`rate_law` at the checkpoint's goal; the factors must include 1). S(B) is read between the rates
+    (:func:`rate_law` at the checkpoint's goal; the factors must include 1). When the fastest of them at Δ =
+    ``fraction`` is an end of the grid, one more rate beyond it is run, up to ``max_widen`` times (as a sweep
+    widens its grid), so that the optimum is bracketed. S(B) is read between the rates
     (:func:`gns_utils.experiments.branching.best_rate_steps`: reading ``"grid"``) and at the law's rate alone
     (``"law"``). At ``study_goal`` the continuations go on to the largest of ``fractions`` so that the local
     B_crit is also read at each smaller Δ from the same runs, and at each τ of ``tolerances`` (elsewhere at
@@ -220,7 +223,6 @@ def branch_task(problem: Any, cfg: ExperimentConfig, best: pd.DataFrame, checkpo
         raise ValueError(f"rate_factors must include 1 (the rate law's own rate), got {rate_factors}")
     b = np.asarray(batch_sizes, float)
     rng = np.random.default_rng(seed)
-    centre = list(rate_factors).index(1.0)
     rows, step_rows = [], []
     bar = tqdm(total=len(checkpoints) * len(batch_sizes), desc=f"{cfg.task} continuations", disable=not progress)
     for i, c in enumerate(checkpoints):
@@ -229,25 +231,39 @@ def branch_task(problem: Any, cfg: ExperimentConfig, best: pd.DataFrame, checkpo
         a, s = rate_law(best, c.goal)
         runs = []  # per batch size: (schedule, rates, losses)
         for batch in batch_sizes:
-            rates = [f * a * batch ** s for f in rate_factors]
+            factors = list(rate_factors)
             steps_cap = int(min(max_steps, max(max_examples // batch, 10)))
-            schedule, losses = continuations(problem, cfg, c, batch, rates, replicates, c.loss * (1 - max(wanted)),
-                                             steps_cap, evals_per_decade, seed=seed + 1000 * (i + 1))
-            runs.append((schedule, rates, losses))
+
+            def run(fs: list[float]) -> tuple[np.ndarray, np.ndarray]:
+                return continuations(problem, cfg, c, batch, [f * a * batch ** s for f in fs], replicates,
+                                     c.loss * (1 - max(wanted)), steps_cap, evals_per_decade, seed=seed + 1000 * (i + 1))
+
+            schedule, losses = run(factors)
+            for _ in range(max_widen if len(factors) > 1 else 0):  # the fastest rate at an end: one more beyond it
+                by_rate = mean_curve_steps(schedule, losses, c.loss * (1 - fraction))
+                if not np.isfinite(by_rate).any() or 0 < int(np.nanargmin(by_rate)) < len(factors) - 1:
+                    break
+                low = int(np.nanargmin(by_rate)) == 0
+                extra = factors[0] ** 2 / factors[1] if low else factors[-1] ** 2 / factors[-2]
+                _, more = run([extra])
+                factors = [extra, *factors] if low else [*factors, extra]
+                losses = np.concatenate([more, losses] if low else [losses, more], axis=1)
+            runs.append((schedule, [f * a * batch ** s for f in factors], losses, factors))
             bar.update()
         for frac in wanted:
             target = c.loss * (1 - frac)
-            readings = {"grid": runs, "law": [(sch, [rt[centre]], ls[:, [centre]]) for sch, rt, ls in runs]}
+            readings = {"grid": [(sch, rt, ls) for sch, rt, ls, _ in runs],
+                        "law": [(sch, [rt[fs.index(1.0)]], ls[:, [fs.index(1.0)]]) for sch, rt, ls, fs in runs]}
             for label, data in readings.items():
                 for tau in (tolerances if study else tolerances[:1]):
                     read = read_local_b_crit(b, data, target, replicates, rng, tau, n_boot)
                     rows.append({"goal": c.goal, "step": c.step, "checkpoint_loss": c.loss, "fraction": frac,
                                  "target": target, "tolerance": tau, "rates": label, "lr_law_slope": s,
                                  **{k: v for k, v in read.items() if k != "steps"}})
-            for (sch, rt, ls), batch in zip(runs, batch_sizes):
+            for (sch, rt, ls, fs), batch in zip(runs, batch_sizes):
                 for k, lr in enumerate(rt):
                     step_rows.append({"goal": c.goal, "fraction": frac, "batch_size": batch, "lr": lr,
-                                      "rate_factor": rate_factors[k],
+                                      "rate_factor": fs[k],
                                       "steps": float(mean_curve_steps(sch, ls[:, [k]], target)[0])})
     bar.close()
     return pd.DataFrame(rows), pd.DataFrame(step_rows)

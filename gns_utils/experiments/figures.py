@@ -30,6 +30,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
 from gns_utils.experiments import plotting
 from gns_utils.experiments.branching_runs import BranchResult
@@ -278,6 +279,9 @@ def local_cbs_sensitivity(result: BranchResult) -> Figure:
         axes[0].plot(rows["fraction"] * shift, rows["b_crit"], color="C3", lw=0.8, ls="-" if label == "grid" else ":")
     axes[0].set_xscale("log")
     axes[0].set_yscale("log")
+    fractions = sorted(first["fraction"].unique())
+    axes[0].set_xticks(fractions, [f"{f:g}" for f in fractions])
+    axes[0].xaxis.set_minor_formatter(NullFormatter())
     axes[0].set_xlabel("Δ / checkpoint loss")
     axes[0].set_ylabel(f"local B_crit ({result.units})")
     axes[0].legend(fontsize="small")
@@ -295,6 +299,8 @@ def local_cbs_sensitivity(result: BranchResult) -> Figure:
     axes[1].set_ylabel(f"local CBS, tolerance rule ({result.units})")
     axes[1].set_yscale("log")
     axes[1].legend(fontsize="small", title="dotted: τ·B_crit + (1+τ)·B_0", title_fontsize="x-small")
+    axes[1].set_xticks(sorted(grid["tolerance"].unique()))
+    fig.subplots_adjust(wspace=0.3)
     fig.suptitle(f"{display_name(result.task)}: how the local critical batch moves with Δ and τ "
                  f"(checkpoint at goal {result.settings['study_goal']:g})")
     plotting.save_figure(fig, result.figure_dir / f"local_cbs_sensitivity_{result.task}")

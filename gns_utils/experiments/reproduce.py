@@ -62,9 +62,9 @@ from gns_utils.experiments.store import load_run_summaries, provenance, read_jso
 SUMMARY_NOTEBOOK = "99_summary"
 #: Longest first, so that two workers finish together; the summary runs last, alone.
 NOTEBOOKS = ["01_image_classification", "03_autoencoder", "02_language_model", "04_reinforcement_learning",
-             "00_calibration", "05_noise_dynamics", SUMMARY_NOTEBOOK]
+             "00_calibration", "05_noise_dynamics", "06_local_critical_batch", SUMMARY_NOTEBOOK]
 #: Notebooks that read another's results start when it has finished (at once when it is not part of the run).
-AFTER = {"05_noise_dynamics": "01_image_classification"}
+AFTER = {"05_noise_dynamics": "01_image_classification", "06_local_critical_batch": "01_image_classification"}
 #: B_crit agrees when the two fits differ by at most this many combined standard errors.
 AGREE_STDERRS = 2.0
 #: B_simple (no standard error is stored) agrees when the two values are within this factor.

@@ -27,7 +27,7 @@ import pandas as pd
 from gns_utils.critical_batch import best_runs
 from gns_utils.experiments.paths import repo_path
 from gns_utils.experiments.pipeline import width_study_verdict
-from gns_utils.experiments.profiles import DYNAMICS_DIR, NOTEBOOK_DOMAINS, WIDTHS_SUFFIX, display_name
+from gns_utils.experiments.profiles import BRANCHING_DIR, DYNAMICS_DIR, NOTEBOOK_DOMAINS, WIDTHS_SUFFIX, display_name
 from gns_utils.experiments.compute import compute_table, sweep_runs
 from gns_utils.experiments.store import load_metrics, load_run_summaries, load_run_summary, run_dir
 from gns_utils.experiments.summary import ratio_interval, resolved_trace_goals, slope_groups, verdict_markdown
@@ -142,6 +142,9 @@ def print_tables(root) -> None:
         if "task_slopes" in data:
             print("\nGoal by goal, B_simple summed where each goal is reached against B_crit(goal) (`99_summary`):\n")
             print(summary_verdict(data))
+    local = branching_markdown(root)
+    if local:
+        print("\n" + local)
     comparison = root / "reproduction.json"
     if comparison.exists():
         data = json.loads(comparison.read_text())
@@ -177,6 +180,46 @@ def print_tables(root) -> None:
               f"{len(rows)} tasks ({data['criteria']})"
               + (f"; it differs on {', '.join(differing)}" if differing else "") + " (`results/replication.md`).")
     print(f"\nEvery other number derived from these files: [`results/{KEY_NUMBERS}`](results/{KEY_NUMBERS}).")
+
+
+def branching_markdown(root) -> str:
+    """Notebook 06's comparison, one row per checkpoint (``local_critical_batch/local_cbs.json``), after a line on
+    the calibration; empty when the notebook has not run."""
+    path = root / BRANCHING_DIR / "local_cbs.json"
+    if not path.exists():
+        return ""
+    data = json.loads(path.read_text())
+    cal = data.get("calibration")
+    lines = ["Local critical batch by branching from checkpoints of the reference run (Merrill et al. 2025; "
+             "`06_local_critical_batch`)"
+             + (f"; on the calibration task it measures {cal['ratio_min']:.2f}–{cal['ratio_max']:.2f} of the exact "
+                f"local B_crit, its interval holding it at {cal['covered']} of {cal['n']} checkpoints" if cal else "")
+             + ":\n",
+             "| task | goal | local B_crit ± s.e. | sweep B_crit(goal) ± s.e. | local / sweep (s.e.) "
+             "| tolerance CBS (τ = 0.2) | B_simple there | B_noise there |", "|---|---|---|---|---|---|---|---|"]
+    for t in data["tasks"]:
+        for r in t["comparison"]:
+            def num(key: str, se: str | None = None) -> str:
+                value = r.get(key)
+                if value is None or not np.isfinite(value):
+                    return "–"
+                err = r.get(se) if se else None
+                return f"{value:,.0f}" + (f" ± {err:,.0f}" if err is not None and np.isfinite(err) else "")
+            ratio = r.get("local_over_sweep")
+            z = r.get("local_over_sweep_z")
+            ratio_text = "–" if ratio is None or not np.isfinite(ratio) else f"{ratio:.2f} ({z:+.1f})"
+            lines.append(f"| {display_name(t['task'])} | {r['goal']:g} | {num('local_b_crit', 'local_b_crit_stderr')} "
+                         f"| {num('sweep_b_crit', 'sweep_b_crit_stderr')} | {ratio_text} | {num('tolerance_cbs')} "
+                         f"| {num('b_simple')} | {num('b_noise')} |")
+    return "\n".join(lines) + "\n"
+
+
+def _branching_lines(root) -> list[str]:
+    """Notebook 06's verdict (:func:`gns_utils.experiments.branching_runs.verdict_lines`)."""
+    from gns_utils.experiments.branching_runs import verdict_lines
+
+    path = root / BRANCHING_DIR / "local_cbs.json"
+    return verdict_lines(json.loads(path.read_text())) if path.exists() else []
 
 
 def trace_markdown(points: pd.DataFrame) -> str:
@@ -485,6 +528,7 @@ def key_numbers(root) -> list[str]:
     lines += optimal_lr_lines
     lines += _compute_lines(root, [s["task"] for s in summaries if s.get("profile") and "domain" in s])
     lines += _dynamics_lines(root)
+    lines += _branching_lines(root)
     for s in tasks:
         study = s["task"] + WIDTHS_SUFFIX
         runs = load_run_summaries(root, study)
