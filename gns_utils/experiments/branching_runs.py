@@ -442,7 +442,9 @@ def write_branching_summary(results_dir: str | Path, profile: str, calibration: 
     from gns_utils.experiments.store import write_json_if_changed
 
     summary = {"profile": profile, **branching_verdict(calibration, results),
-               "sensitivity": {r.task: r.local[r.local["rates"] == "grid"].to_dict(orient="records")
+               "sensitivity": {r.task: r.local[(r.local["rates"] == "grid")
+                                               & np.isclose(r.local["goal"], r.settings["study_goal"])
+                                               ].to_dict(orient="records")
                                for r in results if r.settings.get("study_goal") is not None},
                "provenance": provenance()}
     write_json_if_changed(Path(results_dir) / BRANCHING_DIR / "local_cbs.json", summary)

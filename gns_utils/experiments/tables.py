@@ -190,10 +190,9 @@ def branching_markdown(root) -> str:
         return ""
     data = json.loads(path.read_text())
     cal = data.get("calibration")
-    lines = ["Local critical batch by branching from checkpoints of the reference run (Merrill et al. 2025; "
-             "`06_local_critical_batch`)"
+    lines = ["Local critical batch by branching (`06_local_critical_batch`, after Merrill et al. 2025)"
              + (f"; on the calibration task it measures {cal['ratio_min']:.2f}–{cal['ratio_max']:.2f} of the exact "
-                f"local B_crit, its interval holding it at {cal['covered']} of {cal['n']} checkpoints" if cal else "")
+                f"local B_crit (interval holds it at {cal['covered']} of {cal['n']} checkpoints)" if cal else "")
              + ":\n",
              "| task | goal | local B_crit ± s.e. | sweep B_crit(goal) ± s.e. | local / sweep (s.e.) "
              "| tolerance CBS (τ = 0.2) | B_simple there | B_noise there |", "|---|---|---|---|---|---|---|---|"]
@@ -211,7 +210,45 @@ def branching_markdown(root) -> str:
             lines.append(f"| {display_name(t['task'])} | {r['goal']:g} | {num('local_b_crit', 'local_b_crit_stderr')} "
                          f"| {num('sweep_b_crit', 'sweep_b_crit_stderr')} | {ratio_text} | {num('tolerance_cbs')} "
                          f"| {num('b_simple')} | {num('b_noise')} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n\n" + _branching_verdict(data) + "\n"
+
+
+def _branching_verdict(data: dict) -> str:
+    """What the three measurements agree and disagree on, from the comparison's numbers."""
+    rows = [r for t in data["tasks"] for r in t["comparison"] if r.get("local_b_crit") is not None
+            and np.isfinite(r["local_b_crit"]) and r.get("local_over_sweep") is not None
+            and np.isfinite(r["local_over_sweep"])]
+    if not rows:
+        return "No checkpoint gave a local B_crit to compare with the sweep's."
+    above = sum(r["local_over_sweep_z"] > 2 for r in rows)
+    below = sum(r["local_over_sweep_z"] < -2 for r in rows)
+    ratios = [r["local_over_sweep"] for r in rows]
+    simple = [r["b_simple_over_local"] for r in rows if r.get("b_simple_over_local") is not None
+              and np.isfinite(r["b_simple_over_local"])]
+    edges = sum(t.get("n_rate_edge", 0) for t in data["tasks"])
+    text = (f"**Verdict.** Local B_crit / sweep B_crit(goal): {min(ratios):.1f}–{max(ratios):.1f}×, above beyond "
+            f"2 s.e. at {above} of {len(rows)} checkpoints, below at {below}. ")
+    if simple:
+        text += f"B_simple / local B_crit: {min(simple):.2f}–{max(simple):.2f}. "
+    if above > len(rows) / 2:
+        text += ("Measured locally the critical batch is larger, and B_simple further below it, as Merrill et al. "
+                 "found on OLMo; the paper's B_simple ≈ B_crit concerns whole runs. ")
+    elif below > len(rows) / 2:
+        text += "Measured locally the critical batch is smaller, unlike Merrill et al.'s finding. "
+    else:
+        text += "The local and whole-run critical batches do not differ consistently. "
+    for task, study in (data.get("sensitivity") or {}).items():
+        tau = min(x["tolerance"] for x in study) if study else None
+        rows_ = sorted((r for r in study if r["tolerance"] == tau and r.get("b_crit") is not None
+                        and np.isfinite(r["b_crit"])), key=lambda r: r["fraction"])
+        if len(rows_) >= 2:
+            text += (f"It depends on Δ ({display_name(task)}, goal {rows_[0]['goal']:g}): "
+                     + ", ".join(f"{r['b_crit']:,.0f} ± {r['b_crit_stderr']:,.0f}" for r in rows_)
+                     + " at Δ = " + ", ".join(format(r["fraction"], "g") for r in rows_) + " × loss. ")
+    if edges:
+        text += (f"At {edges} (B, checkpoint) pairs the fastest rate was an end of the widened grid (S(B) an upper "
+                 "bound).")
+    return text
 
 
 def _branching_lines(root) -> list[str]:
