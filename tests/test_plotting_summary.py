@@ -251,3 +251,26 @@ def test_readme_table_gives_b_crit_in_sequences_and_segments_beside_tokens_and_f
     assert _in_examples({"domain": "image", "b_crit": 260.0,
                          "reference_run": {"batch_units": 256.0, "batch_examples": 256}}) == ""
     assert _in_examples({"domain": "language", "b_crit": None, "reference_run": {}}) == ""
+
+
+def test_b_crit_against_loss_draws_the_fit_kaplan_and_a_sequence_axis(tmp_path):
+    from types import SimpleNamespace
+
+    from gns_utils.experiments import figures
+    from gns_utils.experiments.profiles import experiment_configs
+
+    cfg = experiment_configs("language", "smoke")[0]
+    goals = [dict(goal=g, b_crit=1e7 * g ** -6.0, b_crit_stderr=50.0, bound="none") for g in (5.0, 4.5, 4.0, 3.8)]
+    res = SimpleNamespace(cfg=cfg, summary={"goals": [dict(goal=6.0, b_crit=80.0, bound="upper"), *goals]},
+                          figure_dir=tmp_path)
+    fig = figures.b_crit_against_loss(res)
+    ax = fig.axes[0]
+    labels = [line.get_label() for line in ax.get_lines()]
+    assert any("slope −6.0" in label for label in labels) and any("Kaplan" in label for label in labels)
+    assert ax.get_xscale() == "log" and ax.xaxis_inverted()
+    assert "sequences" in fig.axes[0].child_axes[0].get_ylabel()
+    assert (tmp_path / "b_crit_against_loss.png").exists() and (tmp_path / "b_crit_against_loss.pdf").exists()
+    plt.close(fig)
+    empty = SimpleNamespace(cfg=cfg, summary={"goals": [dict(goal=6.0, b_crit=80.0, bound="upper")]},
+                            figure_dir=tmp_path / "empty")
+    plt.close(figures.b_crit_against_loss(empty))  # every goal a bound: drawn, not raised

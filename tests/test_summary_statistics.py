@@ -106,3 +106,23 @@ def test_the_task_level_b_crit_is_the_hardest_goal_fitted():
                             "bound": ["none", "upper", "insufficient"]})
     assert hardest_fitted_goal(by_goal)["goal"] == 100.0
     assert hardest_fitted_goal(by_goal.iloc[[2]])["goal"] == 200.0  # nothing fitted: the hardest goal, flagged
+
+
+def test_b_crit_loss_slope_recovers_a_power_law_and_judges_it_against_kaplan():
+    from gns_utils.experiments.report import KAPLAN_ALPHA_B, b_crit_loss_slope, loss_slope_verdict
+    losses = [6.0, 5.0, 4.5, 4.0, 3.8]
+    exact = [dict(goal=g, b_crit=3e6 * g ** (-1 / KAPLAN_ALPHA_B), b_crit_stderr=10.0, bound="none") for g in losses]
+    bounded = dict(goal=7.0, b_crit=640.0, b_crit_stderr=None, bound="upper")  # a bound is not a point
+    unresolved = dict(goal=3.7, b_crit=9e4, b_crit_stderr=6e4, bound="none")   # s.e. >= half the value
+    s = b_crit_loss_slope([bounded, *exact, unresolved])
+    assert s["n_goals"] == 5 and s["loss_high"] == 6.0 and s["loss_low"] == 3.8
+    assert s["slope"] == pytest.approx(-1 / KAPLAN_ALPHA_B, rel=1e-9) and s["slope_stderr"] < 1e-9
+    # a steeper law, with scatter: slope -8 within its standard error, judged steeper than Kaplan's
+    rng = np.random.default_rng(0)
+    steep = [dict(goal=g, b_crit=1e8 * g ** -8.0 * np.exp(0.03 * rng.standard_normal()), b_crit_stderr=1.0,
+                  bound="none") for g in losses]
+    s = b_crit_loss_slope(steep)
+    assert abs(s["slope"] + 8.0) < 3 * s["slope_stderr"] and s["z"] < -2
+    text = loss_slope_verdict(steep, "tokens", sequence_length=20)
+    assert "steeper than theirs" in text and "sequences" in text and "−4.8" in text
+    assert "Fewer than 3" in loss_slope_verdict(exact[:2])

@@ -10,6 +10,7 @@ shows it). Symbols as in the paper: ``B`` batch size, ``S`` steps, ``E = B·S`` 
 * :func:`training_curves`       Fig 6: the goal metric per batch size against steps and examples.
 * :func:`pareto_fronts`         Fig 7 left: steps against examples per goal with the (2.11) fits.
 * :func:`b_crit_by_goal`        Fig 7 right: B_crit per goal beside B_simple (and B_noise).
+* :func:`b_crit_against_loss`   language models: B_crit per goal against the loss, beside Kaplan et al.'s slope.
 * :func:`optimal_lr`            Fig 5 left: the best learning rate against B with the (2.6) curve.
 * :func:`noise_over_training`   B_simple of the reference run against loss and examples.
 * :func:`width_study`           Fig 8: B_simple of several widths against loss and tokens.
@@ -37,12 +38,13 @@ from gns_utils.experiments.branching_runs import BranchResult
 from gns_utils.experiments.dynamics import AdaptiveResult, TemperatureResult
 from gns_utils.experiments.pipeline import TaskResult
 from gns_utils.experiments.profiles import display_name
+from gns_utils.experiments import report
 from gns_utils.experiments.report import matched_by_goal
 from gns_utils.experiments.summary import GOAL_PREDICTORS
 
 __all__ = ["adaptive_batch", "local_cbs_sensitivity", "local_critical_batch", "local_critical_batch_calibration",
-           "temperature", "b_crit_by_goal", "b_crit_vs_b_simple", "b_crit_vs_b_simple_by_goal", "noise_over_training", "optimal_lr", "pareto_fronts",
-           "training_curves", "width_study"]
+           "temperature", "b_crit_against_loss", "b_crit_by_goal", "b_crit_vs_b_simple", "b_crit_vs_b_simple_by_goal",
+           "noise_over_training", "optimal_lr", "pareto_fronts", "training_curves", "width_study"]
 
 
 def _save(fig: Figure, res: TaskResult, name: str, title: str) -> Figure:
@@ -78,6 +80,46 @@ def b_crit_by_goal(res: TaskResult) -> Figure:
                                  matched=matched_by_goal(res.matched), goal_floor=floor)
     ax.set_ylabel(f"batch size ({res.cfg.units})")
     return _save(fig, res, "b_crit_by_goal", "B_crit and B_simple over training")
+
+
+def b_crit_against_loss(res: TaskResult) -> Figure:
+    """B_crit per goal (± seed-aware s.e.) against the goal loss on log-log axes, with the least-squares line
+    and, through the same centre, a line of Kaplan et al.'s slope −1/α_B (shape only; see
+    :func:`gns_utils.experiments.report.b_crit_loss_slope`); the right axis counts sequences."""
+    plotting.set_style()
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    goals = pd.DataFrame(res.summary["goals"]).reindex(columns=["goal", "b_crit", "b_crit_stderr", "bound"])
+    fitted = goals[(goals["bound"] == "none") & (goals["b_crit"] > 0)]
+    colour = plotting.task_colour(res.cfg.task)
+    _errorbar(ax, fitted["goal"], fitted["b_crit"], se=fitted["b_crit_stderr"], color=colour, marker="o",
+              label="B_crit(goal) ± s.e. (seed-aware)")
+    s = report.b_crit_loss_slope(res.summary["goals"])
+    if np.isfinite(s["slope"]):
+        loss = np.geomspace(s["loss_low"], s["loss_high"], 50)
+        ok = fitted[~(fitted["b_crit_stderr"] >= 0.5 * fitted["b_crit"])]
+        centre_x, centre_y = np.exp(np.log(ok["goal"]).mean()), np.exp(np.log(ok["b_crit"]).mean())
+        ax.plot(loss, centre_y * (loss / centre_x) ** s["slope"], color=colour,
+                label=f"least squares: slope {s['slope']:.1f} ± {s['slope_stderr']:.1f}".replace("-", "−"))
+        ax.plot(loss, centre_y * (loss / centre_x) ** s["kaplan_slope"], color="0.4", ls="--",
+                label=f"Kaplan et al. 2020: slope −1/{report.KAPLAN_ALPHA_B} = {s['kaplan_slope']:.1f} (shape only)"
+                .replace("-", "−"))
+    if fitted.empty:  # every goal a bound (e.g. at smoke size): nothing to draw on log axes
+        ax.text(0.5, 0.5, "no goal with a fitted B_crit", ha="center", va="center", transform=ax.transAxes)
+    else:
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xticks(sorted(fitted["goal"]), [f"{g:g}" for g in sorted(fitted["goal"])])
+        ax.invert_xaxis()
+    ax.set_xlabel(f"goal: training {res.cfg.metric} (nats per token); training proceeds left to right")
+    ax.set_ylabel(f"B_crit ({res.cfg.units})")
+    length = res.cfg.data_kwargs.get("seq_len")
+    if length and res.cfg.units == "tokens" and not fitted.empty:
+        right = ax.secondary_yaxis("right", functions=(lambda t: t / length, lambda q: q * length))
+        right.set_ylabel(f"B_crit (sequences of {length} tokens)")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="upper left", frameon=False)
+    return _save(fig, res, "b_crit_against_loss", "B_crit against the loss")
 
 
 def optimal_lr(res: TaskResult) -> Figure:

@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from gns_utils.experiments.config import ExperimentConfig, goal_reached
 from gns_utils.experiments.store import provenance, task_dir, write_json_if_changed
@@ -313,3 +314,62 @@ def calibration_verdict(goals: list[dict[str, Any]]) -> str:
         lines.append(f"The paper's A.3 reading (fastest run of one seed, causal EMA) gives {old.min():.2f}–{old.max():.2f} "
                      "of the exact value on the same runs.")
     return " ".join(lines)
+
+
+#: Kaplan et al. (2020, "Scaling Laws for Neural Language Models", §5.1): for language models
+#: B_crit(L) ≈ B* / L^(1/α_B) with α_B ≈ 0.21 (L in nats per token), i.e. log B_crit falls with
+#: log L at slope −1/α_B ≈ −4.8. Only the shape is comparable across data and tokenizers, not B*.
+KAPLAN_ALPHA_B = 0.21
+
+
+def b_crit_loss_slope(goals: list[dict[str, Any]]) -> dict[str, float]:
+    """The slope of ``log B_crit`` on ``log L`` over a language task's fitted goals, beside Kaplan et al.'s.
+
+    Uses the goals whose (2.11) fit is a value (``bound == "none"``) and resolved (s.e. < 0.5 × the value);
+    the goal is the loss in nats per token. Least squares in log-log (:func:`scipy.stats.linregress`).
+
+    Returns:
+        ``n_goals``, ``slope`` and ``slope_stderr`` (NaN with fewer than 3 goals), ``kaplan_slope``
+        (−1/:data:`KAPLAN_ALPHA_B`), ``z`` ((slope − kaplan_slope) / slope_stderr), ``loss_high``,
+        ``loss_low`` and ``b_crit_low``, ``b_crit_high`` (at those losses).
+    """
+    frame = pd.DataFrame(goals).reindex(columns=["goal", "b_crit", "b_crit_stderr", "bound"])
+    frame = frame[frame["bound"].fillna("none") == "none"].copy()
+    for column in ("goal", "b_crit", "b_crit_stderr"):
+        frame[column] = pd.to_numeric(frame[column], errors="coerce")
+    frame = frame[(frame["b_crit"] > 0) & (frame["goal"] > 0)
+                  & ~(frame["b_crit_stderr"] >= 0.5 * frame["b_crit"])].sort_values("goal", ascending=False)
+    kaplan = -1.0 / KAPLAN_ALPHA_B
+    out = {"n_goals": int(len(frame)), "slope": np.nan, "slope_stderr": np.nan, "kaplan_slope": kaplan,
+           "z": np.nan, "loss_high": np.nan, "loss_low": np.nan, "b_crit_low": np.nan, "b_crit_high": np.nan}
+    if len(frame) < 3:
+        return out
+    fit = stats.linregress(np.log(frame["goal"].to_numpy(float)), np.log(frame["b_crit"].to_numpy(float)))
+    out.update(slope=float(fit.slope), slope_stderr=float(fit.stderr),
+               z=float((fit.slope - kaplan) / fit.stderr) if fit.stderr > 0 else np.nan,
+               loss_high=float(frame["goal"].iloc[0]), loss_low=float(frame["goal"].iloc[-1]),
+               b_crit_low=float(frame["b_crit"].iloc[0]), b_crit_high=float(frame["b_crit"].iloc[-1]))
+    return out
+
+
+def loss_slope_verdict(goals: list[dict[str, Any]], units: str = "tokens", sequence_length: int | None = None) -> str:
+    """A markdown sentence on :func:`b_crit_loss_slope`: how fast B_crit grows as the loss falls, against
+    Kaplan et al.'s power law in shape (a slope outside 2 s.e. of theirs is called steeper or shallower)."""
+    s = b_crit_loss_slope(goals)
+    if not np.isfinite(s["slope"]):
+        return f"Fewer than 3 resolved goals ({s['n_goals']}): no slope of B_crit against the loss."
+    seqs = (f" ({s['b_crit_low'] / sequence_length:,.0f} → {s['b_crit_high'] / sequence_length:,.0f} sequences)"
+            if sequence_length else "")
+    if abs(s["z"]) <= 2:
+        judged = "within 2 s.e. of theirs"
+    else:
+        judged = ("steeper" if s["slope"] < s["kaplan_slope"] else "shallower") + \
+            f" than theirs ({abs(s['z']):.1f} s.e.)"
+    text = (f"**B_crit against the loss**: over {s['n_goals']} resolved goals, as the loss falls from "
+            f"{s['loss_high']:g} to {s['loss_low']:g} nats per token (a factor {s['loss_high'] / s['loss_low']:.2f}), "
+            f"B_crit grows from {s['b_crit_low']:,.0f} to {s['b_crit_high']:,.0f} {units}{seqs}: a slope of "
+            f"log B_crit on log L of {s['slope']:.1f} ± {s['slope_stderr']:.1f}. Kaplan et al. (2020) find "
+            f"B_crit ∝ L^(−1/{KAPLAN_ALPHA_B}), a slope of {s['kaplan_slope']:.1f}: ours is {judged}. "
+            "Only the shape compares: their data, tokenizer and models differ, and their law is fitted over a wider "
+            "range of loss.")
+    return text.replace(" -", " −")  # minus signs

@@ -28,6 +28,7 @@ from gns_utils.critical_batch import best_runs
 from gns_utils.experiments.paths import repo_path
 from gns_utils.experiments.pipeline import width_study_verdict
 from gns_utils.experiments.profiles import BRANCHING_DIR, DYNAMICS_DIR, NOTEBOOK_DOMAINS, WIDTHS_SUFFIX, display_name
+from gns_utils.experiments.report import loss_slope_verdict
 from gns_utils.experiments.compute import compute_table, sweep_runs
 from gns_utils.experiments.store import load_metrics, load_run_summaries, load_run_summary, run_dir
 from gns_utils.experiments.summary import ratio_interval, resolved_trace_goals, slope_groups, verdict_markdown
@@ -544,6 +545,8 @@ def key_numbers(root) -> list[str]:
     lines += _fair_test_lines(root, tasks)
     lines += _predictor_by_task_lines(tasks)
     lines += [line for s in tasks if s["domain"] == "rl" for line in _rl_lines(s)]
+    lines += [f"{s['task']}: " + loss_slope_verdict(s["goals"], s["units"], s["config"]["data_kwargs"].get("seq_len"))
+              .replace("**", "") for s in tasks if s["units"] == "tokens"]
     points, spans, edges, optimal_lr_lines = [], [], 0, []
     for s in tasks:
         runs = load_run_summaries(root, s["task"])
