@@ -136,3 +136,19 @@ def test_readme_prose_stays_within_1600_words():
     text = re.sub(r"```.*?```", "", repo_path("README.md").read_text(), flags=re.S)
     prose = [line for line in text.splitlines() if not line.lstrip().startswith("|")]
     assert len(" ".join(prose).split()) <= 1600
+
+
+def test_local_critical_batch_results_are_complete_and_in_the_readme():
+    data = json.loads((RESULTS / "local_critical_batch" / "local_cbs.json").read_text())
+    assert data["profile"] == "cpu"
+    calibration = data["calibration"]  # each checkpoint against its closed-form local B_crit
+    assert calibration["n"] == 4 and calibration["covered"] >= 3 and 0.85 <= calibration["ratio_min"] <= calibration["ratio_max"] <= 1.15
+    assert [t["task"] for t in data["tasks"]] == ["fashion_mnist_mlp_sgd", "fashion_mnist_mlp_adam"]
+    assert all(t["n_checkpoints"] >= 2 and len(t["comparison"]) == t["n_checkpoints"] for t in data["tasks"])
+    assert module.branching_markdown(RESULTS) in repo_path("README.md").read_text()
+    for name in ("local_b_crit_calibration", "local_b_crit_fashion_mnist_mlp_sgd", "local_b_crit_fashion_mnist_mlp_adam",
+                 "local_cbs_sensitivity_fashion_mnist_mlp_sgd"):
+        for suffix in (".png", ".pdf"):
+            assert (RESULTS / "local_critical_batch" / "figures" / f"{name}{suffix}").exists(), name
+    log = json.loads((RESULTS / "reproduce_log.json").read_text())
+    assert log["notebooks"]["06_local_critical_batch"]["wall_time_s"] <= 15 * 60  # within make reproduce's budget

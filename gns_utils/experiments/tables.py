@@ -145,7 +145,7 @@ def print_tables(root) -> None:
             print(summary_verdict(data))
     local = branching_markdown(root)
     if local:
-        print("\n" + local)
+        print("\n" + local.rstrip("\n"))
     comparison = root / "reproduction.json"
     if comparison.exists():
         data = json.loads(comparison.read_text())
