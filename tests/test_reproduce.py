@@ -236,3 +236,35 @@ def test_recompare_judges_a_finished_reproduction_again_and_keeps_its_header(tmp
     assert again["n_runs"] == 7 and not again["agrees"] and again["tasks"][0]["b_crit"] == 60.0
     text = (tmp_path / "new" / "reproduction.md").read_text()
     assert "Profile `cpu`, 7 runs." in text and "redone from the same task summaries" in text and "DOES NOT AGREE" in text
+
+
+def test_a_released_notebook_goes_ahead_of_shorter_ones_queued_from_the_start():
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    durations = {"01_image_classification": 0.5, "03_autoencoder": 0.2, "02_language_model": 0.2,
+                 "06_local_critical_batch": 0.1, "00_calibration": 0.3, "04_reinforcement_learning": 0.1,
+                 "05_noise_dynamics": 0.1}
+    started, running, peak, lock = {}, [0], [0], threading.Lock()
+    t0 = time.perf_counter()
+
+    def run(name, *args):
+        with lock:
+            started[name] = time.perf_counter() - t0
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(durations[name])
+        with lock:
+            running[0] -= 1
+        return {"status": "ok"}
+
+    ended = []
+    domain = [n for n in reproduce.NOTEBOOKS if n in durations]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        reproduce.run_in_order(domain, 2, pool, lambda name, entry: ended.append(name), run=run)
+    assert sorted(ended) == sorted(durations) and peak[0] == 2
+    # notebook 06 reads 01's sweeps: it waits for 01, then starts before 04, which was ready from the start
+    assert started["06_local_critical_batch"] >= durations["01_image_classification"]
+    assert started["06_local_critical_batch"] < started["04_reinforcement_learning"]
+    assert started["05_noise_dynamics"] >= durations["01_image_classification"]

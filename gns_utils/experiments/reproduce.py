@@ -60,9 +60,9 @@ from gns_utils.experiments.profiles import NOTEBOOK_DOMAINS, task_names
 from gns_utils.experiments.store import load_run_summaries, provenance, read_json, write_json_atomic
 
 SUMMARY_NOTEBOOK = "99_summary"
-#: Longest first, so that two workers finish together; the summary runs last, alone.
-NOTEBOOKS = ["01_image_classification", "03_autoencoder", "02_language_model", "04_reinforcement_learning",
-             "00_calibration", "05_noise_dynamics", "06_local_critical_batch", SUMMARY_NOTEBOOK]
+#: Longest first (at cpu), so that two workers finish together; the summary runs last, alone.
+NOTEBOOKS = ["01_image_classification", "03_autoencoder", "02_language_model", "06_local_critical_batch",
+             "00_calibration", "04_reinforcement_learning", "05_noise_dynamics", SUMMARY_NOTEBOOK]
 #: Notebooks that read another's results start when it has finished (at once when it is not part of the run).
 AFTER = {"05_noise_dynamics": "01_image_classification", "06_local_critical_batch": "01_image_classification"}
 #: B_crit agrees when the two fits differ by at most this many combined standard errors.
@@ -206,6 +206,37 @@ def run_notebook(name: str, profile: str, results_dir: str, exhaustive: bool = F
     entry["cpu_time_s"] = round(_cpu_seconds() - cpu0, 1)
     print(f"[reproduce] {name}: {entry['status']} in {entry['wall_time_s'] / 60:.1f} min", flush=True)
     return entry
+
+
+def run_in_order(domain: list[str], jobs: int, pool: Any, finished: Any, *args: Any, run: Any = None) -> None:
+    """Run the ``domain`` notebooks on ``pool``, ``jobs`` at a time, in :data:`NOTEBOOKS` order (longest first).
+
+    A notebook of :data:`AFTER` waits until the one it reads has finished, then goes ahead of the shorter
+    notebooks still queued (notebooks are submitted only when a worker is free, so a released one is not
+    stuck behind a queue filled at the start). ``finished(name, entry)`` is called as each one ends;
+    ``run(name, *args)`` (default :func:`run_notebook`) executes one.
+    """
+    run = run or run_notebook
+    waiting = [n for n in domain if AFTER.get(n) in domain]
+    ready = [n for n in domain if n not in waiting]
+    futures: dict[Any, str] = {}
+
+    def fill() -> None:
+        ready.sort(key=lambda n: NOTEBOOKS.index(n) if n in NOTEBOOKS else len(NOTEBOOKS))
+        while ready and len(futures) < max(1, jobs):
+            name = ready.pop(0)
+            futures[pool.submit(run, name, *args)] = name
+
+    fill()
+    while futures:
+        done = next(as_completed(futures))
+        name = futures.pop(done)
+        finished(name, done.result())
+        released = [n for n in waiting if AFTER[n] == name]
+        for n in released:
+            waiting.remove(n)
+        ready.extend(released)
+        fill()
 
 
 def _z(new: float | None, new_se: float | None, ref: float | None, ref_se: float | None) -> float | None:
@@ -443,18 +474,12 @@ def main(argv: list[str] | None = None) -> int:
     log = {"profile": args.profile, "jobs": args.jobs, "exhaustive": args.exhaustive, "notebooks": dict((old_log or {}).get("notebooks", {})),
            "started": state["started"], "resumed": state["resumed"], "provenance": provenance()}
     domain = [n for n in notebooks if n != SUMMARY_NOTEBOOK]
+    def finished(name: str, entry: dict[str, Any]) -> None:
+        log["notebooks"][name] = entry
+        write_json_atomic(log_path, log)
+
     with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        waiting = [n for n in domain if AFTER.get(n) in domain]
-        futures = {pool.submit(run_notebook, name, args.profile, args.results_dir, args.exhaustive, args.seed): name
-                   for name in domain if name not in waiting}
-        while futures:
-            done = next(as_completed(futures))
-            finished = futures.pop(done)
-            log["notebooks"][finished] = done.result()
-            write_json_atomic(log_path, log)
-            for name in [n for n in waiting if AFTER[n] == finished]:
-                waiting.remove(name)
-                futures[pool.submit(run_notebook, name, args.profile, args.results_dir, args.exhaustive, args.seed)] = name
+        run_in_order(domain, args.jobs, pool, finished, args.profile, args.results_dir, args.exhaustive, args.seed)
     if SUMMARY_NOTEBOOK in notebooks:
         log["notebooks"][SUMMARY_NOTEBOOK] = run_notebook(SUMMARY_NOTEBOOK, args.profile, args.results_dir, args.exhaustive)
     state["elapsed_s"] += time.perf_counter() - start
