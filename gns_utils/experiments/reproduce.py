@@ -14,7 +14,8 @@ A reproduction never replays committed results:
    figures) is deleted, with the record of the last reproduction (:data:`RECORD_FILES`). The marker ``<results_dir>/.reproduction/state.json`` records the profile,
    the notebooks, the start time and the commit.
 2. The notebooks run through papermill, ``--jobs`` domain notebooks at a time (each kernel
-   single-threaded), then ``99_summary``. Every run is trained now.
+   single-threaded), longest first; one that reads another's sweeps (:data:`AFTER`) starts when that
+   one ends (:func:`run_in_order`); then ``99_summary``. Every run is trained now.
 3. **Interrupted?** Run the same command again: the marker says a reproduction is in progress, so
    the runs it finished are kept (the sweeps resume) and only the rest is trained.
 4. **At the end** the new task summaries are compared with the reference: per task B_crit (± s.e.),
