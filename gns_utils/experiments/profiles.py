@@ -347,13 +347,20 @@ def dynamics_settings(profile: str, tasks: list[str] | None = None, k: float = 1
     if not (isinstance(k, (int, float)) and k > 1):
         raise ConfigError(f"k (the temperature cut) must be a number > 1, got {k!r}")
     chosen = deepcopy(DYNAMICS[profile])
-    names = [t["task"] for t in chosen["temperature"]]
-    if tasks is not None:
-        unknown = sorted(set(tasks) - set(names))
-        if unknown:
-            raise ConfigError(f"unknown temperature tasks {unknown} for {profile}; choose from {names}")
-        chosen["temperature"] = [t for t in chosen["temperature"] if t["task"] in tasks]
+    chosen["temperature"] = _narrowed(chosen["temperature"], tasks, f"temperature tasks {{}} for {profile}")
     return chosen
+
+
+def _narrowed(entries: list[dict[str, Any]], tasks: list[str] | None, what: str) -> list[dict[str, Any]]:
+    """The settings ``entries`` whose ``task`` is in ``tasks`` (all when None); an unknown task raises a
+    ConfigError naming ``what`` (with ``{}`` for the unknown names) and the choices."""
+    names = [t["task"] for t in entries]
+    if tasks is None:
+        return entries
+    unknown = sorted(set(tasks) - set(names))
+    if unknown:
+        raise ConfigError(f"unknown {what.format(unknown)}; choose from {names}")
+    return [t for t in entries if t["task"] in tasks]
 
 
 def branching_settings(profile: str, tasks: list[str] | None = None, replicates: int | None = None,
@@ -372,12 +379,7 @@ def branching_settings(profile: str, tasks: list[str] | None = None, replicates:
     if fraction is not None and not (isinstance(fraction, (int, float)) and 0 < fraction < 1):
         raise ConfigError(f"fraction (Δ over the checkpoint's loss) must be in (0, 1), got {fraction!r}")
     chosen = deepcopy(BRANCHING[profile])
-    names = [t["task"] for t in chosen["tasks"]]
-    if tasks is not None:
-        unknown = sorted(set(tasks) - set(names))
-        if unknown:
-            raise ConfigError(f"unknown tasks {unknown} for notebook 06 at {profile}; choose from {names}")
-        chosen["tasks"] = [t for t in chosen["tasks"] if t["task"] in tasks]
+    chosen["tasks"] = _narrowed(chosen["tasks"], tasks, f"tasks {{}} for notebook 06 at {profile}")
     for t in chosen["tasks"]:
         t.update({k: v for k, v in (("replicates", replicates), ("fraction", fraction)) if v is not None})
     return chosen

@@ -475,6 +475,7 @@ def main(argv: list[str] | None = None) -> int:
     log = {"profile": args.profile, "jobs": args.jobs, "exhaustive": args.exhaustive, "notebooks": dict((old_log or {}).get("notebooks", {})),
            "started": state["started"], "resumed": state["resumed"], "provenance": provenance()}
     domain = [n for n in notebooks if n != SUMMARY_NOTEBOOK]
+
     def finished(name: str, entry: dict[str, Any]) -> None:
         log["notebooks"][name] = entry
         write_json_atomic(log_path, log)
