@@ -70,9 +70,10 @@ _STYLE_SET = False
 
 
 def task_colour(task: str, fallback: int = 0) -> Any:
-    """One colour per task, the same in every figure (tab10 without its grey, which marks the paper's points);
+    """One colour per task, the same in every figure (tab10 without its grey, which marks the paper's points, then
+    the dark shades of tab20b);
     tasks without a display name take the ``fallback``-th colour."""
-    palette = [c for k, c in enumerate(plt.get_cmap("tab10").colors) if k != 7]
+    palette = [c for k, c in enumerate(plt.get_cmap("tab10").colors) if k != 7] + list(plt.get_cmap("tab20b").colors[::4])
     names = list(DISPLAY_NAMES)
     return palette[(names.index(task) if task in names else fallback) % len(palette)]
 

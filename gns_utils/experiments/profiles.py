@@ -52,6 +52,15 @@ _IMAGE_CPU_ADAM = dict(
 # A variant of the Adam task, shown beside it and not pooled as another task: one seed.
 _IMAGE_CPU_ADAM_BETA2 = dict(_IMAGE_CPU_ADAM, task="fashion_mnist_mlp_adam_beta2_099",
                              optimizer_kwargs={"betas": [0.9, 0.99]}, seeds=[])
+# The low end of the span: an MLP on scikit-learn's 8×8 digits (1,438 training images, offline), SGD, goals in
+# training loss from early in training. Its per-example gradients agree early on, so B_crit there is ~10–20
+# images, with batch sizes from 2 on both sides; the goal metric is the whole training set's loss (cheap at this
+# size, and a 2-image batch's own loss is too noisy to read a crossing from).
+_IMAGE_CPU_DIGITS = dict(
+    _IMAGE_CPU_SGD, task="digits_mlp_sgd", dataset="digits", model_kwargs={"hidden": [64]}, metric="loss",
+    goals=[1.5, 1.0, 0.6, 0.4, 0.3, 0.2], batch_sizes=[2, 4, 8, 16, 32, 64, 128, 256], lr_star=0.2, lr_b_star=16.0,
+    budget_examples=400_000, eval_examples=1438, goal_source="subset", b_noise_examples=1024,
+)
 # The paper's image set-ups (Table 1; App. A): SVHN goals are the paper's training errors.
 _IMAGE_PAPER_SVHN_SGD = dict(
     task="svhn_cnn_sgd", domain="image", dataset="svhn", data_kwargs={"download": True}, model="paper_cnn",
@@ -181,7 +190,7 @@ _RL_PAPER = [dict(
                                                                          "Qbert", "Seaquest", "SpaceInvaders")]
 
 PRESETS: dict[str, dict[str, list[dict[str, Any]]]] = {
-    "image": {"smoke": [_IMAGE_SMOKE], "cpu": [_IMAGE_CPU_SGD, _IMAGE_CPU_ADAM, _IMAGE_CPU_ADAM_BETA2], "paper": _IMAGE_PAPER},
+    "image": {"smoke": [_IMAGE_SMOKE], "cpu": [_IMAGE_CPU_SGD, _IMAGE_CPU_ADAM, _IMAGE_CPU_ADAM_BETA2, _IMAGE_CPU_DIGITS], "paper": _IMAGE_PAPER},
     "language": {"smoke": [_LM_SMOKE], "cpu": [_LM_CPU], "paper": [_LM_PAPER]},
     "autoencoder": {"smoke": [_AE_SMOKE, dict(_AE_SMOKE, task="smoke_vae", model="vae", goals=[41.0, 37.0])],
                     "cpu": [_AE_CPU, _VAE_CPU], "paper": [_AE_PAPER, _VAE_PAPER]},
@@ -288,6 +297,7 @@ DISPLAY_NAMES: dict[str, str] = {
     "fashion_mnist_autoencoder": "Fashion-MNIST autoencoder (Adam)",
     "fashion_mnist_vae": "Fashion-MNIST VAE (Adam)",
     "cartpole_a2c": "CartPole (A2C)",
+    "digits_mlp_sgd": "Digits MLP (SGD)",
 }
 
 
