@@ -63,6 +63,7 @@ __all__ = [
     "DEFAULT_SMOOTHING",
     "LOCAL_HALF_WIDTH",
     "MAX_LOG_STDERR",
+    "RUN_OUT",
     "TradeoffFit",
     "b_crit_by_goal",
     "best_runs",
@@ -89,6 +90,14 @@ DEFAULT_SMOOTHING: float = 0.6
 #: Narrower windows leave first crossings of the noise (0.3: fitted B_crit 0.83-1.08 of the exact one on
 #: the calibration task); wider ones bend with the curve at the few-step runs of large batches.
 LOCAL_HALF_WIDTH: float = 0.45
+
+#: How far past its last goal a run trains, as a multiple of the step at which its smoothed curve reached
+#: that goal: half the local reading's window (``e^(h/2)`` = 1.25). A run that stopped at its first crossing
+#: of the last goal leaves :func:`local_linear` only the points before it, and the run ends exactly where its
+#: noisy curve dipped, so the last goal would be read early (on the calibration task, curves cut there read
+#: a fitted B_crit of 0.80-0.82 of the exact one at goals the full curves read at 0.89-0.96; cut at 1.25× the
+#: crossing, 0.94-0.97).
+RUN_OUT: float = float(np.exp(LOCAL_HALF_WIDTH / 2))
 
 #: Standard error of ``log B_crit`` beyond which the fit "explodes": ``B_crit`` is
 #: then unconstrained by the data (one standard error spans a factor of e^2.3 = 10).

@@ -32,8 +32,9 @@ def test_exact_rule_stops_a_run_only_once_every_goal_it_has_not_reached_is_lost(
     assert can_still_win(_curve(slow[:60]), [_curve(fast[:60])], GOALS)
     # once the fast run reached 0.1 (step 92) the slow run, not there yet, has lost every goal left
     assert not can_still_win(_curve(slow[:95]), [_curve(fast[:95])], GOALS)
-    # a run that has reached every goal has nothing left to win
-    assert not can_still_win(_curve(fast[:200]), [], GOALS)
+    # a run that has reached every goal is not stopped by the rules: it runs out past its last goal
+    # (RUN_OUT) and ends itself, so that the last goal's centred reading has points on both sides
+    assert can_still_win(_curve(fast[:200]), [], GOALS)
     # the rival's curve counts only up to the member's own step (lockstep, replay and resume agree)
     assert can_still_win(_curve(slow[:60]), [_curve(fast)], GOALS)
 
@@ -186,18 +187,18 @@ def _summary(run_id, lr, steps_to_goal, n_steps, batch=10):
 def test_unneeded_examples_split_by_closeness_to_the_fastest_run():
     runs = [
         _summary("a", 0.1, {"1": 10.0, "2": 40.0}, 40),    # fastest at goal 1 (needs 10 steps), trained 40
-        _summary("b", 0.05, {"1": 12.0, "2": 36.0}, 40),   # fastest at goal 2 (needs 36)
+        _summary("b", 0.05, {"1": 12.0, "2": 36.0}, 40),   # fastest at the last goal 2: needs 36 × RUN_OUT = 45, has 40
         _summary("c", 0.2, {"1": 10.5, "2": None}, 30),    # never fastest, 5 % behind at goal 1
         _summary("d", 0.4, {"1": 13.0, "2": None}, 20),    # 30 % behind
         _summary("e", 0.01, {"1": None, "2": None}, 40),   # no goal
     ]
     frame = closeness(runs).set_index("run_id")
     np.testing.assert_allclose(frame["closeness"], [1.0, 1.0, 1.05, 1.3, np.inf])
-    np.testing.assert_allclose(frame["examples_needed"], [100, 360, 0, 0, 0])
+    np.testing.assert_allclose(frame["examples_needed"], [100, 400, 0, 0, 0])
     shares = unneeded_by_closeness(runs)
     total = (40 + 40 + 30 + 20 + 40) * 10
-    expected = {"fastest at a goal": (300 + 40) / total, "within 10 %": 300 / total, "10–25 %": 0.0,
+    expected = {"fastest at a goal": (300 + 0) / total, "within 10 %": 300 / total, "10–25 %": 0.0,
                 "25–50 %": 200 / total, "further or no goal": 400 / total}
     assert list(shares.index) == list(expected)
     np.testing.assert_allclose(shares.to_numpy(), list(expected.values()))
-    assert shares.sum() == pytest.approx(1 - 460 / total)  # everything but the share the fits need
+    assert shares.sum() == pytest.approx(1 - 500 / total)  # everything but the share the fits need

@@ -10,7 +10,7 @@ import torch
 
 from gns_utils.experiments import sweep as sweep_module
 from gns_utils.experiments.config import ConfigError, make_experiment
-from gns_utils.critical_batch import b_crit_by_goal, best_runs
+from gns_utils.critical_batch import RUN_OUT, b_crit_by_goal, best_runs
 from gns_utils.experiments.problems import ClassificationProblem
 from gns_utils.experiments.store import load_metrics, load_run_summary, run_dir
 from gns_utils.experiments.sweep import run_sweep
@@ -309,12 +309,13 @@ def test_sweep_with_every_rate_diverging_widens_downwards_until_one_trains(probl
     assert (at_4["status"] == "diverged").any() and table[table.batch_examples == 4]["steps"].notna().any()
 
 
-def test_run_stops_once_the_smoothed_metric_has_reached_every_goal(problem, tmp_path):
+def test_run_stops_once_it_has_run_out_past_the_smoothed_metric_reaching_every_goal(problem, tmp_path):
     summary = train_run(problem, make_experiment(BASE).run(16, 0.2), tmp_path, progress=False)
     raw, smooth = summary["steps_to_goal_raw"]["0.15"], summary["steps_to_goal"]["0.15"]
     assert summary["status"] == "complete" and raw is not None and smooth is not None and smooth >= raw
     log = load_metrics(tmp_path, "tiny", [summary["run_id"]])
-    assert log["metric_step"].iloc[-1] >= smooth > log["metric_step"].iloc[-2]  # the first point past it
+    # the first logged point at or past RUN_OUT × the step where the last goal was reached
+    assert log["metric_step"].iloc[-1] >= RUN_OUT * smooth > log["metric_step"].iloc[-2]
 
 
 def test_goal_metric_from_the_steps_batches_matches_the_evaluated_subset(problem, tmp_path):

@@ -5,7 +5,8 @@ of a task's sweep at its main seed (the reference re-runs that measure B_noise a
 
 * ``examples_trained``: Σ over runs of steps × B (examples; sequences for language models);
 * ``share_needed``: the part of those the fits use — for each run, the examples up to the last
-  goal at which it is the fastest run of its batch size (:func:`gns_utils.critical_batch.best_runs`);
+  goal at which it is the fastest run of its batch size (:func:`gns_utils.critical_batch.best_runs`),
+  and at the sweep's last goal up to ``RUN_OUT`` × that step (the points past the goal its reading uses);
   a run that is never the fastest needs none;
 * ``examples_evaluated``: examples forwarded to evaluate the goal metric on a fixed subset;
 * ``eval_share``: the evaluation's share of the compute, a forward pass counted as a third of a
@@ -32,7 +33,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from gns_utils.critical_batch import b_crit_by_goal, best_runs, expected_steps
+from gns_utils.critical_batch import RUN_OUT, b_crit_by_goal, best_runs, expected_steps
 from gns_utils.experiments.stopping import replay
 from gns_utils.experiments.sweep import runs_table, stored_curve
 
@@ -59,7 +60,14 @@ def sweep_runs(results_dir: str | Path, task: str) -> list[dict[str, Any]]:
 def needed_steps(summaries: list[dict[str, Any]]) -> pd.Series:
     """Per run id: the steps up to the last goal at which the run is the fastest of its batch size."""
     best = best_runs(runs_table(summaries), batch="batch_units")
-    return best.groupby("run_id")["steps"].max()
+    return _with_run_out(best).groupby("run_id")["steps"].max()
+
+
+def _with_run_out(used: pd.DataFrame) -> pd.DataFrame:
+    """Steps needed at each goal: at the last goal ``RUN_OUT`` × the crossing, the points past it that its
+    centred reading uses (:data:`gns_utils.critical_batch.RUN_OUT`)."""
+    last = used["goal"] == pd.unique(used["goal"])[-1] if len(used) else used["goal"].astype(bool)
+    return used.assign(steps=np.where(last, RUN_OUT * used["steps"], used["steps"]))
 
 
 def all_seed_runs(results_dir: str | Path, task: str) -> list[dict[str, Any]]:
@@ -79,7 +87,7 @@ def needed_steps_all_seeds(summaries: list[dict[str, Any]]) -> pd.Series:
     table = runs_table(summaries)
     chosen = expected_steps(table, batch="batch_units").dropna(subset=["steps"])[["goal", "batch_units", "lr"]]
     used = table.merge(chosen, on=["goal", "batch_units", "lr"])
-    return used.groupby("run_id")["steps"].max()
+    return _with_run_out(used).groupby("run_id")["steps"].max()
 
 
 def _evaluated(results_dir: Path, summary: dict[str, Any]) -> float:
@@ -197,15 +205,17 @@ def replay_stopping(results_dir: str | Path, task: str, margin: float | None = N
         stops = replay([(c.steps, c.values, s["status"]) for c, s in zip(curves, group)], goals, margin=margin,
                        direction=curves[0].direction if curves else "below", outpaced=outpaced,
                        lrs=[s["config"]["lr"] for s in group])
-        for s, stop in zip(group, stops):
+        for s, c, stop in zip(group, curves, stops):
             n = min(float(stop), float(s["n_steps"]))
             trained += n * batch
             truncated.append({**s, "steps_to_goal": {g: (v if v is not None and v <= stop else None)
                                                      for g, v in s["steps_to_goal"].items()}})
             if s["run_id"] in need.index and np.isfinite(need[s["run_id"]]):
-                needed += float(need[s["run_id"]]) * batch
-                if stop < need[s["run_id"]]:
-                    dropped.append((batch, s["config"]["lr"], float(stop), float(need[s["run_id"]])))
+                end = float(c.steps[-1]) if len(c.steps) else 0.0  # a run-out ends with the run's budget
+                wanted = min(float(need[s["run_id"]]), end)
+                needed += wanted * batch
+                if stop < wanted:
+                    dropped.append((batch, s["config"]["lr"], float(stop), wanted))
     return {"kept_every_best": not dropped, "dropped": dropped, "examples_trained": trained,
             "share_needed": needed / trained if trained else np.nan,
             "b_crit_shift": _b_crit_shift(summaries, truncated) if dropped else {str(g): 0.0 for g in goals}}

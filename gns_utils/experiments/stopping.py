@@ -109,8 +109,8 @@ def can_still_win(own: Curve, rivals: Iterable[Curve], goals: Sequence[float],
         return True
     t = float(own.steps[-1])
     left = [g for g, s in zip(goals, own.steps_to(goals)) if not math.isfinite(s)]
-    if not left:
-        return False
+    if not left:  # past its last goal: the run trains on a little (RUN_OUT) and ends itself
+        return True
     rivals = list(rivals)
     reached = np.array([r.steps_to(left, until=t) for r in rivals]).reshape(len(rivals), len(left))
     if len(rivals) and (reached <= t).any(axis=0).all():  # exact: every goal left is already lost

@@ -9,7 +9,8 @@ or from ``n_micro`` accumulated micro-batches
 (:class:`gns_utils.noise.GradientNoiseMonitor`, any net); see :func:`noise_monitor`.
 
 A run ends with one of the statuses of :data:`gns_utils.experiments.store.STATUSES`:
-``complete`` (the last goal was reached), ``budget_exhausted`` (the example budget
+``complete`` (the last goal was reached, and the run trained on to ``RUN_OUT`` × the step where
+it did, or to the end of its budget: :data:`gns_utils.critical_batch.RUN_OUT`), ``budget_exhausted`` (the example budget
 ran out first), ``pruned`` (stopped by the sweep once it could no longer be the fastest
 run at its batch size), ``diverged`` (a non-finite loss, or the evaluated loss grew past
 ``BLOWUP_FACTOR`` × its initial value) or ``failed`` (an exception; recorded by the
@@ -30,7 +31,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from gns_utils.critical_batch import DEFAULT_SMOOTHING, steps_to_target
+from gns_utils.critical_batch import DEFAULT_SMOOTHING, RUN_OUT, steps_to_target
 from gns_utils.experiments.config import METRIC_DIRECTION, RunConfig, goal_reached
 from gns_utils.experiments.models import count_parameters
 from gns_utils.experiments.seed import set_seed
@@ -291,8 +292,9 @@ class Run:
                 self.monitor.reset()  # the measurement's backward passes are not a training step
                 for part, _ in self.parts.values():
                     part.reset()
-        if np.isfinite(self.curve.steps_to(cfg.goals[-1])).all():
-            self._finish("complete")
+        last = float(self.curve.steps_to(cfg.goals[-1])[0])
+        if math.isfinite(last) and (position >= RUN_OUT * last or step >= self.max_steps):
+            self._finish("complete")  # past the last goal by RUN_OUT, so that its centred reading has both sides
         elif step >= self.max_steps:
             self._finish("budget_exhausted")
 
