@@ -198,3 +198,27 @@ def test_expected_steps_recover_the_exact_steps_of_the_best_grid_rate_where_the_
     assert np.all(np.abs(new.mean(axis=0)) < 0.1 + 2 * se_new), np.exp(new.mean(axis=0))
     # the fastest-run A.3 reading (one seed, EMA) fails the same test: biased low by more than a quarter
     assert np.exp(old.mean(axis=0)).min() < 0.75, np.exp(old.mean(axis=0))
+
+
+def test_the_last_goal_is_read_early_from_a_run_that_stops_there_and_not_from_its_run_out(calibration_sweeps):
+    """A run that ends at its first (smoothed) crossing of the last goal ends where its noisy curve dipped, and
+    the centred reading has no points after it; the trainer's run-out (``RUN_OUT`` × that step) gives it both
+    sides. Each goal is read as if it were the last, against the exact answer of the grid's best rate."""
+    runs = calibration_sweeps
+    ratios: dict[str, list[np.ndarray]] = {"local_stopped": [], "local_run_out": []}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for start in range(0, 12, 3):
+            group = runs[runs["seed"].between(start, start + 2)]
+            grid_best = group.groupby(["goal", "batch_size"], as_index=False)["expected"].min()
+            target = b_crit_by_goal(grid_best.assign(steps=grid_best["expected"], lr=0.1)).set_index("goal")["b_crit"]
+            for name, found in ratios.items():
+                read = group.assign(steps=group[name])
+                best = expected_steps(read)
+                by_goal = seed_aware_b_crit(best, steps_by_seed(read, best)).set_index("goal")["b_crit"]
+                found.append((by_goal / target).to_numpy())
+    run_out, stopped = (np.log(np.array(ratios[k])) for k in ("local_run_out", "local_stopped"))
+    se = run_out.std(axis=0, ddof=1) / np.sqrt(run_out.shape[0])
+    assert np.all(np.abs(run_out.mean(axis=0)) < 0.1 + 2 * se), np.exp(run_out.mean(axis=0))
+    se = stopped.std(axis=0, ddof=1) / np.sqrt(stopped.shape[0])
+    assert np.any(stopped.mean(axis=0) < np.log(0.9) - 2 * se), np.exp(stopped.mean(axis=0))

@@ -258,11 +258,16 @@ def simulate_calibration_sweeps(eigenvalues: np.ndarray, u0: np.ndarray, noise_v
     the slowest run's expected steps. Steps to each goal: the raw first crossing (``raw``), the causal
     EMA of App. A.3 (``ema``) and the centred local-linear reading (``local``), beside the exact
     steps of the expected loss at that rate (``expected``, :func:`gns_utils.theory.noisy_linear_steps_to_goal`).
+    Two more read each goal as if it were the sweep's last, from the curve cut where a run would end:
+    ``local_stopped`` at the first logged point past the EMA crossing (a run that stops on reaching its
+    last goal), ``local_run_out`` at the first logged point past :data:`gns_utils.critical_batch.RUN_OUT`
+    × that crossing (what the trainer does).
 
     Returns:
-        one row per (batch_size, lr, seed, goal) with columns ``raw``, ``ema``, ``local``, ``expected``.
+        one row per (batch_size, lr, seed, goal) with columns ``raw``, ``ema``, ``local``, ``local_stopped``,
+        ``local_run_out``, ``expected``.
     """
-    from gns_utils.critical_batch import steps_to_target
+    from gns_utils.critical_batch import RUN_OUT, steps_to_target
     from gns_utils.experiments.train import eval_schedule
 
     goals = np.asarray(goals, float)
@@ -282,6 +287,10 @@ def simulate_calibration_sweeps(eigenvalues: np.ndarray, u0: np.ndarray, noise_v
                 readings = {"raw": steps_to_target(schedule, curve, goals, smoothing=0.0),
                             "ema": steps_to_target(schedule, curve, goals),
                             "local": steps_to_target(schedule, curve, goals, method="local")}
+                for name, factor in (("local_stopped", 1.0), ("local_run_out", RUN_OUT)):
+                    ends = np.searchsorted(schedule, factor * readings["ema"]) + 1  # NaN (not reached): the whole curve
+                    readings[name] = np.array([steps_to_target(schedule[:n], curve[:n], [goal], method="local")[0]
+                                               for n, goal in zip(ends, goals)])
                 for g, goal in enumerate(goals):
                     rows.append({"batch_size": b, "lr": lr, "seed": r, "goal": goal, "expected": expected[k, g],
                                  **{name: steps[g] for name, steps in readings.items()}})
