@@ -11,6 +11,7 @@ from gns_utils.experiments.summary import (
     GOAL_PREDICTORS,
     NOT_POOLED,
     UNRESOLVED_REL_SE,
+    calibration_report,
     goal_report,
     is_resolved,
     r2_report,
@@ -126,3 +127,14 @@ def test_b_crit_loss_slope_recovers_a_power_law_and_judges_it_against_kaplan():
     text = loss_slope_verdict(steep, "tokens", sequence_length=20)
     assert "steeper than theirs" in text and "sequences" in text and "−4.8" in text
     assert "Fewer than 3" in loss_slope_verdict(exact[:2])
+
+
+def test_calibration_report_scores_the_estimator_and_the_paper_reading_against_the_exact_answer():
+    points = pd.DataFrame({"synthetic": [True, True, True, False], "b_crit": [10.0, 100.0, 1000.0, 50.0],
+                           "b_crit_exact": [10.0, 125.0, 900.0, np.nan], "b_crit_predicted": [8.0, 80.0, 800.0, np.nan],
+                           "b_crit_fastest_ema": [6.0, 75.0, 450.0, 40.0],
+                           "ci_low": [9.0, 90.0, 850.0, 40.0], "ci_high": [11.0, 120.0, 1100.0, 60.0]})
+    out = calibration_report(points)
+    assert out["n_points"] == 3 and out["n_exact_covered"] == 2  # 125 lies above its interval
+    assert out["measured_over_exact_min"] == pytest.approx(0.8) and out["measured_over_exact_max"] == pytest.approx(1000 / 900)
+    assert out["fastest_ema_over_exact_min"] == pytest.approx(0.5) and out["fastest_ema_over_exact_max"] == pytest.approx(0.6)
