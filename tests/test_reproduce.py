@@ -2,6 +2,7 @@
 and the end compares with the reference."""
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -107,6 +108,32 @@ def test_a_hardest_goal_fitted_on_one_side_only_is_compared_at_the_hardest_commo
     assert row["b_crit_z"] == pytest.approx(10.0 / (35.0 ** 2 + 30.0 ** 2) ** 0.5)
     assert "the hardest that both fitted" in reproduce.comparison_markdown(
         reproduce.compare(tmp_path / "ref", tmp_path / "new", ["t"]), "h")
+
+
+def test_a_comparison_names_the_code_files_changed_since_the_reference_was_made(tmp_path, monkeypatch):
+    def git(*args):
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=repo, check=True,
+                              capture_output=True, text=True).stdout.strip()
+
+    repo = tmp_path / "repo"
+    (repo / "gns_utils").mkdir(parents=True)
+    git("init", "-q")
+    commits = []
+    for path, text in [("gns_utils/fit.py", "a"), ("README.md", "docs"), ("gns_utils/fit.py", "b")]:
+        (repo / path).write_text(text)
+        git("add", "-A")
+        git("commit", "-q", "-m", path)
+        commits.append(git("rev-parse", "HEAD"))
+    monkeypatch.setattr(reproduce, "repo_root", lambda: repo)
+    assert reproduce.code_changed([commits[0]], [commits[1]]) == []        # only the README changed
+    assert reproduce.code_changed([commits[0]], [commits[2]]) == ["gns_utils/fit.py"]
+    assert reproduce.code_changed(["0" * 40], [commits[2]]) is None        # a commit git does not hold
+    for side, commit in (("ref", commits[0]), ("new", commits[2])):
+        write_json_atomic(tmp_path / side / "t" / "summary.json",
+                          {**_task_summary(14.0, 7.0, 34.0), "provenance": {"git_commit": commit}})
+    result = reproduce.compare(tmp_path / "ref", tmp_path / "new", ["t"])
+    assert result["reference_commits"] == [commits[0]] and result["code_changed"] == ["gns_utils/fit.py"]
+    assert "The code changed since the reference was made" in reproduce.comparison_markdown(result, "h")
 
 
 @pytest.mark.parametrize("new_seed, kind", [(0, "determinism check"), (1000, "replication")])

@@ -292,6 +292,8 @@ def compare(reference_dir: Path, results_dir: Path, tasks: list[str]) -> dict[st
         row["agrees"] = bool(b_crit_agrees and row["b_simple_factor"] is not None
                              and 1 / AGREE_FACTOR <= row["b_simple_factor"] <= AGREE_FACTOR)
         rows.append(row)
+    ref_commits = sorted({c for t in tasks if (c := _commit_of(reference_dir / t / "summary.json"))})
+    new_commits = sorted({c for t in tasks if (c := _commit_of(results_dir / t / "summary.json"))})
     new_r2 = (read_json(results_dir / "summary.json") or {}).get("r2", {})
     ref_r2 = (read_json(reference_dir / "summary.json") or {}).get("r2", {})
     compared = [r for r in rows if r.get("agrees") is not None]
@@ -304,7 +306,38 @@ def compare(reference_dir: Path, results_dir: Path, tasks: list[str]) -> dict[st
         "identical": bool(compared) and all(r.get("identical") for r in compared),
         "criteria": (f"B_crit within {AGREE_STDERRS:g} combined standard errors of the reference, and B_simple "
                      f"(pooled over runs where both have it) within a factor {AGREE_FACTOR:g}"),
+        "reference_commits": ref_commits,
+        "code_changed": code_changed(ref_commits, new_commits),
     }
+
+
+#: The folders whose changes can move a result (the training and analysis code, the notebooks, the pinned
+#: library versions); a change elsewhere (tests, docs, README) cannot.
+CODE_PATHS = ("gns_utils", "notebooks", "requirements.lock", "pyproject.toml")
+
+
+def _commit_of(path: Path) -> str | None:
+    return ((read_json(path) or {}).get("provenance") or {}).get("git_commit")
+
+
+def code_changed(reference_commits: list[str], new_commits: list[str]) -> list[str] | None:
+    """The files under :data:`CODE_PATHS` that differ between the commits that made the reference and those that
+    made the new results (``git diff --name-only``); ``[]`` when none does, None when git cannot tell (no
+    repository, or a commit it does not hold)."""
+    if not reference_commits or not new_commits:
+        return None
+    changed: set[str] = set()
+    for ref in reference_commits:
+        for new in new_commits:
+            if ref == new:
+                continue
+            try:
+                out = subprocess.run(["git", "diff", "--name-only", ref, new, "--", *CODE_PATHS], cwd=repo_root(),
+                                     capture_output=True, text=True, check=True).stdout
+            except (OSError, subprocess.CalledProcessError):
+                return None
+            changed.update(line for line in out.splitlines() if line)
+    return sorted(changed)
 
 
 def _fitted_goals(summary: dict[str, Any]) -> dict[float, dict[str, Any]]:
@@ -378,6 +411,13 @@ def comparison_markdown(comparison: dict[str, Any], header: str) -> str:
                         "identical; that holds only on the same hardware and library versions (float rounding "
                         "differs between machines and the trajectories part). It says nothing about another seed: "
                         "`make replicate` trains at new seeds.\n")
+    changed = comparison.get("code_changed")
+    if changed:
+        refs = ", ".join(f"`{c[:12]}`" for c in comparison.get("reference_commits", []))
+        lines.insert(2, f"**The code changed since the reference was made** (at {refs}): {len(changed)} file(s) "
+                        f"under {', '.join(CODE_PATHS)} differ ({', '.join(changed[:6])}"
+                        f"{', …' if len(changed) > 6 else ''}), so a difference may come from that change rather "
+                        "than from rounding or seeds.\n")
     if not any(r.get("agrees") is not None for r in comparison["tasks"]):
         verdict = "Nothing to compare: the reference holds none of these tasks."
     elif comparison["identical"]:
@@ -513,7 +553,7 @@ def main(argv: list[str] | None = None) -> int:
               f"`{(state['git_commit'] or 'unknown')[:12]}`; {n_runs} runs, {n_runs - n_before} of them trained by this "
               f"reproduction ({n_before} from before it started); {log['total_wall_time_s'] / 60:.1f} min in all "
               f"({log['total_cpu_time_s'] / 60:.1f} CPU-min). "
-              f"Main seed {args.seed}. Reference: the task summaries of the `{reference_dir}/` at that commit."
+              f"Main seed {args.seed}. Reference: the task summaries in `{reference_dir}/` when it started."
               + (f" The tasks of {', '.join(sorted({n for n, _ in earlier}))} were not trained by this call: their "
                  f"summaries in `{args.results_dir}/` come from an earlier one at the same seeds (commit "
                  f"{', '.join(sorted({_summary_commit(results, t) for _, t in earlier}))}) and are compared as they "

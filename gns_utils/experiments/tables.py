@@ -160,7 +160,10 @@ def print_tables(root) -> None:
         kind = data.get("kind", "determinism check")
         print(f"\nThe last `make reproduce` (profile {data['profile']}, a {kind}) trained "
               f"{data['n_runs'] - data['n_runs_from_before']} of its {data['n_runs']} runs anew in {minutes:.1f} min "
-              f"({_notebook_times(root)}); against the results committed before it, it {verdict} "
+              f"({_notebook_times(root)}); against the results committed before it"
+              + (f" (made by earlier code: {len(data['code_changed'])} code file(s) changed since)"
+                 if data.get("code_changed") else "")
+              + f", it {verdict} "
               "(`results/reproduction.md`).")
     replication = root / "replication.json"
     if replication.exists():
