@@ -11,6 +11,12 @@ at only by a fluctuation of the loss below a plateau that lies above it. One mor
 comparison: the crossing of the seed-averaged loss curve at each rate trained at every seed (the curves
 averaged up to the shortest of them; a goal the average does not reach by then is not read).
 
+``near_end`` counts, per chosen (goal, B), the seeds whose crossing was read within the local window's
+half-width of the end of their logged curve (the last logged step below ``e^h`` × the crossing, ``h`` =
+:data:`gns_utils.critical_batch.LOCAL_HALF_WIDTH`): there the window is one-sided, and a line through the
+last points of a flattening curve extrapolates its fall, so the reading comes early. ``pruned`` counts the
+seeds whose run the stopping rules ended before its last goal.
+
 Usage: ``python benchmarks/calibration_residual.py [RESULTS_DIR]`` (output kept in
 ``benchmarks/calibration_residual.txt``).
 """
@@ -23,7 +29,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from gns_utils.critical_batch import b_crit_by_goal, expected_steps, steps_to_target
+from gns_utils.critical_batch import LOCAL_HALF_WIDTH, b_crit_by_goal, expected_steps, steps_to_target
 from gns_utils.experiments.compute import all_seed_runs
 from gns_utils.experiments.pipeline import local_steps
 from gns_utils.experiments.problems import make_problem
@@ -61,13 +67,20 @@ def main() -> None:
     sizes = sorted(int(b) for b in table["batch_units"].unique())
     best = expected_steps(table, batch="batch_units")
     tuned = noisy_linear_tuned_steps(lam, u0, var, sizes, goals)
+    ends = {i: pd.read_csv(run_dir(results, cfg.task, i) / "metrics.csv", usecols=["metric_step", "metric"])
+            .dropna()["metric_step"].max() for i in table["run_id"].unique()
+            if (run_dir(results, cfg.task, i) / "metrics.csv").exists()}
+    table = table.assign(end=table["run_id"].map(ends))
     rows = []
     for r in best.itertuples(index=False):
         k, j = goals.index(float(r.goal)), sizes.index(int(r.batch_units))
+        cell = table[(table["goal"] == r.goal) & (table["batch_units"] == r.batch_units) & (table["lr"] == r.lr)]
         rows.append({"goal": r.goal, "B": int(r.batch_units), "seeds": int(r.n_seeds), "lr": r.lr,
                      "lr_tuned": tuned.lrs[k, j], "measured": r.steps,
                      "exact_at_rate": noisy_linear_steps_to_goal(lam, u0, var, r.batch_units, r.lr, [r.goal])[0],
-                     "tuned": tuned.steps[k, j]})
+                     "tuned": tuned.steps[k, j],
+                     "near_end": int((cell["end"] < np.exp(LOCAL_HALF_WIDTH) * cell["steps"]).sum()),
+                     "pruned": int((cell["status"] == "pruned").sum())})
     frame = pd.DataFrame(rows)
     print(f"Calibration sweep in {results}/{cfg.task}: {table['run_id'].nunique()} runs, seeds "
           f"{sorted(int(s) for s in table['seed'].unique())}\n")
@@ -92,7 +105,12 @@ def main() -> None:
                             "seed-averaged curve / exact": fit("averaged_curve") / exact,
                             "chosen rates whose expected loss never reaches the goal":
                                 frame.groupby("goal")["exact_at_rate"].apply(lambda s: int(np.isinf(s).sum()))
-                                .reindex(goals).to_numpy()}, index=goals)
+                                .reindex(goals).to_numpy(),
+                            "chosen cells with a seed read near its curve's end":
+                                frame.groupby("goal")["near_end"].apply(lambda s: int((s > 0).sum()))
+                                .reindex(goals).to_numpy(),
+                            "batch sizes fitted": frame.groupby("goal").size().reindex(goals).to_numpy()},
+                           index=goals)
     print("\n(2.11) fits per goal (B_crit from the tuned steps at these batch sizes):")
     with pd.option_context("display.width", 200):
         print(summary.to_string(float_format=lambda v: f"{v:.3g}"))

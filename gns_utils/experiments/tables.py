@@ -31,7 +31,13 @@ from gns_utils.experiments.profiles import BRANCHING_DIR, DYNAMICS_DIR, NOTEBOOK
 from gns_utils.experiments.report import loss_slope_verdict
 from gns_utils.experiments.compute import compute_table, sweep_runs
 from gns_utils.experiments.store import load_metrics, load_run_summaries, load_run_summary, run_dir
-from gns_utils.experiments.summary import ratio_interval, resolved_trace_goals, slope_groups, verdict_markdown
+from gns_utils.experiments.summary import (
+    UNRESOLVED_REL_SE,
+    ratio_interval,
+    resolved_trace_goals,
+    slope_groups,
+    verdict_markdown,
+)
 from gns_utils.experiments.sweep import runs_table
 from gns_utils.theory import fit_optimal_lr
 
@@ -544,6 +550,12 @@ def key_numbers(root) -> list[str]:
     ratios = [s["b_simple"] / s["b_crit"] for s in tasks if s.get("b_simple")]
     lines.append(f"B_crit spans {np.log10(max(b_crits) / min(b_crits)):.1f} decades over the tasks "
                  f"({min(b_crits):,.0f} → {max(b_crits):,.0f}); B_simple / B_crit ranges {min(ratios):.2f}–{max(ratios):.2f}.")
+    fitted = [(g["b_crit"], s["task"], g["goal"]) for s in tasks for g in s.get("goals", [])
+              if g.get("bound") == "none" and g.get("b_crit") and (g.get("b_crit_stderr") or 0) < UNRESOLVED_REL_SE * g["b_crit"]]
+    if fitted:
+        low, high = min(fitted), max(fitted)
+        lines.append(f"Goal by goal, the fitted B_crit of these tasks spans {np.log10(high[0] / low[0]):.2f} decades: "
+                     f"{low[0]:,.1f} ({low[1]}, goal {low[2]:g}) → {high[0]:,.0f} ({high[1]}, goal {high[2]:g}).")
     lines += _matched_lines(root, tasks)
     lines += _fair_test_lines(root, tasks)
     lines += _predictor_by_task_lines(tasks)
