@@ -13,9 +13,9 @@ averaged up to the shortest of them; a goal the average does not reach by then i
 
 ``near_end`` counts, per chosen (goal, B), the seeds whose crossing was read within the local window's
 half-width of the end of their logged curve (the last logged step below ``e^h`` × the crossing, ``h`` =
-:data:`gns_utils.critical_batch.LOCAL_HALF_WIDTH`): there the window is one-sided, and a line through the
-last points of a flattening curve extrapolates its fall, so the reading comes early. ``pruned`` counts the
-seeds whose run the stopping rules ended before its last goal.
+:data:`gns_utils.critical_batch.LOCAL_HALF_WIDTH`), where the window is one-sided; ``pruned`` counts the
+seeds whose run the stopping rules ended before its last goal. (Whether either moves the reading:
+``benchmarks/calibration_run_out.py`` and ``benchmarks/calibration_unpruned.py``.)
 
 Usage: ``python benchmarks/calibration_residual.py [RESULTS_DIR]`` (output kept in
 ``benchmarks/calibration_residual.txt``).

@@ -259,9 +259,14 @@ def compare(reference_dir: Path, results_dir: Path, tasks: list[str]) -> dict[st
         and ``agrees`` (None when the reference has no such task).
     """
     rows = []
+    ref_commits: set[str] = set()
+    new_commits: set[str] = set()
     for task in tasks:
         new = read_json(results_dir / task / "summary.json")
         ref = read_json(reference_dir / task / "summary.json")
+        for commits, summary in ((ref_commits, ref), (new_commits, new)):
+            if commit := _commit_of(summary):
+                commits.add(commit)
         if new is None:
             rows.append({"task": task, "agrees": False, "note": "no new summary (the notebook failed)"})
             continue
@@ -292,8 +297,6 @@ def compare(reference_dir: Path, results_dir: Path, tasks: list[str]) -> dict[st
         row["agrees"] = bool(b_crit_agrees and row["b_simple_factor"] is not None
                              and 1 / AGREE_FACTOR <= row["b_simple_factor"] <= AGREE_FACTOR)
         rows.append(row)
-    ref_commits = sorted({c for t in tasks if (c := _commit_of(reference_dir / t / "summary.json"))})
-    new_commits = sorted({c for t in tasks if (c := _commit_of(results_dir / t / "summary.json"))})
     new_r2 = (read_json(results_dir / "summary.json") or {}).get("r2", {})
     ref_r2 = (read_json(reference_dir / "summary.json") or {}).get("r2", {})
     compared = [r for r in rows if r.get("agrees") is not None]
@@ -306,8 +309,8 @@ def compare(reference_dir: Path, results_dir: Path, tasks: list[str]) -> dict[st
         "identical": bool(compared) and all(r.get("identical") for r in compared),
         "criteria": (f"B_crit within {AGREE_STDERRS:g} combined standard errors of the reference, and B_simple "
                      f"(pooled over runs where both have it) within a factor {AGREE_FACTOR:g}"),
-        "reference_commits": ref_commits,
-        "code_changed": code_changed(ref_commits, new_commits),
+        "reference_commits": sorted(ref_commits),
+        "code_changed": code_changed(sorted(ref_commits), sorted(new_commits)),
     }
 
 
@@ -316,8 +319,9 @@ def compare(reference_dir: Path, results_dir: Path, tasks: list[str]) -> dict[st
 CODE_PATHS = ("gns_utils", "notebooks", "requirements.lock", "pyproject.toml")
 
 
-def _commit_of(path: Path) -> str | None:
-    return ((read_json(path) or {}).get("provenance") or {}).get("git_commit")
+def _commit_of(summary: dict[str, Any] | None) -> str | None:
+    """The commit that made a task summary (its provenance), None when it does not say."""
+    return ((summary or {}).get("provenance") or {}).get("git_commit")
 
 
 def code_changed(reference_commits: list[str], new_commits: list[str]) -> list[str] | None:
@@ -440,7 +444,7 @@ def earlier_tasks(results_dir: Path, reference_dir: Path, profile: str, domain: 
 
 
 def _summary_commit(results_dir: Path, task: str) -> str:
-    commit = ((read_json(results_dir / task / "summary.json") or {}).get("provenance") or {}).get("git_commit")
+    commit = _commit_of(read_json(results_dir / task / "summary.json"))
     return f"`{commit[:12]}`" if commit else "unknown"
 
 

@@ -32,7 +32,7 @@ from gns_utils.experiments.report import loss_slope_verdict
 from gns_utils.experiments.compute import compute_table, sweep_runs
 from gns_utils.experiments.store import load_metrics, load_run_summaries, load_run_summary, run_dir
 from gns_utils.experiments.summary import (
-    UNRESOLVED_REL_SE,
+    is_resolved,
     ratio_interval,
     resolved_trace_goals,
     slope_groups,
@@ -551,7 +551,7 @@ def key_numbers(root) -> list[str]:
     lines.append(f"B_crit spans {np.log10(max(b_crits) / min(b_crits)):.1f} decades over the tasks "
                  f"({min(b_crits):,.0f} → {max(b_crits):,.0f}); B_simple / B_crit ranges {min(ratios):.2f}–{max(ratios):.2f}.")
     fitted = [(g["b_crit"], s["task"], g["goal"]) for s in tasks for g in s.get("goals", [])
-              if g.get("bound") == "none" and g.get("b_crit") and (g.get("b_crit_stderr") or 0) < UNRESOLVED_REL_SE * g["b_crit"]]
+              if g.get("bound") == "none" and is_resolved(g.get("b_crit"), g.get("b_crit_stderr"))[0]]
     if fitted:
         low, high = min(fitted), max(fitted)
         lines.append(f"Goal by goal, the fitted B_crit of these tasks spans {np.log10(high[0] / low[0]):.2f} decades: "
