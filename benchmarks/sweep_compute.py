@@ -71,9 +71,11 @@ def main() -> None:
     new = compute_table(args.results, tasks)
     print(f"== {args.results} ({_wall(args.results)})")
     print(new.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
-    every = new["examples_all_seeds"]
-    print(f"over all tasks and seeds: {every.sum() / 1e6:.1f} M examples trained, share the fits use "
-          f"{(every * new['share_needed_all_seeds']).sum() / every.sum():.3f}")
+    counted = new[~new["statistics"]]  # batches drawn as sufficient statistics cost nothing per example
+    every = counted["examples_all_seeds"]
+    print(f"over all tasks and seeds{' but ' + ', '.join(new.loc[new['statistics'], 'task']) if len(counted) < len(new) else ''}"
+          f": {every.sum() / 1e6:.1f} M examples trained, share the fits use "
+          f"{(every * counted['share_needed_all_seeds']).sum() / every.sum():.3f}")
     if args.closeness:
         print("\nexamples the fits do not need, as shares of all examples trained, by their run's closeness "
               "to the fastest run of its batch size (steps to its best goal over the fastest's):")

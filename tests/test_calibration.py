@@ -336,3 +336,109 @@ def test_runs_at_different_seeds_see_different_examples_and_each_seed_reproduces
         losses[key] = (tmp_path / key / cfg.task / "runs" / cfg.run_id / "metrics.csv").read_text().split("\n")[-2]
     assert losses["a"] != losses["b"]
     assert losses["a"].split(",")[:4] == losses["a_again"].split(",")[:4]
+
+
+# --------------------------------------------------------------------------- (e) batches as sufficient statistics
+def test_the_loss_of_the_sums_is_the_loss_of_the_examples(problem):
+    model = problem.build_model()
+    with torch.no_grad():
+        model.weight.copy_(torch.randn(1, 8, generator=torch.Generator().manual_seed(2)))
+    x, y = problem.examples(50, torch.Generator().manual_seed(3))
+    xd, yd = x.double(), y.double()
+    halves = [(xd[:20], yd[:20]), (xd[20:], yd[20:])]
+    sums = (torch.stack([a.T @ a for a, _ in halves]), torch.stack([a.T @ b for a, b in halves]),
+            torch.stack([b @ b for _, b in halves]), torch.tensor([20.0, 30.0], dtype=torch.float64))
+    assert problem.units(sums) == 50
+    assert problem.loss(model, sums).item() == pytest.approx(problem.loss(model, (x, y)).item(), rel=1e-6)
+    model.zero_grad()
+    problem.loss(model, sums).backward()
+    from_sums = model.weight.grad.clone()
+    model.zero_grad()
+    problem.loss(model, (x, y)).backward()
+    torch.testing.assert_close(from_sums, model.weight.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_sufficient_statistics_have_the_moments_of_the_sums_over_examples():
+    from gns_utils.experiments.synthetic import sufficient_statistics
+
+    rng = np.random.default_rng(0)
+    scale, w_star, sigma, n, draws = np.sqrt(LAM), np.array([0.7, -1.2, 0.4, 1.5]), np.sqrt(VAR), 100, 20_000
+    sxx, sxy, syy = (np.array(a) for a in zip(*(sufficient_statistics(rng, scale, w_star, sigma, n)
+                                                  for _ in range(draws))))
+    assert n > 4 * LAM.size  # Bartlett's decomposition, not the examples
+    h = np.diag(LAM)
+    # Σxxᵀ: mean nH, variance n(λ_iλ_j + δ_ij λ_i²) (Wishart)
+    var_xx = n * (np.outer(LAM, LAM) + h**2)
+    assert np.all(np.abs(sxx.mean(0) - n * h) < 5 * np.sqrt(var_xx / draws))
+    assert np.all(np.abs(sxx.var(0) / var_xx - 1) < 5 * np.sqrt(2 / draws) * 1.5)
+    # Σxy: mean nHw*; Σy²: mean n(w*ᵀHw* + σ²), variance 2n(w*ᵀHw* + σ²)²
+    s2 = w_star @ h @ w_star + VAR
+    assert np.all(np.abs(sxy.mean(0) - n * LAM * w_star) < 5 * sxy.std(0) / np.sqrt(draws))
+    se_yy = np.sqrt(2 * n * s2**2 / draws)
+    assert abs(syy.mean() - n * s2) < 5 * se_yy
+    assert abs(LAM.size * VAR) > 5 * se_yy  # χ²(n) in place of χ²(n − d) would be rejected
+    assert syy.var() / (2 * n * s2**2) == pytest.approx(1.0, abs=5 * np.sqrt(2 / draws) * 2)
+    # The gradient at w, (Σxxᵀ w − Σxy)/n: mean Hu and covariance Σ/n (the problem's exact Σ)
+    w = w_star + U
+    g = (sxx @ w - sxy) / n
+    hu = LAM * U
+    sigma_exact = np.outer(hu, hu) + (U @ hu + VAR) * h
+    dev = g - g.mean(0)
+    products = n * dev[:, :, None] * dev[:, None, :]
+    assert np.all(np.abs(g.mean(0) - hu) < 5 * g.std(0) / np.sqrt(draws))
+    assert np.all(np.abs(products.mean(0) - sigma_exact) < 5 * products.std(0) / np.sqrt(draws))
+
+
+def test_sgd_on_sufficient_statistics_follows_the_exact_expected_loss_at_any_batch_size():
+    # batches twice the examples the nominal sampler could permute, trained to the stationary loss, where the
+    # excess over the floor is the gradient noise's alone
+    b, lr, steps, runs = 2**21, 1.0, 150, 32
+    finals = []
+    for seed in range(runs):
+        p = NoisyLinearProblem(dim=8, power=1.0, noise_var=0.25, data_seed=3, seed=seed, statistics=True)
+        model = p.build_model()
+        for _ in range(steps):
+            model.zero_grad()
+            p.loss(model, p.batch(torch.empty(b))).backward()
+            with torch.no_grad():
+                model.weight -= lr * model.weight.grad
+        finals.append(p.evaluate(model)["loss"] - p.loss_floor)
+    finals = np.array(finals)
+    exact = noisy_linear_expected_loss(p.eigenvalues, p.u0, 0.25, b, lr, steps)[-1] - p.loss_floor
+    assert abs(finals.mean() - exact) < 5 * finals.std() / np.sqrt(runs)
+    full_batch = noisy_linear_expected_loss(p.eigenvalues, p.u0, 0.25, np.inf, lr, steps)[-1] - p.loss_floor
+    assert full_batch < 0.01 * exact  # what is left of the excess is the noise of 2 M examples
+
+
+def test_statistics_batches_train_in_sweeps_with_micro_batch_noise_and_a_step_cap(tmp_path):
+    from gns_utils.experiments.config import ConfigError, make_experiment
+    from gns_utils.experiments.profiles import presets
+    from gns_utils.experiments.sweep import run_sweep
+    from gns_utils.experiments.train import train_run
+
+    preset = presets("synthetic", "smoke")[1]
+    assert preset["data_kwargs"]["statistics"] and preset["noise_method"] == "micro_batch"
+    exp = make_experiment(preset, {})
+    problem = make_problem(exp)
+    assert problem.statistics and problem.groups == exp.n_micro
+    cfg = exp.run(2**21, 1.0, max_steps=7, budget_examples=2**21 * 100)  # over the nominal 2**20 examples
+    summary = train_run(problem, cfg, tmp_path, progress=False)
+    assert summary["status"] == "budget_exhausted" and summary["n_steps"] == 7
+    metrics = (tmp_path / cfg.task / "runs" / cfg.run_id / "metrics.csv").read_text()
+    assert "b_simple" in metrics.splitlines()[0]
+    with pytest.raises(ConfigError, match="micro_batch"):
+        run_sweep(make_experiment(preset, {"noise_method": "auto"}), tmp_path / "auto", progress=False)
+    with pytest.raises(ConfigError, match="max_steps"):
+        make_experiment(preset, {"max_steps": 0})
+
+
+def test_an_unset_step_cap_leaves_the_run_ids_as_they_were():
+    from gns_utils.experiments.config import make_experiment
+    from gns_utils.experiments.profiles import presets
+    from gns_utils.experiments.store import config_hash
+
+    cfg = make_experiment(presets("synthetic", "smoke")[0], {}).run(8, 0.1)
+    identity = {k: v for k, v in cfg.to_dict().items() if k not in ("device", "executor", "engine", "profile",
+                                                                      "max_steps")}
+    assert cfg.max_steps is None and cfg.run_id == config_hash(identity)
+    assert cfg.run_id != make_experiment(presets("synthetic", "smoke")[0], {"max_steps": 10}).run(8, 0.1).run_id

@@ -110,6 +110,10 @@ def test_calibration_task_is_scored_against_its_exact_b_crit():
     assert any(g.get("b_crit_seed_rel_std") is not None for g in goals)  # the rerun spread
     calibration = json.loads((RESULTS / "summary.json").read_text())["calibration"]
     assert calibration["n_points"] >= 3 and calibration["measured_over_exact_median"] > 0
+    near = json.loads((RESULTS / "noisy_linear_regression_near_floor" / "summary.json").read_text())
+    assert near["domain"] == "synthetic" and near["config"]["data_kwargs"]["statistics"]
+    assert calibration["n_points"] == len(goals) + len(near["goals"])  # both sweeps are scored
+    assert calibration["exact_decades"] >= 4  # the measurement is checked over four decades of B_crit
 
 
 def test_noise_dynamics_results_are_complete_and_quoted_by_the_key_numbers():

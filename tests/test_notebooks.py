@@ -12,7 +12,7 @@ from gns_utils.experiments.summary import GOAL_PREDICTORS
 pytestmark = pytest.mark.notebook
 
 DOMAIN_TASKS = {
-    "00_calibration": ["smoke_noisy_linear"],
+    "00_calibration": ["smoke_noisy_linear", "smoke_noisy_linear_near_floor"],
     "01_image_classification": ["smoke_image"],
     "02_language_model": ["smoke_lm"],
     "03_autoencoder": ["smoke_autoencoder", "smoke_vae"],

@@ -138,3 +138,5 @@ def test_calibration_report_scores_the_estimator_and_the_paper_reading_against_t
     assert out["n_points"] == 3 and out["n_exact_covered"] == 2  # 125 lies above its interval
     assert out["measured_over_exact_min"] == pytest.approx(0.8) and out["measured_over_exact_max"] == pytest.approx(1000 / 900)
     assert out["fastest_ema_over_exact_min"] == pytest.approx(0.5) and out["fastest_ema_over_exact_max"] == pytest.approx(0.6)
+    assert (out["exact_min"], out["exact_max"]) == (10.0, 900.0)  # the real task's point is not the calibration's
+    assert out["exact_decades"] == pytest.approx(np.log10(90.0))

@@ -101,7 +101,9 @@ def _evaluated(results_dir: Path, summary: dict[str, Any]) -> float:
 
 def compute_table(results_dir: str | Path, tasks: list[str]) -> pd.DataFrame:
     """One row per task: ``runs, examples_trained, share_needed, examples_evaluated, eval_share`` (main seed's
-    sweep) and ``runs_all_seeds, examples_all_seeds, share_needed_all_seeds`` (every seed)."""
+    sweep) and ``runs_all_seeds, examples_all_seeds, share_needed_all_seeds`` (every seed); ``statistics``: the
+    task draws its batches as sufficient statistics, so its examples cost nothing per example (totals over tasks
+    leave it out)."""
     results_dir = Path(results_dir)
     rows = []
     for task in tasks:
@@ -118,7 +120,9 @@ def compute_table(results_dir: str | Path, tasks: list[str]) -> pd.DataFrame:
             all_trained += steps * batch
             used = float(need.get(s["run_id"], 0.0))
             all_needed += min(used, steps) * batch if np.isfinite(used) else 0.0
-        rows.append({"task": task, "runs": len(summaries), "examples_trained": trained,
+        experiment = json.loads((results_dir / task / "experiment.json").read_text())
+        rows.append({"task": task, "statistics": bool(experiment.get("data_kwargs", {}).get("statistics", False)),
+                     "runs": len(summaries), "examples_trained": trained,
                      "share_needed": needed / trained if trained else np.nan, "examples_evaluated": evaluated,
                      "eval_share": FORWARD_COST * evaluated / (trained + FORWARD_COST * evaluated)
                      if trained else np.nan,

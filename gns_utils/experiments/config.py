@@ -67,6 +67,7 @@ class _RunFields:
     metric: str
     goals: tuple[float, ...]
     budget_examples: int
+    max_steps: int | None = None
     data_kwargs: Mapping[str, Any] = field(default_factory=dict)
     model_kwargs: Mapping[str, Any] = field(default_factory=dict)
     optimizer_kwargs: Mapping[str, Any] = field(default_factory=dict)
@@ -141,6 +142,10 @@ class ExperimentConfig(_RunFields):
             batch size, only the rates the main sweep found fastest for some goal, each trained up to the
             hardest goal it was fastest for: a few short runs per batch size instead of a grid).
         budget_examples: examples a run may use before it stops (``budget_exhausted``).
+        max_steps: steps a run may take before it stops (also ``budget_exhausted``), whatever its
+            batch size; None (default) = ``budget_examples / B`` alone. A sweep whose batch sizes span
+            many decades needs both: the examples of its largest batches, and a bound on its smallest,
+            whose rates train until one of them reaches the hardest goal.
         n_micro: micro-batches per step when B_simple is measured from micro-batches (>= 2).
         noise_method: how each step measures |G|^2 and tr Σ: ``per_example`` (per-example
             gradient norms inside the step's one backward, for nets whose trainable layers
@@ -235,7 +240,8 @@ class RunConfig(_RunFields):
     @property
     def run_id(self) -> str:
         """Hash of every field that changes the computation."""
-        identity = {k: v for k, v in self.to_dict().items() if k not in ("device", "executor", "engine", "profile")}
+        identity = {k: v for k, v in self.to_dict().items() if k not in ("device", "executor", "engine", "profile")
+                    and not (k == "max_steps" and v is None)}  # unset: the ids of runs made before the field existed
         return config_hash(identity)
 
 
@@ -280,6 +286,8 @@ def _check_experiment(cfg: ExperimentConfig) -> None:
         problems.append(f"lr_refine must be >= 0, got {cfg.lr_refine}")
     if cfg.budget_examples < max(cfg.batch_sizes, default=1):
         problems.append(f"budget_examples ({cfg.budget_examples}) is smaller than the largest batch size")
+    if cfg.max_steps is not None and not (int(cfg.max_steps) == cfg.max_steps and cfg.max_steps >= 1):
+        problems.append(f"max_steps must be a positive integer or None, got {cfg.max_steps!r}")
     if cfg.n_micro < 2:
         problems.append(f"n_micro must be >= 2 to measure the noise scale, got {cfg.n_micro}")
     if cfg.batch_sizes and min(cfg.batch_sizes) % cfg.n_micro:

@@ -42,7 +42,7 @@ from gns_utils.experiments import report
 from gns_utils.experiments.report import matched_by_goal
 from gns_utils.experiments.summary import GOAL_PREDICTORS
 
-__all__ = ["adaptive_batch", "local_cbs_sensitivity", "local_critical_batch", "local_critical_batch_calibration",
+__all__ = ["adaptive_batch", "calibration_span", "local_cbs_sensitivity", "local_critical_batch", "local_critical_batch_calibration",
            "temperature", "b_crit_against_loss", "b_crit_by_goal", "b_crit_vs_b_simple", "b_crit_vs_b_simple_by_goal",
            "noise_over_training", "optimal_lr", "pareto_fronts", "training_curves", "width_study"]
 
@@ -250,6 +250,38 @@ def _errorbar(ax, x, y, low=None, high=None, se=None, shift=1.0, **style) -> Non
     else:
         yerr = None
     ax.errorbar(x[ok], y[ok], yerr=yerr, capsize=3, ls="none", ms=7, **style)
+
+
+def calibration_span(results: dict[str, TaskResult], figure_dir: str | Path) -> Figure:
+    """The calibration sweeps together: measured / exact constant-rate B_crit against the exact B_crit (log), per
+    goal, with the seed-aware 95 % interval, beside the paper's A.3 reading of the same runs; the band is the
+    target :data:`~gns_utils.experiments.report.CALIBRATION_RANGE`."""
+    plotting.set_style()
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    lo, hi = report.CALIBRATION_RANGE
+    ax.axhspan(lo, hi, color="0.9", zorder=0, label=f"target {lo}–{hi}")
+    ax.axhline(1.0, color="black", lw=0.8)
+    for k, (task, res) in enumerate(results.items()):
+        goals = pd.DataFrame(res.summary["goals"]).dropna(subset=["b_crit", "b_crit_exact"])
+        exact = goals["b_crit_exact"].astype(float)
+        colour = plotting.task_colour(task, k)
+        _errorbar(ax, exact, goals["b_crit"] / exact, goals["ci_low"] / exact, goals["ci_high"] / exact,
+                  color=colour, marker="o", label=f"{display_name(task)}: measured")
+        if "b_crit_fastest_ema" in goals:
+            _errorbar(ax, exact, goals["b_crit_fastest_ema"] / exact, shift=1.06, color=colour, marker="o",
+                      mfc="none", label="… the paper's A.3 reading (fastest run, EMA)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_ylim(0.2, 5.0)  # the ratio; intervals reaching past it are cut at the frame
+    ax.yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.set_yticks([0.25, 0.5, 1.0, 2.0, 4.0])
+    ax.set_xlabel(r"exact constant-rate $B_\mathrm{crit}$ of the goal (examples)")
+    ax.set_ylabel(r"measured / exact $B_\mathrm{crit}$")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    fig.suptitle("Calibration: measured against exact B_crit, goal by goal")
+    plotting.save_figure(fig, Path(figure_dir) / "calibration_span")
+    return fig
 
 
 def local_critical_batch(result: BranchResult) -> Figure:

@@ -211,7 +211,7 @@ def make_problem(cfg: Any, device: torch.device | str | None = None) -> _Problem
         if cfg.dataset != "noisy_linear":
             raise ValueError(f"unknown synthetic dataset {cfg.dataset!r}; the synthetic domain has 'noisy_linear'")
         return NoisyLinearProblem(**dict(cfg.data_kwargs), seed=cfg.seed, model=cfg.model,
-                                  model_kwargs=cfg.model_kwargs, device=device)
+                                  model_kwargs=cfg.model_kwargs, device=device, groups=getattr(cfg, "n_micro", 2))
     if cfg.domain == "rl":
         from gns_utils.experiments.rl import make_rl_problem  # gymnasium is only needed here
 

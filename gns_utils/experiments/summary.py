@@ -446,7 +446,9 @@ def calibration_report(points: pd.DataFrame) -> dict[str, float]:
     """How well the pipeline recovers the exact answers on the synthetic task: the ratios
     ``B_crit(measured) / B_crit_predicted`` and ``/ B_crit_exact`` (median, min, max) over its goals, and
     at how many goals the 95 % interval covers the exact value (``n_exact_covered``); beside them the paper's
-    A.3 reading of the same runs against the exact B_crit (``fastest_ema_over_exact_min`` / ``_max``)."""
+    A.3 reading of the same runs against the exact B_crit (``fastest_ema_over_exact_min`` / ``_max``), and the
+    span of the exact B_crit over those goals (``exact_min``, ``exact_max``, ``exact_decades``). Every synthetic
+    sweep's goals count (the calibration problem is swept twice, far from and near its loss floor)."""
     synthetic = points[points["synthetic"].astype(bool)] if "synthetic" in points else points.iloc[:0]
     out: dict[str, float] = {"n_points": int(len(synthetic))}
     for column in _EXACT:
@@ -462,6 +464,11 @@ def calibration_report(points: pd.DataFrame) -> dict[str, float]:
     if {"ci_low", "ci_high"} <= set(synthetic.columns):
         exact = synthetic["b_crit_exact"].astype(float)
         out["n_exact_covered"] = int(((synthetic["ci_low"] <= exact) & (exact <= synthetic["ci_high"])).sum())
+    exact = synthetic["b_crit_exact"].astype(float) if "b_crit_exact" in synthetic else pd.Series(dtype=float)
+    exact = exact[(exact > 0) & (synthetic["b_crit"].astype(float) > 0)] if len(exact) else exact
+    if len(exact):  # the span of B_crit the calibration checks the measurement over
+        out["exact_min"], out["exact_max"] = float(exact.min()), float(exact.max())
+        out["exact_decades"] = float(np.log10(exact.max() / exact.min()))
     return out
 
 

@@ -451,7 +451,12 @@ def run_sweep(cfg: ExperimentConfig, results_dir: str | Path, problem: Any = Non
 
 
 def _check_noise_method(problem: Any, cfg: ExperimentConfig) -> None:
-    """``noise_method='per_example'`` on a model it cannot handle: a ConfigError before any run."""
+    """``noise_method='per_example'`` on a model it cannot handle, or anything but ``micro_batch`` on batches
+    drawn as sufficient statistics: a ConfigError before any run."""
+    if getattr(problem, "statistics", False) and cfg.noise_method != "micro_batch":
+        raise ConfigError(f"task {cfg.task}: its batches are drawn as sufficient statistics (data_kwargs "
+                          f"statistics=True), which have no per-example gradients; set noise_method='micro_batch' "
+                          f"(got {cfg.noise_method!r})")
     if cfg.noise_method != "per_example":
         return
     reason = PerExampleNormMonitor.unsupported(problem.build_model(cfg.model, cfg.model_kwargs))

@@ -12,6 +12,15 @@ The examples are an infinite stream: every batch is fresh, so there are no epoch
 over-fitting, and the training loss is the population loss, evaluated exactly from the
 weights.
 
+The loss of a batch of ``n`` examples, ``(1/2n) Σ (xᵀw − y)²``, depends on the examples only
+through ``Σ xxᵀ``, ``Σ xy`` and ``Σ y²``. With ``statistics=True`` the training stream draws
+these sums directly, from their exact joint distribution (:func:`sufficient_statistics`:
+Bartlett's decomposition of the Wishart ``Σ xxᵀ``), at a cost independent of ``n``; the batch's
+loss and gradient are then the same random variables as with ``n`` drawn examples. That makes
+batches of millions of examples cheap, which the calibration's goals nearest the floor need
+(B_crit up to ~10⁵·⁶). The batch holds one set of sums per micro-batch, so B_simple is measured
+from micro-batches (``noise_method="micro_batch"``): per-example gradients do not exist there.
+
 The defaults (:data:`DEFAULTS`: ``d = 16``, ``λ_i = 1/i``, ``σ² = 1``, data seed 6) start at
 ``L = 3.522`` (floor 0.5) with ``B_noise = 7.3``, ``B_simple = 9.6``. The goals 0.63, 0.55,
 0.523, 0.507, 0.502, 0.5006 then have the App. D prediction ``B_crit ≈ 20, 47, 101, 302,
@@ -50,11 +59,50 @@ DEFAULTS: dict[str, Any] = {"dim": 16, "power": 1.0, "noise_var": 1.0, "data_see
 NOMINAL_EXAMPLES = 2**20
 #: Offset of the seed of the batches :meth:`NoisyLinearProblem.hessian_batch` draws (apart from the training stream).
 HESSIAN_SEED_OFFSET = 7919
+#: Groups of at most this many examples × ``dim`` are drawn example by example even with ``statistics=True``
+#: (Bartlett's decomposition needs ``n ≥ dim``; below a few times ``dim`` drawing the examples is as cheap).
+EXPLICIT_FACTOR = 4
 
 
 def half_squared_error(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean over examples of ``½(ŷ − y)²`` (outputs ``[n, 1]`` or ``[n]``, targets ``[n]``)."""
     return 0.5 * (outputs.reshape(targets.shape) - targets).square().mean()
+
+
+def sufficient_statistics(rng: np.random.Generator, scale: np.ndarray, w_star: np.ndarray, sigma: float,
+                          n: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """``(Σ xxᵀ, Σ xy, Σ y²)`` over ``n`` fresh examples ``x = D z``, ``z ~ N(0, I)``, ``y = xᵀw* + σξ``.
+
+    Drawn from their exact joint distribution without the examples (float64): with ``Z`` the ``n × d``
+    matrix of the ``z``, ``ZᵀZ = AAᵀ`` in distribution with ``A`` lower-triangular,
+    ``A_ii = √χ²(n − i)`` (``i = 0 … d−1``) and ``A_ij ~ N(0, 1)`` below the diagonal (Bartlett);
+    given ``Z``, ``Zᵀξ ~ N(0, ZᵀZ)`` is ``Ag`` with ``g ~ N(0, I_d)``, and ``ξᵀξ`` splits into its part
+    in the span of ``Z``, ``(Zᵀξ)ᵀ(ZᵀZ)⁻¹Zᵀξ = gᵀg``, and an independent ``χ²(n − d)``. So
+    ``Σ xxᵀ = DAAᵀD``, ``Σ xy = (Σ xxᵀ)w* + σDAg`` and
+    ``Σ y² = w*ᵀ(Σ xxᵀ)w* + 2σw*ᵀDAg + σ²(gᵀg + χ²(n − d))``. Groups of at most
+    ``EXPLICIT_FACTOR · d`` examples are drawn example by example instead.
+
+    Args:
+        rng: the generator.
+        scale: ``D``'s diagonal, ``√λ``.
+        w_star: ``w*``.
+        sigma: ``σ``.
+        n: examples.
+    """
+    d = scale.size
+    if n <= EXPLICIT_FACTOR * d:
+        x = rng.standard_normal((n, d)) * scale
+        y = x @ w_star + sigma * rng.standard_normal(n)
+        return x.T @ x, x.T @ y, float(y @ y)
+    a = np.tril(rng.standard_normal((d, d)), -1)
+    a[np.diag_indices(d)] = np.sqrt(rng.chisquare(n - np.arange(d)))
+    da = scale[:, None] * a
+    g = rng.standard_normal(d)
+    sxx = da @ da.T
+    noise = da @ g
+    syy = float(w_star @ sxx @ w_star + 2.0 * sigma * (w_star @ noise)
+                + sigma**2 * (g @ g + (rng.chisquare(n - d) if n > d else 0.0)))
+    return sxx, sxx @ w_star + sigma * noise, syy
 
 
 def power_law_spectrum(dim: int, power: float) -> np.ndarray:
@@ -69,6 +117,10 @@ class NoisyLinearProblem:
     ``len(idx)`` fresh examples from the problem's own generator; :meth:`build_model`
     (called at the start of every run) restarts that generator at ``seed``, so a run's
     examples depend on the seed only, not on which runs came before it in a sweep.
+    Training batches (:meth:`sample`, :meth:`batch`) are the examples ``(x [n, d], y [n])``, or
+    with ``statistics`` their sums ``(Σxxᵀ [k, d, d], Σxy [k, d], Σy² [k], n [k])`` over ``k = groups``
+    equal parts (:func:`sufficient_statistics`); :meth:`loss` takes either. The batches of the
+    measurements (:meth:`measurement_batch`, :meth:`hessian_batch`) are always examples.
 
     Args:
         dim: ``d``, the input dimension.
@@ -80,6 +132,8 @@ class NoisyLinearProblem:
         model_kwargs: keyword arguments over ``in_features = dim``.
         device: where the examples and the model live.
         n_train: the nominal number of examples reported to the trainer's sampler.
+        statistics: draw training batches as sufficient statistics (any batch size at the cost of one).
+        groups: with ``statistics``, the parts of each batch (the trainer's micro-batches, ``n_micro``).
 
     Attributes:
         eigenvalues: ``λ`` (numpy, float64), the diagonal of ``H``.
@@ -93,7 +147,8 @@ class NoisyLinearProblem:
     def __init__(self, dim: int = DEFAULTS["dim"], power: float = DEFAULTS["power"],
                  noise_var: float = DEFAULTS["noise_var"], data_seed: int = DEFAULTS["data_seed"], seed: int = 0,
                  model: str = "linear", model_kwargs: Mapping[str, Any] | None = None,
-                 device: torch.device | str = "cpu", n_train: int = NOMINAL_EXAMPLES) -> None:
+                 device: torch.device | str = "cpu", n_train: int = NOMINAL_EXAMPLES, statistics: bool = False,
+                 groups: int = 2) -> None:
         if int(dim) != dim or dim < 1:
             raise ValueError(f"dim must be a positive integer, got {dim!r}")
         if not (np.isfinite(power) and power >= 0):
@@ -102,6 +157,8 @@ class NoisyLinearProblem:
             raise ValueError(f"noise_var must be a finite number >= 0, got {noise_var!r}")
         if not 1 <= n_train <= 2**20:
             raise ValueError(f"n_train must be in [1, 2**20] (the sampler permutes it every epoch), got {n_train}")
+        if int(groups) != groups or groups < 1:
+            raise ValueError(f"groups must be a positive integer, got {groups!r}")
         self.device = torch.device(device)
         self.dim = int(dim)
         self.power = float(power)
@@ -109,6 +166,8 @@ class NoisyLinearProblem:
         self.data_seed = int(data_seed)
         self.seed = int(seed)
         self.n_train = int(n_train)
+        self.statistics = bool(statistics)
+        self.groups = int(groups)
         self.model_name = model
         self.model_kwargs = dict(model_kwargs or {})
         self.eigenvalues = power_law_spectrum(self.dim, self.power)
@@ -130,24 +189,46 @@ class NoisyLinearProblem:
         different seeds of one sweep (the seed-to-seed spread) see different examples."""
         self._gen.manual_seed(int(seed))
 
-    def sample(self, n: int, generator: torch.Generator | None = None) -> Batch:
+    def examples(self, n: int, generator: torch.Generator | None = None) -> Batch:
         """``n`` fresh examples ``(x [n, d], y [n])`` from ``generator`` (default: the stream)."""
         gen = self._gen if generator is None else generator
         x = torch.randn(n, self.dim, generator=gen, device=self.device) * self._scale
         noise = torch.randn(n, generator=gen, device=self.device)
         return x, x @ self._w_star + float(np.sqrt(self.noise_var)) * noise
 
-    def batch(self, idx: torch.Tensor) -> Batch:
-        """``len(idx)`` fresh examples (the index values are ignored: the stream is infinite)."""
+    def sample(self, n: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, ...]:
+        """A training batch of ``n`` fresh examples from ``generator`` (default: the stream): the examples
+        (:meth:`examples`) or, with ``statistics``, their sufficient statistics in ``groups`` parts."""
+        if not self.statistics:
+            return self.examples(n, generator)
+        gen = self._gen if generator is None else generator
+        rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=gen, device=gen.device)))
+        sizes = [n // self.groups + (j < n % self.groups) for j in range(self.groups)]
+        parts = [sufficient_statistics(rng, np.sqrt(self.eigenvalues), self.w_star, float(np.sqrt(self.noise_var)), m)
+                 for m in sizes if m > 0]
+        sxx, sxy, syy = (np.stack([p[k] for p in parts]) for k in range(3))
+        as_tensor = lambda a: torch.as_tensor(a, dtype=torch.float64, device=self.device)  # noqa: E731
+        return as_tensor(sxx), as_tensor(sxy), as_tensor(syy), as_tensor([m for m in sizes if m > 0])
+
+    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """A training batch of ``len(idx)`` fresh examples (the index values are ignored: the stream is infinite)."""
         return self.sample(len(idx))
 
-    def units(self, batch: Batch) -> int:
-        return len(batch[0])
+    def units(self, batch: tuple[torch.Tensor, ...]) -> int:
+        return int(batch[3].sum()) if len(batch) == 4 else len(batch[0])
 
-    def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
-        """Mean of ``½(xᵀw − y)²`` over the batch."""
-        x, y = batch
-        return half_squared_error(model(x), y)
+    def loss(self, model: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """Mean of ``½(xᵀw − y)²`` over the batch's examples, from the examples or from their sums
+        (``(1/2n)(wᵀ(Σxxᵀ)w − 2wᵀΣxy + Σy²)``, in float64; ``w`` is read as ``model(I)``, which also
+        works for the functional models of a stacked grid)."""
+        if len(batch) == 2:
+            x, y = batch
+            return half_squared_error(model(x), y)
+        sxx, sxy, syy, n = batch
+        eye = torch.eye(self.dim, dtype=self._scale.dtype, device=sxx.device)
+        w = model(eye).reshape(-1).to(torch.float64)
+        total = 0.5 * (torch.einsum("i,kij,j->", w, sxx, w) - 2.0 * (sxy.sum(0) @ w) + syy.sum())
+        return (total / n.sum()).to(self._scale.dtype)
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module) -> dict[str, float]:
@@ -159,7 +240,7 @@ class NoisyLinearProblem:
         """``n`` examples from fixed generators apart from the training stream, one per ``index`` (so
         different indices give independent batches, as the checkpoint measurements need)."""
         gen = torch.Generator(device=self.device).manual_seed(self.seed + HESSIAN_SEED_OFFSET + 1000 * int(index))
-        return self.sample(n, gen)
+        return self.examples(n, gen)
 
     def hessian_batch(self, n: int, index: int = 0) -> tuple[Callable, torch.Tensor, torch.Tensor]:
         """:meth:`measurement_batch` ``index`` with the loss, for the Hessian B_noise (2.8)."""

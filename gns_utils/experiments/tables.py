@@ -98,7 +98,9 @@ def headline(root) -> str:
         covered = cal.get("n_exact_covered")
         lines.append(f"* **Where the answer is known** (noisy linear regression), the measured B_crit is "
                      f"{cal['measured_over_exact_min']:.2f}–{cal['measured_over_exact_max']:.2f} of the exact one over "
-                     f"{cal['n_points']} goals" + (f", its 95 % interval covering it at {covered}." if covered is not None else "."))
+                     f"{cal['n_points']} goals" + (f", its 95 % interval covering it at {covered}" if covered is not None else "")
+                     + (f"; the exact B_crit of these goals spans {cal['exact_decades']:.1f} decades "
+                        f"({cal['exact_min']:,.0f} → {cal['exact_max']:,.0f} examples)." if cal.get("exact_decades") else "."))
     return "\n".join(lines) + "\n"
 
 
@@ -478,8 +480,16 @@ def _compute_lines(root, task_names: list[str]) -> list[str]:
     if table.empty:
         return []
     stopped = sum(sum(r["status"] == "pruned" for r in sweep_runs(root, t)) for t in table["task"])
-    cells = ", ".join(f"{r.task} {r.examples_all_seeds / 1e6:.2f} M ({100 * r.share_needed_all_seeds:.0f} %; "
-                      f"main seed's grid {100 * r.share_needed:.0f} %)" for r in table.itertuples())
+    cells = ", ".join(f"{r.task} {r.examples_all_seeds / 1e6:,.2f} M ({100 * r.share_needed_all_seeds:.0f} %; "
+                      f"main seed's grid {100 * r.share_needed:.0f} %"
+                      + ("; drawn as sufficient statistics, at no cost per example" if r.statistics else "") + ")"
+                      for r in table.itertuples())
+    counted = table[~table["statistics"]]
+    if len(counted):
+        every = counted["examples_all_seeds"]
+        cells += (f"; over these {len(counted)} tasks{' (not those drawn as sums)' if len(counted) < len(table) else ''}"
+                  f" {every.sum() / 1e6:,.1f} M examples, of which the fits use "
+                  f"{100 * (every * counted['share_needed_all_seeds']).sum() / every.sum():.0f} %")
     return [f"Sweep compute, every seed: examples trained (share the seed-averaged (2.11) fits use) {cells}; evaluation "
             f"{100 * table['eval_share'].min():.1f}–{100 * table['eval_share'].max():.1f} % of the compute; "
             f"{stopped} of {int(table['runs'].sum())} runs stopped once they could no longer be the fastest."]

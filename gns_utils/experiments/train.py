@@ -24,7 +24,7 @@ import math
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -32,7 +32,7 @@ import torch
 from tqdm.auto import tqdm
 
 from gns_utils.critical_batch import DEFAULT_SMOOTHING, RUN_OUT, steps_to_target
-from gns_utils.experiments.config import METRIC_DIRECTION, RunConfig, goal_reached
+from gns_utils.experiments.config import METRIC_DIRECTION, ConfigError, RunConfig, goal_reached
 from gns_utils.experiments.models import count_parameters
 from gns_utils.experiments.seed import set_seed
 from gns_utils.experiments.stopping import Curve
@@ -143,6 +143,15 @@ class EpochSampler:
         return idx
 
 
+class FreshSampler:
+    """The batches of a problem that draws fresh examples every step (an infinite stream: no epochs)."""
+
+    epoch = 0
+
+    def __init__(self, draw: Callable[[], tuple[torch.Tensor, ...]]) -> None:
+        self.draw = draw
+
+
 def _split(batch: tuple[torch.Tensor, ...], parts: int) -> list[tuple[torch.Tensor, ...]]:
     chunks = [t.chunk(parts) for t in batch]
     return [tuple(c[i] for c in chunks) for i in range(len(chunks[0]))]
@@ -181,16 +190,19 @@ class Run:
         self.optimizer = make_optimizer(self.model, cfg)
         if hasattr(problem, "stream"):  # reinforcement learning: the run's own environments, acting with its model
             self.sampler = problem.stream(self.model, cfg.batch_size, cfg.seed)
+        elif hasattr(problem, "sample"):  # a problem that draws fresh examples: the run owns its stream, so runs
+            stream = torch.Generator(device=problem.device).manual_seed(cfg.seed)  # trained side by side agree
+            self.sampler = FreshSampler(lambda: problem.sample(cfg.batch_size, generator=stream))  # with runs alone
         else:
             self.sampler = EpochSampler(problem.n_train, cfg.batch_size, torch.Generator().manual_seed(cfg.seed),
                                         problem.device)
-        if hasattr(problem, "sample"):  # a problem that draws fresh examples: the run owns its stream, so runs
-            stream = torch.Generator(device=problem.device).manual_seed(cfg.seed)  # trained side by side agree
-            self.sampler.draw = lambda: problem.sample(cfg.batch_size, generator=stream)  # with runs trained alone
         # stacked: the steps are taken by a grid's batched model (gns_utils.experiments.members), which
         # measures the noise on micro-batches; this run keeps the books (record_step)
         self.monitor, self.n_micro = noise_monitor(self.model, "micro_batch" if stacked else cfg.noise_method,
                                                    min(cfg.n_micro, cfg.batch_size))
+        if getattr(problem, "statistics", False) and isinstance(self.monitor, PerExampleNormMonitor):
+            raise ConfigError(f"task {cfg.task}: a batch drawn as sufficient statistics (data_kwargs statistics=True) "
+                              "has no per-example gradients; set noise_method='micro_batch'")
         self.ema = NoiseScaleEMA(decay=NOISE_EMA_DECAY, adaptive=NOISE_EMA_ADAPTIVE)
         # parts of the network measured on their own as well (the policy of an actor-critic), per-example only
         parts = problem.noise_parts(self.model) if hasattr(problem, "noise_parts") else {}
@@ -199,6 +211,8 @@ class Run:
                       for name, module in parts.items() if isinstance(self.monitor, PerExampleNormMonitor)}
         self.units_per_step = cfg.batch_size * problem.units_per_example
         self.max_steps = int(math.ceil(cfg.budget_examples / cfg.batch_size))
+        if cfg.max_steps is not None:
+            self.max_steps = min(self.max_steps, int(cfg.max_steps))
         self.schedule = [int(t) for t in eval_schedule(self.max_steps, cfg.evals_per_decade)]
         self.goals_left = list(cfg.goals)
         self.b_noise_rows: list[dict[str, float]] = []
