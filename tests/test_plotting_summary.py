@@ -274,3 +274,10 @@ def test_b_crit_against_loss_draws_the_fit_kaplan_and_a_sequence_axis(tmp_path):
     empty = SimpleNamespace(cfg=cfg, summary={"goals": [dict(goal=6.0, b_crit=80.0, bound="upper")]},
                             figure_dir=tmp_path / "empty")
     plt.close(figures.b_crit_against_loss(empty))  # every goal a bound: drawn, not raised
+
+
+def test_legend_entries_keep_short_numbers_and_spell_out_millions():
+    from gns_utils.experiments.plotting import _fmt
+
+    assert [_fmt(v) for v in (16384, 0.3, 524288.0, 2**20, np.int64(2**23), "goal")] == \
+        ["16384", "0.3", "524288", "1,048,576", "8,388,608", "goal"]

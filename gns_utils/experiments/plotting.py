@@ -137,7 +137,11 @@ def _noise_column(frame: pd.DataFrame, column: str) -> str:
 
 
 def _fmt(value: Any) -> str:
-    return f"{value:g}" if isinstance(value, (int, float, np.integer, np.floating)) else str(value)
+    """A legend entry: ``:g`` (16384, 0.3), but whole numbers from a million on with separators (1,048,576), not
+    in ``:g``'s exponent form."""
+    if not isinstance(value, (int, float, np.integer, np.floating)):
+        return str(value)
+    return f"{int(value):,}" if abs(value) >= 1e6 and float(value).is_integer() else f"{value:g}"
 
 
 # --------------------------------------------------------------------------- training

@@ -491,9 +491,9 @@ def _compute_lines(root, task_names: list[str]) -> list[str]:
     counted = table[~table["statistics"]]
     if len(counted):
         every = counted["examples_all_seeds"]
-        cells += (f"; over these {len(counted)} tasks{' (not those drawn as sums)' if len(counted) < len(table) else ''}"
-                  f" {every.sum() / 1e6:,.1f} M examples, of which the fits use "
-                  f"{100 * (every * counted['share_needed_all_seeds']).sum() / every.sum():.0f} %")
+        cells += (f"; over the {len(counted)} tasks{' not drawn as sums' if len(counted) < len(table) else ''}"
+                  f": {every.sum() / 1e6:,.1f} M examples, of which the fits use "
+                  f"{100 * (every * counted['share_needed_all_seeds']).sum() / every.sum():.1f} %")
     return [f"Sweep compute, every seed: examples trained (share the seed-averaged (2.11) fits use) {cells}; evaluation "
             f"{100 * table['eval_share'].min():.1f}–{100 * table['eval_share'].max():.1f} % of the compute; "
             f"{stopped} of {int(table['runs'].sum())} runs stopped once they could no longer be the fastest."]
