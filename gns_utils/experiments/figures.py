@@ -57,8 +57,23 @@ def training_curves(res: TaskResult) -> Figure:
     """Fig 6: the goal metric of the best-tuned run at each B, against steps S and examples E."""
     plotting.set_style()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    curves, floor = res.curves, None
+    if res.cfg.domain == "synthetic":  # the loss above its floor σ²/2, on a log axis: near the floor is where B matters
+        floor = 0.5 * res.cfg.data_kwargs.get("noise_var", 1.0)
+        curves = curves.assign(**{res.cfg.metric: curves[res.cfg.metric] - floor})
     for ax, x in zip(axes, ("step", "examples")):
-        plotting.plot_training_curves(ax, res.curves, x=x, y=res.cfg.metric, hue="batch_units", units=res.cfg.units)
+        plotting.plot_training_curves(ax, curves, x=x, y=res.cfg.metric, hue="batch_units", units=res.cfg.units,
+                                      logy=floor is not None)
+        if floor is not None:
+            ax.set_ylabel(f"training {res.cfg.metric} above its floor {floor:g}")
+    if floor is not None:  # on a log axis the curves fill the corners: one legend, outside
+        legend = axes[0].get_legend()
+        handles, labels = axes[0].get_legend_handles_labels()
+        title = legend.get_title().get_text() if legend else None
+        for ax in axes:
+            if ax.get_legend():
+                ax.get_legend().remove()
+        axes[1].legend(handles, labels, title=title, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     return _save(fig, res, "training_curves", f"training {res.cfg.metric} per batch size (best learning rate)")
 
 

@@ -99,8 +99,8 @@ def headline(root) -> str:
         lines.append(f"* **Where the answer is known** (noisy linear regression), the measured B_crit is "
                      f"{cal['measured_over_exact_min']:.2f}–{cal['measured_over_exact_max']:.2f} of the exact one over "
                      f"{cal['n_points']} goals" + (f", its 95 % interval covering it at {covered}" if covered is not None else "")
-                     + (f"; the exact B_crit of these goals spans {cal['exact_decades']:.1f} decades "
-                        f"({cal['exact_min']:,.0f} → {cal['exact_max']:,.0f} examples)." if cal.get("exact_decades") else "."))
+                     + (f"; exact B_crit {cal['exact_min']:,.0f} → {cal['exact_max']:,.0f} examples "
+                        f"({cal['exact_decades']:.1f} decades)." if cal.get("exact_decades") else "."))
     return "\n".join(lines) + "\n"
 
 
