@@ -710,6 +710,8 @@ def verdict_markdown(table: pd.DataFrame, r2: dict[str, float], by_goal: dict[st
         text += ["", f"**Calibration** (noisy linear regression, exact answer known): measured / exact B_crit "
                  f"{calibration['measured_over_exact_min']:.2f}–{calibration['measured_over_exact_max']:.2f} over "
                  f"{calibration['n_points']} goals"
+                 + (f" whose exact B_crit spans {calibration['exact_decades']:.1f} decades "
+                    f"({calibration['exact_min']:,.0f} → {calibration['exact_max']:,.0f} examples)" if calibration.get("exact_decades") else "")
                  + (f"; the 95 % interval covers the exact value at {covered} of them." if covered is not None else ".")
                  + (f" The paper's A.3 reading of the same runs (fastest run of one seed, causal EMA): "
                     f"{calibration['fastest_ema_over_exact_min']:.2f}–{calibration['fastest_ema_over_exact_max']:.2f}."
