@@ -295,3 +295,25 @@ def test_a_released_notebook_goes_ahead_of_shorter_ones_queued_from_the_start():
     assert started["06_local_critical_batch"] >= durations["01_image_classification"]
     assert started["06_local_critical_batch"] < started["04_reinforcement_learning"]
     assert started["05_noise_dynamics"] >= durations["01_image_classification"]
+
+
+def test_the_readme_line_on_a_replication_names_the_tasks_it_does_not_cover(tmp_path):
+    from gns_utils.experiments.store import write_json_atomic
+    from gns_utils.experiments.tables import tables
+
+    row = {"b_crit": 100.0, "b_crit_stderr": 10.0, "b_crit_z": 0.3, "b_simple_factor": 1.1, "identical": True}
+    write_json_atomic(tmp_path / "reproduction.json", {
+        "profile": "cpu", "kind": "determinism check", "total_wall_time_s": 600.0, "n_runs": 10,
+        "n_runs_from_before": 0, "identical": True, "agrees": True, "code_changed": [],
+        "tasks": [{"task": "noisy_linear_regression", "agrees": True, **row},
+                  {"task": "noisy_linear_regression_near_floor", "agrees": None}]})
+    write_json_atomic(tmp_path / "reproduce_log.json", {"notebooks": {"00_calibration": {"wall_time_s": 600.0}}})
+    write_json_atomic(tmp_path / "replication.json", {
+        "notebooks": ["00_calibration"], "criteria": "B_crit within 2 combined standard errors",
+        "tasks": [{"task": "noisy_linear_regression", "agrees": True, "seeds": [1000, 1001], **row}]})
+    text = tables(tmp_path)
+    assert "agrees with these results on 1 of 1 tasks" in text
+    assert "it does not cover Noisy linear regression near its floor (SGD)" in text
+    write_json_atomic(tmp_path / "reproduction.json", {**json.loads((tmp_path / "reproduction.json").read_text()),
+                                                       "tasks": [{"task": "noisy_linear_regression", **row}]})
+    assert "does not cover" not in tables(tmp_path)

@@ -185,12 +185,16 @@ def print_tables(root) -> None:
                      for r in rows if not r["agrees"]]
         seeds = sorted({s for r in rows for s in r.get("seeds", [])})
         earlier = data.get("earlier_notebooks") or []
+        replicated = {r["task"] for r in data["tasks"]}  # the tasks the last reproduction compared, less these
+        compared = json.loads(comparison.read_text())["tasks"] if comparison.exists() else []
+        unreplicated = [display_name(r["task"]) for r in compared if r["task"] not in replicated]
         print(f"\nThe last replication (`make replicate`: seeds {', '.join(map(str, seeds))}; notebooks "
               f"{', '.join(sorted(data.get('notebooks', [])))}"
               + (f", with {', '.join(earlier)} from an earlier call into the same folder" if earlier else "")
               + f") agrees with these results on {len(agreeing)} of "
               f"{len(rows)} tasks ({data['criteria']})"
-              + (f"; it differs on {', '.join(differing)}" if differing else "") + " (`results/replication.md`).")
+              + (f"; it differs on {', '.join(differing)}" if differing else "")
+              + (f"; it does not cover {', '.join(unreplicated)}" if unreplicated else "") + " (`results/replication.md`).")
     print(f"\nEvery other number derived from these files: [`results/{KEY_NUMBERS}`](results/{KEY_NUMBERS}).")
 
 
