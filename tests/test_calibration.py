@@ -426,8 +426,12 @@ def test_statistics_batches_train_in_sweeps_with_micro_batch_noise_and_a_step_ca
     assert summary["status"] == "budget_exhausted" and summary["n_steps"] == 7
     metrics = (tmp_path / cfg.task / "runs" / cfg.run_id / "metrics.csv").read_text()
     assert "b_simple" in metrics.splitlines()[0]
-    with pytest.raises(ConfigError, match="micro_batch"):
-        run_sweep(make_experiment(preset, {"noise_method": "auto"}), tmp_path / "auto", progress=False)
+    with pytest.raises(ConfigError, match="micro_batch"):  # when the config is made, before any data or run
+        make_experiment(preset, {"noise_method": "auto"})
+    with pytest.raises(ConfigError, match="micro_batch"):  # and for a problem drawn as sums however it was made
+        run_sweep(make_experiment({**preset, "data_kwargs": {**preset["data_kwargs"], "statistics": False}},
+                                  {"noise_method": "auto"}), tmp_path / "auto", progress=False,
+                  problem=problem)
     with pytest.raises(ConfigError, match="max_steps"):
         make_experiment(preset, {"max_steps": 0})
 

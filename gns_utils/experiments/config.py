@@ -286,6 +286,9 @@ def _check_experiment(cfg: ExperimentConfig) -> None:
         problems.append(f"lr_refine must be >= 0, got {cfg.lr_refine}")
     if cfg.budget_examples < max(cfg.batch_sizes, default=1):
         problems.append(f"budget_examples ({cfg.budget_examples}) is smaller than the largest batch size")
+    if cfg.data_kwargs.get("statistics") and cfg.noise_method != "micro_batch":
+        problems.append(f"data_kwargs statistics=True draws batches as sums, which have no per-example gradients: "
+                        f"noise_method must be 'micro_batch', got {cfg.noise_method!r}")
     if cfg.max_steps is not None and not (int(cfg.max_steps) == cfg.max_steps and cfg.max_steps >= 1):
         problems.append(f"max_steps must be a positive integer or None, got {cfg.max_steps!r}")
     if cfg.n_micro < 2:
