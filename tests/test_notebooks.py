@@ -124,7 +124,7 @@ def test_summary_notebook_reads_files_only(results):
     assert summary["trace_goals"]["n_workloads"] >= 4  # the shipped third-party traces, at any profile
     measured = [t for t in summary["tasks"] if t["source"] == "measured"]
     paper = [t for t in summary["tasks"] if t["source"] == "paper"]
-    assert {t["task"] for t in measured} == {t for ts in DOMAIN_TASKS.values() for t in ts} - {"smoke_noisy_linear"}
+    assert {t["task"] for t in measured} == {t for ts in DOMAIN_TASKS.values() for t in ts} - set(DOMAIN_TASKS["00_calibration"])
     assert len(paper) >= 9
     assert summary["r2"]["paper_fit"] is not None and 0 < summary["r2"]["paper_fit"] <= 1
     assert (results / "figures" / "b_crit_vs_b_simple.png").exists()
