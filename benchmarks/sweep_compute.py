@@ -25,7 +25,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from gns_utils.experiments.compute import FORWARD_COST, compute_table, replay_stopping, sweep_runs, unneeded_by_closeness
+from gns_utils.experiments.compute import (FORWARD_COST, compute_table, counted_total, replay_stopping, sweep_runs,
+                                          unneeded_by_closeness)
 from gns_utils.experiments.reproduce import compare
 
 
@@ -71,11 +72,9 @@ def main() -> None:
     new = compute_table(args.results, tasks)
     print(f"== {args.results} ({_wall(args.results)})")
     print(new.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
-    counted = new[~new["statistics"]]  # batches drawn as sufficient statistics cost nothing per example
-    every = counted["examples_all_seeds"]
-    print(f"over all tasks and seeds{' but ' + ', '.join(new.loc[new['statistics'], 'task']) if len(counted) < len(new) else ''}"
-          f": {every.sum() / 1e6:.1f} M examples trained, share the fits use "
-          f"{(every * counted['share_needed_all_seeds']).sum() / every.sum():.3f}")
+    n_counted, examples, share = counted_total(new)  # batches drawn as sufficient statistics cost nothing per example
+    print(f"over all tasks and seeds{' but ' + ', '.join(new.loc[new['statistics'], 'task']) if n_counted < len(new) else ''}"
+          f": {examples / 1e6:.1f} M examples trained, share the fits use {share:.3f}")
     if args.closeness:
         print("\nexamples the fits do not need, as shares of all examples trained, by their run's closeness "
               "to the fastest run of its batch size (steps to its best goal over the fastest's):")

@@ -131,6 +131,16 @@ def compute_table(results_dir: str | Path, tasks: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def counted_total(table: pd.DataFrame) -> tuple[int, float, float]:
+    """Over the tasks of :func:`compute_table` whose examples cost compute (not those drawn as sufficient
+    statistics): ``(tasks, examples trained at every seed, the share of them the fits use)``."""
+    counted = table[~table["statistics"]]
+    every = counted["examples_all_seeds"]
+    total = float(every.sum())
+    share = float((every * counted["share_needed_all_seeds"]).sum() / total) if total else float("nan")
+    return len(counted), total, share
+
+
 #: The closeness bins of :func:`unneeded_by_closeness` between "fastest at a goal" and "further or no
 #: goal": (label, upper edge of steps over the fastest run's).
 CLOSENESS_BINS = (("within 10 %", 1.1), ("10–25 %", 1.25), ("25–50 %", 1.5))

@@ -101,7 +101,7 @@ def sufficient_statistics(rng: np.random.Generator, scale: np.ndarray, w_star: n
     sxx = da @ da.T
     noise = da @ g
     syy = float(w_star @ sxx @ w_star + 2.0 * sigma * (w_star @ noise)
-                + sigma**2 * (g @ g + (rng.chisquare(n - d) if n > d else 0.0)))
+                + sigma**2 * (g @ g + rng.chisquare(n - d)))  # n > EXPLICIT_FACTOR · d here
     return sxx, sxx @ w_star + sigma * noise, syy
 
 
@@ -174,6 +174,7 @@ class NoisyLinearProblem:
         self.w_star = np.random.default_rng(self.data_seed).standard_normal(self.dim)
         self.u0 = -self.w_star
         self._scale = torch.tensor(np.sqrt(self.eigenvalues), dtype=torch.float32, device=self.device)
+        self._eye = torch.eye(self.dim, dtype=torch.float32, device=self.device)  # model(I) reads w (loss of sums)
         self._w_star = torch.tensor(self.w_star, dtype=torch.float32, device=self.device)
         self._gen = torch.Generator(device=self.device).manual_seed(self.seed)
 
@@ -203,12 +204,11 @@ class NoisyLinearProblem:
             return self.examples(n, generator)
         gen = self._gen if generator is None else generator
         rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=gen, device=gen.device)))
-        sizes = [n // self.groups + (j < n % self.groups) for j in range(self.groups)]
-        parts = [sufficient_statistics(rng, np.sqrt(self.eigenvalues), self.w_star, float(np.sqrt(self.noise_var)), m)
-                 for m in sizes if m > 0]
-        sxx, sxy, syy = (np.stack([p[k] for p in parts]) for k in range(3))
-        as_tensor = lambda a: torch.as_tensor(a, dtype=torch.float64, device=self.device)  # noqa: E731
-        return as_tensor(sxx), as_tensor(sxy), as_tensor(syy), as_tensor([m for m in sizes if m > 0])
+        sizes = [m for m in (n // self.groups + (j < n % self.groups) for j in range(self.groups)) if m > 0]
+        scale, sigma = np.sqrt(self.eigenvalues), float(np.sqrt(self.noise_var))
+        sxx, sxy, syy = zip(*(sufficient_statistics(rng, scale, self.w_star, sigma, m) for m in sizes))
+        return tuple(torch.as_tensor(np.array(a), dtype=torch.float64, device=self.device)
+                     for a in (sxx, sxy, syy, sizes))
 
     def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """A training batch of ``len(idx)`` fresh examples (the index values are ignored: the stream is infinite)."""
@@ -225,8 +225,7 @@ class NoisyLinearProblem:
             x, y = batch
             return half_squared_error(model(x), y)
         sxx, sxy, syy, n = batch
-        eye = torch.eye(self.dim, dtype=self._scale.dtype, device=sxx.device)
-        w = model(eye).reshape(-1).to(torch.float64)
+        w = model(self._eye).reshape(-1).to(torch.float64)
         total = 0.5 * (torch.einsum("i,kij,j->", w, sxx, w) - 2.0 * (sxy.sum(0) @ w) + syy.sum())
         return (total / n.sum()).to(self._scale.dtype)
 

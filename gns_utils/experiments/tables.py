@@ -29,7 +29,7 @@ from gns_utils.experiments.paths import repo_path
 from gns_utils.experiments.pipeline import width_study_verdict
 from gns_utils.experiments.profiles import BRANCHING_DIR, DYNAMICS_DIR, NOTEBOOK_DOMAINS, WIDTHS_SUFFIX, display_name
 from gns_utils.experiments.report import loss_slope_verdict
-from gns_utils.experiments.compute import compute_table, sweep_runs
+from gns_utils.experiments.compute import compute_table, counted_total, sweep_runs
 from gns_utils.experiments.store import load_metrics, load_run_summaries, load_run_summary, run_dir
 from gns_utils.experiments.summary import (
     is_resolved,
@@ -155,8 +155,10 @@ def print_tables(root) -> None:
     if local:
         print("\n" + local.rstrip("\n"))
     comparison = root / "reproduction.json"
+    compared: list[dict] = []  # the tasks the last reproduction compared
     if comparison.exists():
         data = json.loads(comparison.read_text())
+        compared = data["tasks"]
         minutes = data["total_wall_time_s"] / 60
         rows = [r for r in data["tasks"] if r.get("agrees") is not None]
         same = [r for r in rows if r.get("identical")]
@@ -185,8 +187,7 @@ def print_tables(root) -> None:
                      for r in rows if not r["agrees"]]
         seeds = sorted({s for r in rows for s in r.get("seeds", [])})
         earlier = data.get("earlier_notebooks") or []
-        replicated = {r["task"] for r in data["tasks"]}  # the tasks the last reproduction compared, less these
-        compared = json.loads(comparison.read_text())["tasks"] if comparison.exists() else []
+        replicated = {r["task"] for r in data["tasks"]}
         unreplicated = [display_name(r["task"]) for r in compared if r["task"] not in replicated]
         print(f"\nThe last replication (`make replicate`: seeds {', '.join(map(str, seeds))}; notebooks "
               f"{', '.join(sorted(data.get('notebooks', [])))}"
@@ -488,12 +489,10 @@ def _compute_lines(root, task_names: list[str]) -> list[str]:
                       f"main seed's grid {100 * r.share_needed:.0f} %"
                       + ("; drawn as sufficient statistics, at no cost per example" if r.statistics else "") + ")"
                       for r in table.itertuples())
-    counted = table[~table["statistics"]]
-    if len(counted):
-        every = counted["examples_all_seeds"]
-        cells += (f"; over the {len(counted)} tasks{' not drawn as sums' if len(counted) < len(table) else ''}"
-                  f": {every.sum() / 1e6:,.1f} M examples, of which the fits use "
-                  f"{100 * (every * counted['share_needed_all_seeds']).sum() / every.sum():.1f} %")
+    n_counted, examples, share = counted_total(table)
+    if n_counted:
+        cells += (f"; over the {n_counted} tasks{' not drawn as sums' if n_counted < len(table) else ''}"
+                  f": {examples / 1e6:,.1f} M examples, of which the fits use {100 * share:.1f} %")
     return [f"Sweep compute, every seed: examples trained (share the seed-averaged (2.11) fits use) {cells}; evaluation "
             f"{100 * table['eval_share'].min():.1f}–{100 * table['eval_share'].max():.1f} % of the compute; "
             f"{stopped} of {int(table['runs'].sum())} runs stopped once they could no longer be the fastest."]
