@@ -101,7 +101,7 @@ def _evaluated(results_dir: Path, summary: dict[str, Any]) -> float:
 
 def compute_table(results_dir: str | Path, tasks: list[str]) -> pd.DataFrame:
     """One row per task: ``runs, examples_trained, share_needed, examples_evaluated, eval_share`` (main seed's
-    sweep) and ``runs_all_seeds, examples_all_seeds, share_needed_all_seeds`` (every seed); ``statistics``: the
+    sweep) and ``runs_all_seeds, steps_all_seeds, examples_all_seeds, share_needed_all_seeds`` (every seed); ``statistics``: the
     task draws its batches as sufficient statistics, so its examples cost nothing per example (totals over tasks
     leave it out)."""
     results_dir = Path(results_dir)
@@ -115,8 +115,10 @@ def compute_table(results_dir: str | Path, tasks: list[str]) -> pd.DataFrame:
         every = all_seed_runs(results_dir, task)
         need = needed_steps_all_seeds(every) if every else pd.Series(dtype=float)
         all_trained = all_needed = 0.0
+        all_steps = 0
         for s in every:
             batch, steps = s["config"]["batch_size"], s.get("n_steps", 0)
+            all_steps += steps
             all_trained += steps * batch
             used = float(need.get(s["run_id"], 0.0))
             all_needed += min(used, steps) * batch if np.isfinite(used) else 0.0
@@ -126,7 +128,7 @@ def compute_table(results_dir: str | Path, tasks: list[str]) -> pd.DataFrame:
                      "share_needed": needed / trained if trained else np.nan, "examples_evaluated": evaluated,
                      "eval_share": FORWARD_COST * evaluated / (trained + FORWARD_COST * evaluated)
                      if trained else np.nan,
-                     "runs_all_seeds": len(every), "examples_all_seeds": all_trained,
+                     "runs_all_seeds": len(every), "steps_all_seeds": all_steps, "examples_all_seeds": all_trained,
                      "share_needed_all_seeds": all_needed / all_trained if all_trained else np.nan})
     return pd.DataFrame(rows)
 
